@@ -1,0 +1,1 @@
+"""kdpipe.stages.synth."""
