@@ -1,1 +1,34 @@
-"""kdpipe.stages."""
+"""Built-in stages, looked up by the name users type (`teacher-label`), imported lazily.
+
+Stage modules import heavy libraries (torch, the devkits) inside `run`, and this table holds
+import paths rather than objects, so planning a workflow imports only the stages it names.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from kdpipe.errors import ConfigError
+
+BUILTIN: dict[str, str] = {
+    "ingest": "kdpipe.stages.ingest:STAGE",
+}
+
+
+def canonical_name(name: str) -> str:
+    """`teacher_label` and `teacher-label` name the same stage; the CLI spelling wins."""
+    return name.strip().replace("_", "-")
+
+
+def load_stage(spec: str) -> Any:
+    """A stage by built-in name or by `module:ATTR` (workflow plugins)."""
+    target = BUILTIN.get(canonical_name(spec), spec)
+    if ":" not in target:
+        raise ConfigError(f"unknown stage '{spec}' (built-in: {', '.join(sorted(BUILTIN))}; "
+                          f"plugins are given as module:ATTR)")
+    mod_name, attr = target.split(":", 1)
+    try:
+        obj = getattr(importlib.import_module(mod_name), attr)
+    except (ImportError, AttributeError) as e:
+        raise ConfigError(f"cannot load stage '{spec}' from {target}: {e}") from None
+    return obj

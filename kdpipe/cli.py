@@ -1,0 +1,152 @@
+"""The `kdpipe` command line: parses, calls, prints. No pipeline logic lives here."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from kdpipe.errors import KdpipeError
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
+                  help="Cross-modality knowledge distillation pipeline for radar detectors.")
+synth_app = typer.Typer(help="Write a procedural world in a real dataset format.")
+app.add_typer(synth_app, name="synth")
+err = Console(stderr=True, soft_wrap=True)
+out = Console(soft_wrap=True)
+
+Workflow = Annotated[Path, typer.Option("--workflow", "-w", help="workflow TOML file")]
+Ws = Annotated[str, typer.Option("--workspace", help="workspace directory or fsspec URL")]
+Json = Annotated[bool, typer.Option("--json", help="machine-readable output on stdout")]
+
+
+def _emit_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, indent=1, default=str) + "\n")
+
+
+@app.command()
+def run(
+    stages: Annotated[list[str] | None, typer.Argument(help="stages to run (+ stale upstream)")] = None,
+    workflow: Workflow = Path("workflows/smoke.toml"),
+    workspace: Ws = "workspace",
+    set_: Annotated[list[str] | None, typer.Option("--set", help="STAGE.KEY=VALUE")] = None,
+    scheduler: Annotated[str | None, typer.Option(help="sync | local[:N] | tcp://HOST:PORT | scheduler file")] = None,
+    from_: Annotated[list[str] | None, typer.Option("--from", help="this stage and downstream")] = None,
+    to: Annotated[list[str] | None, typer.Option("--to", help="this stage and upstream")] = None,
+    only: Annotated[list[str] | None, typer.Option("--only", help="exactly these stages")] = None,
+    force: Annotated[bool, typer.Option(help="re-run selected stages even if cached")] = False,
+    wait: Annotated[bool, typer.Option(help="wait for the workspace lock instead of failing")] = False,
+    as_json: Json = False,
+) -> None:
+    """Run stages of a workflow; up-to-date stages are skipped."""
+    from kdpipe.api import run_workflow
+
+    report = run_workflow(workflow, workspace, stages or [], overrides=set_ or [],
+                          scheduler=scheduler, from_=from_ or [], to=to or [], only=only or [],
+                          force=force, wait=wait, show_progress=not as_json and err.is_terminal,
+                          log=None if as_json else err.print)
+    if as_json:
+        _emit_json(report)
+        return
+    ran = [r for r in report["stages"] if r["status"] == "ran"]
+    if not ran:
+        out.print(f"nothing to do: {len(report['stages'])} stage(s) up to date")
+    for r in report["stages"]:
+        out.print(f"{r['stage']:<14} {r['status']:<7} {r['key']}  {r['seconds']:.1f}s  {r['path']}")
+
+
+@app.command()
+def status(workflow: Workflow = Path("workflows/smoke.toml"), workspace: Ws = "workspace",
+           set_: Annotated[list[str] | None, typer.Option("--set")] = None,
+           as_json: Json = False) -> None:
+    """Each stage: up to date, stale (and why) or missing."""
+    from kdpipe.api import workflow_status
+
+    rows = workflow_status(workflow, workspace, overrides=set_ or [])
+    if as_json:
+        _emit_json(rows)
+        return
+    colors = {"up-to-date": "green", "stale": "yellow", "missing": "red"}
+    for r in rows:
+        why = f" ({'; '.join(r['reasons'])})" if r["reasons"] else ""
+        out.print(f"[{colors[r['state']]}]{r['stage']:<14} {r['state']:<11}[/] {r['key']}{why}")
+        for w in r["warnings"]:
+            out.print(f"  [yellow]warning:[/] {w}")
+
+
+@app.command()
+def lineage(target: Annotated[str, typer.Argument(help="artifact path, STAGE/KEY or STAGE")],
+            workspace: Ws = "workspace", as_json: Json = False,
+            max_files: Annotated[int, typer.Option(help="raw files shown per stage")] = 10) -> None:
+    """The ancestry of an artifact down to the raw input files and their digests."""
+    from rich.tree import Tree
+
+    from kdpipe.pipeline import ancestry
+    from kdpipe.pipeline.store import Workspace
+
+    ws = Workspace(workspace)
+    node = ancestry.tree(ws, *ancestry.resolve(ws, target))
+    if as_json:
+        _emit_json(node)
+        return
+
+    def add(t: Tree, n: dict[str, Any]) -> None:
+        outs = ", ".join(f"{p} sha256:{o['digest'][:12]}" for p, o in n["outputs"].items())
+        branch = t.add(f"[bold]{n['stage']}[/] {n['key']}  {outs}")
+        for c in n["inputs"]:
+            add(branch, c)
+        files = n["raw_files"]
+        for f in files[:max_files]:
+            branch.add(f"[dim]raw[/] {f['path']}  sha256:{f['sha256'][:12]}  {f['bytes']} B")
+        if len(files) > max_files:
+            branch.add(f"[dim]... {len(files) - max_files} more raw files (--json lists all)[/]")
+
+    root = Tree(f"lineage of {target}")
+    add(root, node)
+    out.print(root)
+
+
+@synth_app.command("vod")
+def synth_vod(out_dir: Path, frames: Annotated[int, typer.Option(min=1)] = 64,
+              seed: int = 0, as_json: Json = False) -> None:
+    """A synthetic View-of-Delft world (LiDAR, 4D radar, camera, labels, calib, poses)."""
+    from kdpipe.stages.synth import write_vod
+
+    summary = write_vod(out_dir, frames, seed)
+    _emit_json(summary) if as_json else out.print(f"wrote {out_dir}: {summary}")
+
+
+@synth_app.command("nuscenes")
+def synth_nuscenes(out_dir: Path, scenes: Annotated[int, typer.Option(min=1)] = 2,
+                   seed: int = 0, as_json: Json = False) -> None:
+    """A synthetic nuScenes v1.0-mini world (tables, LIDAR_TOP, 5 radars, cameras)."""
+    from kdpipe.stages.synth import write_nuscenes
+
+    summary = write_nuscenes(out_dir, scenes, seed)
+    _emit_json(summary) if as_json else out.print(f"wrote {out_dir}: {summary}")
+
+
+def main() -> None:
+    """Entry point: user errors are one line on stderr and a non-zero exit, never a traceback."""
+    try:
+        app()
+    except KdpipeError as e:
+        err.print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        err.print("[red]interrupted[/]")
+        sys.exit(130)
+    except Exception as e:  # a bug, not bad input: still one line unless asked for more
+        if os.environ.get("KDPIPE_DEBUG"):
+            raise
+        err.print(f"[red]internal error:[/] {type(e).__name__}: {e} (KDPIPE_DEBUG=1 for a traceback)",
+                  highlight=False, soft_wrap=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

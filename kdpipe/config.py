@@ -1,0 +1,81 @@
+"""Workflows: TOML files holding deltas over the defaults in code, plus typed `--set` overrides.
+
+    [workflow]
+    name = "smoke"
+    stages = ["ingest"]        # built-in names, in order; plugins = ["pkg.mod:STAGE"] adds more
+    seed = 0
+
+    [ingest]                   # only what differs from IngestConfig's defaults
+    format = "vod"
+"""
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kdpipe.errors import ConfigError
+from kdpipe.stages import canonical_name, load_stage
+
+_WORKFLOW_KEYS = {"name", "stages", "seed", "plugins"}
+
+
+@dataclass(frozen=True)
+class Workflow:
+    name: str
+    stages: tuple[Any, ...]                       # Stage objects, in workflow order
+    deltas: dict[str, dict[str, Any]] = field(default_factory=dict)
+    seed: int = 0
+    path: Path | None = None
+
+
+def parse_value(text: str) -> Any:
+    """A `--set` value as TOML would read it (`3`, `0.4`, `true`, `[1, 2]`), else a string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_set(deltas: dict[str, dict[str, Any]], assignment: str) -> None:
+    """Apply `stage.key=value` (nested keys with more dots) to the deltas, in place."""
+    lhs, sep, rhs = assignment.partition("=")
+    parts = [p for p in lhs.strip().split(".") if p]
+    if not sep or len(parts) < 2:
+        raise ConfigError(f"--set {assignment!r}: expected STAGE.KEY=VALUE")
+    node = deltas.setdefault(canonical_name(parts[0]), {})
+    for p in parts[1:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {assignment!r}: '{p}' is not a table")
+    node[parts[-1]] = parse_value(rhs.strip())
+
+
+def load_workflow(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Workflow:
+    p = Path(path)
+    try:
+        doc = tomllib.loads(p.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"workflow file not found: {p}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{p}: invalid TOML: {e}") from None
+    head = doc.pop("workflow", None)
+    if not isinstance(head, dict) or not (head.get("stages") or head.get("plugins")):
+        raise ConfigError(f"{p}: needs a [workflow] table with a non-empty `stages` list")
+    extra = set(head) - _WORKFLOW_KEYS
+    if extra:
+        raise ConfigError(f"{p}: unknown [workflow] key(s): {', '.join(sorted(extra))}")
+    stages = [load_stage(s) for s in head.get("stages", [])]
+    stages += [load_stage(s) for s in head.get("plugins", [])]
+    deltas: dict[str, dict[str, Any]] = {}
+    for name, table in doc.items():
+        if not isinstance(table, dict):
+            raise ConfigError(f"{p}: top-level key '{name}' must be a [stage] table")
+        deltas[canonical_name(name)] = table
+    for a in overrides:
+        apply_set(deltas, a)
+    seed = head.get("seed", 0)
+    if not isinstance(seed, int):
+        raise ConfigError(f"{p}: workflow.seed must be an integer")
+    return Workflow(str(head.get("name", p.stem)), tuple(stages), deltas, seed, p)

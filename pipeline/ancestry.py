@@ -1,0 +1,56 @@
+"""`kdpipe lineage`: walk lineage records from an artifact down to the raw files."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from kdpipe.errors import KdpipeError
+from kdpipe.pipeline.lineage import SOURCES_TABLE
+from kdpipe.pipeline.store import Workspace
+
+
+def resolve(ws: Workspace, target: str) -> tuple[str, str]:
+    """(stage, key) for a path inside the store, `stage/key`, or a stage name (newest)."""
+    p = Path(target)
+    if ws.is_local and p.exists():
+        rel = p.resolve().relative_to(ws.root / "artifacts") if _inside(p, ws) else None
+        if rel is None or len(rel.parts) < 2:
+            raise KdpipeError(f"{target} is not an artifact of workspace {ws.url}")
+        return rel.parts[0], rel.parts[1]
+    parts = target.strip("/").split("/")
+    if len(parts) >= 2 and ws.is_committed(parts[0], parts[1]):
+        return parts[0], parts[1]
+    recs = ws.committed(parts[0])
+    if len(parts) == 1 and recs:
+        return parts[0], recs[0]["key"]
+    raise KdpipeError(f"no committed artifact '{target}' in workspace {ws.url}")
+
+
+def _inside(p: Path, ws: Workspace) -> bool:
+    try:
+        p.resolve().relative_to(ws.root / "artifacts")
+        return True
+    except ValueError:
+        return False
+
+
+def tree(ws: Workspace, stage: str, key: str) -> dict[str, Any]:
+    """The ancestry of one artifact as nested dicts: inputs recursively, raw files at leaves."""
+    if not ws.is_committed(stage, key):
+        raise KdpipeError(f"artifact {stage}/{key} is referenced but missing from {ws.url}")
+    rec = ws.read_lineage(stage, key)
+    node: dict[str, Any] = {
+        "stage": stage, "key": key, "path": ws.artifact_dir(stage, key),
+        "outputs": rec["outputs"], "source_hash": rec.get("source_hash"),
+        "git": rec.get("git"), "end": rec.get("end"), "inputs": [], "raw_files": [],
+    }
+    for port, inp in sorted(rec.get("inputs", {}).items()):
+        child = tree(ws, inp["stage"], inp["key"])
+        child["port"], child["digest"] = port, inp["digest"]
+        node["inputs"].append(child)
+    if rec.get("sources"):
+        path = ws.input_path(stage, key, SOURCES_TABLE)
+        node["raw_files"] = pl.read_parquet(path).to_dicts()
+    return node

@@ -1,0 +1,152 @@
+"""Plans: port matching, type checks, toposort, keys and slicing, all before anything runs."""
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from kdpipe.errors import ConfigError, PlanError
+from kdpipe.pipeline.hashing import fingerprint_tree, stage_key
+from kdpipe.pipeline.stage import Port, Stage, StageConfig
+
+
+@dataclass(frozen=True)
+class Node:
+    stage: Stage[Any]
+    config: StageConfig
+    upstream: Mapping[str, str]      # input port name -> producing stage name
+    key: str
+    fingerprint: str | None          # raw-input fingerprint (source stages only)
+
+
+@dataclass(frozen=True)
+class Plan:
+    order: tuple[str, ...]           # topological, ties broken by workflow order
+    nodes: Mapping[str, Node]
+
+    def upstream_of(self, names: Iterable[str]) -> set[str]:
+        """`names` plus everything they (transitively) read from."""
+        out: set[str] = set()
+        todo = list(names)
+        while todo:
+            n = todo.pop()
+            if n not in out:
+                out.add(n)
+                todo.extend(self.nodes[n].upstream.values())
+        return out
+
+    def downstream_of(self, names: Iterable[str]) -> set[str]:
+        """`names` plus everything that (transitively) reads from them."""
+        out = set(names)
+        for n in self.order:  # topological order: one pass suffices
+            if any(u in out for u in self.nodes[n].upstream.values()):
+                out.add(n)
+        return out
+
+
+def format_validation_error(where: str, err: ValidationError) -> str:
+    parts = []
+    for e in err.errors():
+        loc = ".".join(str(x) for x in e["loc"])
+        msg = "unknown config key" if e["type"] == "extra_forbidden" else e["msg"]
+        parts.append(f"{where}.{loc}: {msg}" if loc else f"{where}: {msg}")
+    return "; ".join(parts)
+
+
+def validate_config(stage: Stage[Any], delta: Mapping[str, Any]) -> StageConfig:
+    try:
+        return stage.config.model_validate(dict(delta))
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(stage.name, err)) from None
+
+
+def _producers(stages: Sequence[Stage[Any]]) -> dict[str, tuple[str, Port]]:
+    prod: dict[str, tuple[str, Port]] = {}
+    for s in stages:
+        for p in s.outputs:
+            if p.name in prod:
+                raise PlanError(f"artifact '{p.name}' is produced by both "
+                                f"'{prod[p.name][0]}' and '{s.name}'")
+            prod[p.name] = (s.name, p)
+    return prod
+
+
+def _match_ports(stages: Sequence[Stage[Any]]) -> dict[str, dict[str, str]]:
+    prod = _producers(stages)
+    upstream: dict[str, dict[str, str]] = {}
+    for s in stages:
+        upstream[s.name] = {}
+        for p in s.inputs:
+            if p.name not in prod:
+                raise PlanError(f"stage '{s.name}' needs '{p.name}' ({p.kind.kind}) but no "
+                                f"stage in the workflow produces it")
+            src, out = prod[p.name]
+            if out.kind is not p.kind:
+                raise PlanError(f"port type mismatch: '{src}' writes '{p.name}' as "
+                                f"{out.kind.kind}, '{s.name}' reads it as {p.kind.kind}")
+            if p.schema and out.schema and p.schema != out.schema:
+                raise PlanError(f"schema mismatch on '{p.name}': '{src}' writes {out.schema}, "
+                                f"'{s.name}' expects {p.schema}")
+            upstream[s.name][p.name] = src
+    return upstream
+
+
+def _toposort(names: Sequence[str], upstream: Mapping[str, Mapping[str, str]]) -> list[str]:
+    deps = {n: set(upstream[n].values()) for n in names}
+    order: list[str] = []
+    while len(order) < len(names):
+        ready = [n for n in names if n not in order and deps[n] <= set(order)]
+        if not ready:
+            stuck = sorted(n for n in names if n not in order)
+            raise PlanError(f"cycle between stages: {' -> '.join(stuck)}")
+        order.append(ready[0])  # first in workflow order: deterministic plans
+    return order
+
+
+def build_plan(stages: Sequence[Stage[Any]], deltas: Mapping[str, Mapping[str, Any]],
+               *, fingerprint: bool = True) -> Plan:
+    """Validate configs, match ports, sort, and compute every stage's cache key."""
+    names = [s.name for s in stages]
+    if len(set(names)) != len(names):
+        raise PlanError(f"stage listed twice in workflow: {names}")
+    by_name = {s.name: s for s in stages}
+    unknown = sorted(set(deltas) - set(names))
+    if unknown:
+        raise ConfigError(f"config given for stage(s) not in the workflow: {', '.join(unknown)}")
+    configs = {s.name: validate_config(s, deltas.get(s.name, {})) for s in stages}
+    upstream = _match_ports(stages)
+    order = _toposort(names, upstream)
+    nodes: dict[str, Node] = {}
+    for n in order:
+        s, cfg = by_name[n], configs[n]
+        fp = None
+        if s.sources is not None and fingerprint:
+            fp = fingerprint_tree(s.sources(cfg))
+        input_keys = {port: nodes[src].key for port, src in upstream[n].items()}
+        key = stage_key(n, s.version, cfg.model_dump(mode="json"), input_keys, fp)
+        nodes[n] = Node(s, cfg, upstream[n], key, fp)
+    return Plan(tuple(order), nodes)
+
+
+def select(plan: Plan, targets: Sequence[str] = (), *, from_: Sequence[str] = (),
+           to: Sequence[str] = (), only: Sequence[str] = ()) -> list[str]:
+    """Stages to consider, in plan order (kedro-style slicing).
+
+    targets: those stages and everything upstream; from_: those and everything downstream;
+    to: those and everything upstream; only: exactly those.
+    """
+    for n in [*targets, *from_, *to, *only]:
+        if n not in plan.nodes:
+            raise PlanError(f"unknown stage '{n}' (workflow has: {', '.join(plan.order)})")
+    chosen = set(plan.order)
+    if targets:
+        chosen &= plan.upstream_of(targets)
+    if from_:
+        chosen &= plan.downstream_of(from_)
+    if to:
+        chosen &= plan.upstream_of(to)
+    if only:
+        chosen = set(only)
+    return [n for n in plan.order if n in chosen]

@@ -1,0 +1,141 @@
+"""Executors: where a stage's tasks run.
+
+`sync` runs tasks inline (debugging, pdb works). The default starts an in-process Dask
+LocalCluster sized to the machine, lazily, so a no-op re-run never pays for it.
+`tcp://HOST:PORT` or a scheduler file connects to an existing `dask scheduler` + `dask worker`
+cluster. Tasks receive small items (paths, ids), never arrays, and every submission gets a fresh
+key with `pure=False`: writer tasks are side effects and must never be deduplicated by Dask.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+from kdpipe.errors import ConfigError
+
+
+class Executor(Protocol):
+    def map(self, fn: Callable[[Any], Any], items: Sequence[Any], *, name: str,
+            resources: Mapping[str, float] | None, progress: Callable[[int], None]) -> list[Any]:
+        ...
+
+    def has_resource(self, name: str) -> bool:
+        ...
+
+    def describe(self) -> str:
+        ...
+
+    def close(self) -> None:
+        ...
+
+
+class SyncExecutor:
+    def map(self, fn: Callable[[Any], Any], items: Sequence[Any], *, name: str,
+            resources: Mapping[str, float] | None = None,
+            progress: Callable[[int], None] = lambda n: None) -> list[Any]:
+        out = []
+        for i, item in enumerate(items):
+            out.append(fn(item))
+            progress(i + 1)
+        return out
+
+    def has_resource(self, name: str) -> bool:
+        return False
+
+    def describe(self) -> str:
+        return "sync"
+
+    def close(self) -> None:
+        return None
+
+
+def machine_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+class DaskExecutor:
+    """Dask futures; the client (and a local cluster, if needed) starts on first use."""
+
+    def __init__(self, address: str | None = None, scheduler_file: str | None = None,
+                 n_workers: int | None = None) -> None:
+        self.address, self.scheduler_file, self.n_workers = address, scheduler_file, n_workers
+        self._client: Any = None
+        self._cluster: Any = None
+
+    def client(self) -> Any:
+        if self._client is None:
+            from distributed import Client, LocalCluster
+
+            if self.address or self.scheduler_file:
+                try:
+                    self._client = Client(self.address, scheduler_file=self.scheduler_file,
+                                          timeout="20s")
+                except (OSError, TimeoutError) as e:
+                    where = self.address or self.scheduler_file
+                    raise ConfigError(f"cannot reach dask scheduler {where}: {e}") from None
+            else:
+                self._cluster = LocalCluster(
+                    n_workers=self.n_workers or machine_cores(), threads_per_worker=1,
+                    processes=True, dashboard_address=None, silence_logs=logging.ERROR)
+                self._client = Client(self._cluster)
+        return self._client
+
+    def map(self, fn: Callable[[Any], Any], items: Sequence[Any], *, name: str,
+            resources: Mapping[str, float] | None = None,
+            progress: Callable[[int], None] = lambda n: None) -> list[Any]:
+        from distributed import as_completed
+
+        if not items:
+            return []
+        client = self.client()
+        run = uuid.uuid4().hex[:8]
+        futures = [client.submit(fn, item, key=f"{name}-{i}-{run}", pure=False,
+                                 resources=dict(resources) if resources else None)
+                   for i, item in enumerate(items)]
+        try:
+            for done, fut in enumerate(as_completed(futures), 1):
+                if fut.status == "error":
+                    fut.result()  # re-raise the task's exception here, in the driver
+                progress(done)
+            return [f.result() for f in futures]
+        finally:
+            client.cancel([f for f in futures if not f.done()])
+
+    def has_resource(self, name: str) -> bool:
+        info = self.client().scheduler_info()
+        return any(name in w.get("resources", {}) for w in info.get("workers", {}).values())
+
+    def describe(self) -> str:
+        if self.address or self.scheduler_file:
+            return f"dask {self.address or self.scheduler_file}"
+        return f"dask local ({self.n_workers or machine_cores()} workers)"
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+        if self._cluster is not None:
+            self._cluster.close()
+        self._client = self._cluster = None
+
+
+def make_executor(spec: str | None) -> Executor:
+    """`None`/"local" -> local cluster, "sync", "tcp://host:port", or a scheduler-file path."""
+    if spec in (None, "", "local"):
+        return DaskExecutor()
+    if spec == "sync":
+        return SyncExecutor()
+    if spec.startswith(("tcp://", "tls://", "ucx://", "inproc://")):
+        return DaskExecutor(address=spec)
+    if spec.startswith("local:"):
+        return DaskExecutor(n_workers=int(spec.split(":", 1)[1]))
+    if Path(spec).is_file():
+        return DaskExecutor(scheduler_file=spec)
+    raise ConfigError(f"--scheduler {spec!r}: expected sync, local[:N], tcp://HOST:PORT or a "
+                      f"scheduler file that exists")

@@ -1,0 +1,97 @@
+"""Lineage records (one per artifact, the commit marker) and OpenLineage-style run events.
+
+nanoGPT stores its config beside the weights; kdpipe does that for every artifact: what was asked
+(stage, key, version, config, input keys), what was produced (output digests), from what (input
+digests, raw source files), by which code (source hash, git commit, package versions), where and when.
+"""
+from __future__ import annotations
+
+import functools
+import importlib.metadata
+import os
+import socket
+import subprocess
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+SOURCES_TABLE = "_sources.parquet"
+PRODUCER = "https://github.com/kdpipe/kdpipe"
+OL_SCHEMA = "https://openlineage.io/spec/2-0-2/OpenLineage.json#/definitions/RunEvent"
+_PACKAGES = ("kdpipe", "torch", "numpy", "zarr", "pyarrow", "polars", "dask", "distributed",
+             "nuscenes-devkit", "vod-tudelft", "pydantic")
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def new_run_id() -> str:
+    return str(uuid.uuid4())
+
+
+@functools.cache
+def package_versions() -> dict[str, str]:
+    out = {}
+    for name in _PACKAGES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = "absent"
+    return out
+
+
+@functools.cache
+def git_state() -> dict[str, Any]:
+    """Commit and dirty flag of the kdpipe checkout, if the code runs from one."""
+    repo = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True,
+                                text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+    return {"commit": commit, "dirty": bool(dirty.strip())}
+
+
+def write_sources(workdir: Path, rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Raw input files (path, bytes, sha256) go to a table, not the JSON: there may be 10^5."""
+    if not rows:
+        return None
+    df = pl.DataFrame(rows).unique(subset=["path"]).sort("path")
+    df.write_parquet(workdir / SOURCES_TABLE)
+    return {"table": SOURCES_TABLE, "files": df.height, "bytes": int(df["bytes"].sum())}
+
+
+def record(*, stage: str, key: str, version: int, config: dict[str, Any],
+           inputs: dict[str, dict[str, Any]], outputs: dict[str, dict[str, Any]],
+           sources: dict[str, Any] | None, source_hash: str, fingerprint: str | None,
+           seed: int, run_id: str, start: str) -> dict[str, Any]:
+    return {
+        "format": "kdpipe.lineage/1", "stage": stage, "key": key, "version": version,
+        "config": config, "inputs": inputs, "outputs": outputs, "sources": sources,
+        "fingerprint": fingerprint, "source_hash": source_hash, "git": git_state(),
+        "packages": package_versions(), "seed": seed, "host": socket.gethostname(),
+        "pid": os.getpid(), "run_id": run_id, "start": start, "end": now_iso(),
+    }
+
+
+def run_event(event_type: str, *, run_id: str, stage: str, workspace: str,
+              inputs: list[str], outputs: list[str], facets: dict[str, Any] | None = None,
+              ) -> dict[str, Any]:
+    """An OpenLineage RunEvent (START / COMPLETE / FAIL) for the file transport."""
+    ds = [{"namespace": workspace, "name": n} for n in inputs]
+    out = [{"namespace": workspace, "name": n} for n in outputs]
+    return {
+        "eventType": event_type, "eventTime": now_iso(), "producer": PRODUCER,
+        "schemaURL": OL_SCHEMA,
+        "run": {"runId": run_id, "facets": {"kdpipe": {"_producer": PRODUCER,
+                                                       "_schemaURL": PRODUCER + "/lineage/1",
+                                                       **(facets or {})}}},
+        "job": {"namespace": "kdpipe", "name": stage},
+        "inputs": ds, "outputs": out,
+    }

@@ -1,0 +1,176 @@
+"""Run a plan against a workspace: skip what is committed, run the rest, publish, record lineage."""
+from __future__ import annotations
+
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from kdpipe.errors import KdpipeError, PlanError, StageError
+from kdpipe.pipeline import lineage
+from kdpipe.pipeline.dag import Plan
+from kdpipe.pipeline.executor import Executor, SyncExecutor
+from kdpipe.pipeline.hashing import digest_path
+from kdpipe.pipeline.stage import ProgressFn, StageContext
+from kdpipe.pipeline.store import Workspace
+
+
+@dataclass
+class StageResult:
+    stage: str
+    key: str
+    status: str                 # "ran" | "cached"
+    seconds: float
+    path: str
+    outputs: dict[str, str] = field(default_factory=dict)   # port -> artifact path
+
+
+class LazyExecutor:
+    """Starts the real executor only when a stage actually submits work."""
+
+    def __init__(self, factory: Callable[[], Executor]) -> None:
+        self._factory, self._ex = factory, None
+
+    @property
+    def inner(self) -> Executor:
+        if self._ex is None:
+            self._ex = self._factory()
+        return self._ex
+
+    def map(self, fn: Any, items: Any, **kw: Any) -> list[Any]:
+        return self.inner.map(fn, items, **kw)
+
+    def has_resource(self, name: str) -> bool:
+        return self.inner.has_resource(name)
+
+    def describe(self) -> str:
+        return self.inner.describe() if self._ex else "not started"
+
+    def close(self) -> None:
+        if self._ex is not None:
+            self._ex.close()
+
+
+def execute(plan: Plan, ws: Workspace, names: Sequence[str], *,
+            executor: Callable[[], Executor] = SyncExecutor, seed: int = 0, force: bool = False,
+            progress: ProgressFn | None = None,
+            on_stage: Callable[[str, str], None] | None = None) -> list[StageResult]:
+    """Run the selected stages whose artifacts are not committed (all of them with `force`)."""
+    todo = {n for n in names if force or not ws.is_committed(n, plan.nodes[n].key)}
+    for n in names:
+        for src in plan.nodes[n].upstream.values():
+            if src not in todo and not ws.is_committed(src, plan.nodes[src].key):
+                raise PlanError(f"stage '{n}' needs the output of '{src}', which is not in the "
+                                f"workspace and not selected to run; run '{src}' too")
+    lazy = LazyExecutor(executor)
+    results = []
+    try:
+        for n in names:
+            key = plan.nodes[n].key
+            if n not in todo:
+                results.append(StageResult(n, key, "cached", 0.0, ws.artifact_dir(n, key),
+                                           _output_paths(plan, ws, n)))
+                continue
+            if on_stage:
+                on_stage(n, key)
+            t0 = time.perf_counter()
+            _run_stage(plan, ws, n, lazy, seed, progress)
+            results.append(StageResult(n, key, "ran", time.perf_counter() - t0,
+                                       ws.artifact_dir(n, key), _output_paths(plan, ws, n)))
+    finally:
+        lazy.close()
+    return results
+
+
+def _output_paths(plan: Plan, ws: Workspace, n: str) -> dict[str, str]:
+    node = plan.nodes[n]
+    return {p.name: f"{ws.artifact_dir(n, node.key)}/{p.filename()}" for p in node.stage.outputs}
+
+
+def _run_stage(plan: Plan, ws: Workspace, n: str, ex: Executor, seed: int,
+               progress: ProgressFn | None) -> None:
+    node = plan.nodes[n]
+    run_id, start = lineage.new_run_id(), lineage.now_iso()
+    in_ports = {p.name: p for p in node.stage.inputs}
+    in_names = [f"{src}/{plan.nodes[src].key}/{in_ports[p].filename()}"
+                for p, src in node.upstream.items()]
+    out_names = [f"{n}/{node.key}/{p.filename()}" for p in node.stage.outputs]
+    ws.append_event(lineage.run_event("START", run_id=run_id, stage=n, workspace=ws.url,
+                                      inputs=in_names, outputs=out_names))
+    workdir = ws.prepare(n, node.key)
+    inputs = {p: ws.input_path(src, plan.nodes[src].key, in_ports[p].filename())
+              for p, src in node.upstream.items()}
+    outputs = {p.name: workdir / p.filename() for p in node.stage.outputs}
+    ctx: StageContext[Any] = StageContext(
+        stage=n, key=node.key, config=node.config, inputs=inputs, outputs=outputs,
+        workdir=workdir, executor=ex, seed=seed, progress=progress or (lambda d, i, t: None))
+    try:
+        node.stage.run(ctx)
+        missing = [p for p, path in outputs.items() if not path.exists()]
+        if missing:
+            raise StageError(f"stage '{n}' finished without writing {', '.join(missing)}")
+    except BaseException as e:
+        ws.append_event(lineage.run_event("FAIL", run_id=run_id, stage=n, workspace=ws.url,
+                                          inputs=in_names, outputs=out_names,
+                                          facets={"error": f"{type(e).__name__}: {e}"}))
+        if isinstance(e, KdpipeError) or not isinstance(e, Exception):
+            raise
+        log = ws.local_root / "logs" / f"{run_id}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text(traceback.format_exc())
+        raise StageError(f"stage '{n}' failed: {type(e).__name__}: {e} (traceback: {log})") from e
+    in_lineage = {}
+    for p, src in node.upstream.items():
+        up = ws.read_lineage(src, plan.nodes[src].key)
+        in_lineage[p] = {"stage": src, "key": plan.nodes[src].key,
+                         "digest": up["outputs"][p]["digest"]}
+    out_lineage = {p: {"file": path.name, "digest": digest_path(path)}
+                   for p, path in outputs.items()}
+    sources = lineage.write_sources(workdir, ctx.sources)
+    rec = lineage.record(stage=n, key=node.key, version=node.stage.version,
+                         config=node.config.model_dump(mode="json"), inputs=in_lineage,
+                         outputs=out_lineage, sources=sources,
+                         source_hash=node.stage.source_hash(), fingerprint=node.fingerprint,
+                         seed=seed, run_id=run_id, start=start)
+    ws.publish(n, node.key, workdir, rec)
+    ws.append_event(lineage.run_event("COMPLETE", run_id=run_id, stage=n, workspace=ws.url,
+                                      inputs=in_names, outputs=out_names,
+                                      facets={"key": node.key, "outputs": out_lineage}))
+
+
+def status(plan: Plan, ws: Workspace) -> list[dict[str, Any]]:
+    """Per stage: up-to-date / stale (with reasons) / missing, plus code-drift warnings."""
+    rows = []
+    for n in plan.order:
+        node = plan.nodes[n]
+        row: dict[str, Any] = {"stage": n, "key": node.key, "reasons": [], "warnings": []}
+        if ws.is_committed(n, node.key):
+            row["state"] = "up-to-date"
+            rec = ws.read_lineage(n, node.key)
+            if rec.get("source_hash") != node.stage.source_hash():
+                row["warnings"].append("stage code changed since this artifact was made "
+                                       "(bump the stage version to invalidate it)")
+        else:
+            prev = ws.committed(n)
+            row["state"] = "stale" if prev else "missing"
+            if prev:
+                row["reasons"] = _why_stale(plan, n, prev[0])
+        rows.append(row)
+    return rows
+
+
+def _why_stale(plan: Plan, n: str, rec: dict[str, Any]) -> list[str]:
+    node, why = plan.nodes[n], []
+    if rec.get("version") != node.stage.version:
+        why.append(f"stage version {rec.get('version')} -> {node.stage.version}")
+    old, new = rec.get("config", {}), node.config.model_dump(mode="json")
+    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    if changed:
+        why.append("config changed: " + ", ".join(changed))
+    for port, src in node.upstream.items():
+        if rec.get("inputs", {}).get(port, {}).get("key") != plan.nodes[src].key:
+            why.append(f"upstream '{src}' changed")
+    if node.fingerprint and rec.get("fingerprint") != node.fingerprint:
+        why.append("raw input files changed")
+    return why or ["no committed artifact for the current key"]

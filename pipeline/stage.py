@@ -1,0 +1,149 @@
+"""What a stage is: a typed config, typed input/output ports and one `run`.
+
+A stage module defines a config model, a `run(ctx)` function and one `STAGE` constant. The runner
+owns everything else (keys, temporary locations, publishing, lineage), so `run` only reads
+`ctx.inputs[...]` and writes `ctx.outputs[...]`.
+"""
+from __future__ import annotations
+
+import ast
+import inspect
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
+
+from pydantic import BaseModel, ConfigDict
+
+from kdpipe.pipeline.hashing import canonical_json, sha256_bytes
+
+if TYPE_CHECKING:
+    from kdpipe.pipeline.executor import Executor
+
+
+class StageConfig(BaseModel):
+    """Base for stage configs: frozen, unknown keys rejected (nanoGPT's `Unknown config key`)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+C = TypeVar("C", bound=StageConfig)
+
+
+class Artifact:
+    """An artifact kind: how a port's data sits on disk (one file or one directory)."""
+
+    kind: ClassVar[str] = "artifact"
+    suffix: ClassVar[str] = ""
+    is_dir: ClassVar[bool] = False
+
+
+class ZarrArtifact(Artifact):
+    kind, suffix, is_dir = "zarr", ".zarr", True
+
+
+class ParquetArtifact(Artifact):
+    kind, suffix, is_dir = "parquet", ".parquet", False
+
+
+class CheckpointArtifact(Artifact):
+    kind, suffix, is_dir = "checkpoint", ".pt", False
+
+
+class JsonArtifact(Artifact):
+    kind, suffix, is_dir = "json", ".json", False
+
+
+class DirArtifact(Artifact):
+    """A directory of files (reports, exported label folders)."""
+
+    kind, suffix, is_dir = "dir", "", True
+
+
+@dataclass(frozen=True)
+class Port:
+    name: str                     # artifact name in the workflow, e.g. "radar_frames"
+    kind: type[Artifact]          # ZarrArtifact | ParquetArtifact | ...
+    schema: str | None = None     # schema name from kdpipe.schemas, checked when plans are built
+
+    def filename(self) -> str:
+        return self.name + self.kind.suffix
+
+
+@dataclass(frozen=True)
+class Stage(Generic[C]):
+    name: str                                   # CLI spelling, e.g. "teacher-label"
+    config: type[C]                             # pydantic model, frozen, extra="forbid"
+    inputs: tuple[Port, ...]
+    outputs: tuple[Port, ...]
+    run: Callable[[StageContext[C]], None]
+    version: int = 1                            # bump to invalidate cached outputs on purpose
+    # Raw inputs outside the workspace; their (path, size, mtime) fingerprint joins the key.
+    sources: Callable[[C], Sequence[Path]] | None = None
+    description: str = ""
+
+    def source_hash(self) -> str:
+        """Hash of the stage module's code, comments and docstrings stripped (lineage only)."""
+        return module_source_hash(self.run)
+
+
+def module_source_hash(fn: Callable[..., Any]) -> str:
+    try:
+        src = inspect.getsource(inspect.getmodule(fn))  # type: ignore[arg-type]
+    except (OSError, TypeError):
+        return "unknown"
+    tree = ast.parse(src)
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if isinstance(body, list) and body and isinstance(body[0], ast.Expr) \
+                and isinstance(getattr(body[0], "value", None), ast.Constant) \
+                and isinstance(body[0].value.value, str):
+            node.body = body[1:] or [ast.Pass()]  # type: ignore[attr-defined]
+    return sha256_bytes(ast.dump(tree).encode())[:16]
+
+
+ProgressFn = Callable[[str, int, int], None]  # (description, done, total)
+
+
+def _no_progress(desc: str, done: int, total: int) -> None:
+    return None
+
+
+@dataclass
+class StageContext(Generic[C]):
+    """What `run` sees. Output paths point into the stage's work directory, not the store."""
+
+    stage: str
+    key: str
+    config: C
+    inputs: Mapping[str, Path]
+    outputs: Mapping[str, Path]
+    workdir: Path                  # persists across a killed run so stages can resume
+    executor: Executor
+    seed: int = 0
+    progress: ProgressFn = _no_progress
+    sources: list[dict[str, Any]] = field(default_factory=list)
+
+    def map(self, fn: Callable[..., Any], items: Iterable[Any], *, desc: str = "",
+            resources: Mapping[str, float] | None = None) -> list[Any]:
+        """Run `fn(item)` for every item on the executor; results in item order.
+
+        Items must be small (paths, ids, configs): tasks read their own data.
+        """
+        seq = list(items)
+        label = desc or self.stage
+        return self.executor.map(fn, seq, name=f"{self.stage}-{label}", resources=resources,
+                                 progress=lambda done: self.progress(label, done, len(seq)))
+
+    def record_sources(self, rows: Iterable[Mapping[str, Any]]) -> None:
+        """Record raw input files read: dicts with `path`, `bytes`, `sha256`."""
+        self.sources.extend(dict(r) for r in rows)
+
+    def file_metadata(self) -> dict[str, str]:
+        """Deterministic provenance for file-level metadata (Parquet key "kdpipe", Zarr attrs).
+
+        Only what was asked for goes here (no times, hosts): artifacts stay byte-identical
+        between runs; the full record lives in `_lineage.json`.
+        """
+        return {"kdpipe": canonical_json({"stage": self.stage, "key": self.key,
+                                          "config": self.config.model_dump(mode="json")}).decode()}
