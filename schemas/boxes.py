@@ -13,6 +13,8 @@ All functions are vectorised over boxes and accept ``N == 0``.
 """
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 import numpy.typing as npt
 
@@ -175,7 +177,9 @@ def nuscenes_global_to_ego(
     """nuScenes ``sample_annotation`` boxes (global frame) to canonical ego boxes.
 
     Equivalent to the devkit's ``box.translate(-ego_t); box.rotate(Quaternion(ego_q).inverse)``
-    followed by taking the yaw (about ego z, ZYX convention as ``Quaternion.yaw_pitch_roll[0]``).
+    followed by ``nuscenes.eval.common.utils.quaternion_yaw`` (heading of the box's x-axis
+    projected on the ego xy-plane; *not* pyquaternion's ``yaw_pitch_roll[0]``, which uses another
+    Euler order and differs once the box is tilted).
     Any residual roll/pitch of the box relative to the ego frame is dropped: canonical boxes are
     yaw-only (nuScenes boxes are annotated yaw-only in the global frame, so this is the ego
     pose's own small roll/pitch).
@@ -234,11 +238,41 @@ def ego_to_nuscenes_global(
 # ----------------------------------------------------------------------------- geometry
 
 
+def kitti_camera_corners(
+    loc_cam: npt.ArrayLike, dims_hwl: npt.ArrayLike, rot_y: npt.ArrayLike
+) -> FloatArray:
+    """Corners of KITTI label boxes read literally in the camera frame (KITTI ``compute_box_3d``).
+
+    The box stands upright along camera -y and turns about camera +y. This is the geometry the
+    KITTI/VoD evaluators (camera-frame IoU) and VoD's exported 2D ``bbox`` columns use. In VoD
+    the camera is pitched ~6 deg against the LiDAR, so it differs from :func:`box_corners` of the
+    converted ego box (the physical, LiDAR-upright box) by that tilt.
+
+    Args:
+        loc_cam: ``(N, 3)`` bottom centre, camera frame.
+        dims_hwl: ``(N, 3)`` height, width, length.
+        rot_y: ``(N,)`` radians.
+
+    Returns:
+        ``(N, 8, 3)`` camera-frame corners in the :func:`box_corners` order.
+    """
+    loc = np.asarray(loc_cam, dtype=np.float64).reshape(-1, 3)
+    hwl = np.asarray(dims_hwl, dtype=np.float64).reshape(-1, 3)
+    ry = np.asarray(rot_y, dtype=np.float64).reshape(-1)
+    x = _CORNER_SIGNS[None, :, 0] * hwl[:, 2:3] / 2.0  # along the length
+    z = _CORNER_SIGNS[None, :, 1] * hwl[:, 1:2] / 2.0  # signs chosen so the order matches ego
+    y = -(_CORNER_SIGNS[None, :, 2] + 1.0) / 2.0 * hwl[:, 0:1]  # bottom at 0, top at -h
+    c, s = np.cos(ry)[:, None], np.sin(ry)[:, None]
+    return np.stack([c * x + s * z, y, -s * x + c * z], axis=-1) + loc[:, None, :]
+
+
 def project_to_image_bbox(
     boxes: npt.ArrayLike,
     T_cam_from_ego: npt.ArrayLike,
     P: npt.ArrayLike,
     image_wh: tuple[int, int],
+    *,
+    upright: Literal["camera", "ego"] = "camera",
 ) -> FloatArray:
     """2D image boxes of the projected 3D boxes (KITTI ``bbox`` columns).
 
@@ -251,6 +285,11 @@ def project_to_image_bbox(
         T_cam_from_ego: ``(4, 4)`` rectified-camera-from-ego.
         P: ``(3, 4)`` camera projection matrix (rectified camera -> pixels), e.g. KITTI ``P2``.
         image_wh: image ``(width, height)`` in pixels.
+        upright: ``"camera"`` (default) projects :func:`kitti_camera_corners` of the exported
+            label, which reproduces VoD's ground-truth ``bbox`` columns to < 1 px, so the
+            evaluator's 40 px height filter treats predictions like GT. ``"ego"`` projects the
+            physical :func:`box_corners` (as the VoD devkit's 2D visualisation does); in VoD
+            that is up to ~25% shorter.
 
     Returns:
         ``(N, 4)`` ``left, top, right, bottom`` pixels clipped to ``[0, w] x [0, h]``. Rows are
@@ -263,27 +302,27 @@ def project_to_image_bbox(
         return out
     T = np.asarray(T_cam_from_ego, dtype=np.float64)
     P = np.asarray(P, dtype=np.float64).reshape(3, 4)
-    corners_cam = transform_points(T, box_corners(b).reshape(-1, 3)).reshape(n, 8, 3)
+    if upright == "camera":
+        corners_cam = kitti_camera_corners(*ego_to_kitti_camera(b, T))
+    else:
+        corners_cam = transform_points(T, box_corners(b).reshape(-1, 3)).reshape(n, 8, 3)
     # Edge/near-plane intersections: one per edge (invalid ones are masked below).
     p0, p1 = corners_cam[:, _EDGES[:, 0]], corners_cam[:, _EDGES[:, 1]]  # (N, 12, 3)
     z0, z1 = p0[..., 2], p1[..., 2]
     crosses = (z0 - _Z_NEAR_M) * (z1 - _Z_NEAR_M) < 0
     with np.errstate(divide="ignore", invalid="ignore"):
         t = np.where(crosses, (_Z_NEAR_M - z0) / (z1 - z0), 0.0)
-    cuts = p0 + t[..., None] * (p1 - p0)
-    pts = np.concatenate([corners_cam, cuts], axis=1)  # (N, 20, 3)
+    pts = np.concatenate([corners_cam, p0 + t[..., None] * (p1 - p0)], axis=1)  # (N, 20, 3)
     valid = np.concatenate([corners_cam[..., 2] >= _Z_NEAR_M, crosses], axis=1)  # (N, 20)
     uvw = pts @ P[:, :3].T + P[:, 3]
     with np.errstate(divide="ignore", invalid="ignore"):
         uv = uvw[..., :2] / uvw[..., 2:3]
     uv_min = np.where(valid[..., None], uv, np.inf).min(axis=1)  # (N, 2)
     uv_max = np.where(valid[..., None], uv, -np.inf).max(axis=1)
-    w, h = float(image_wh[0]), float(image_wh[1])
-    lo = np.clip(uv_min, 0.0, [w, h])
-    hi = np.clip(uv_max, 0.0, [w, h])
-    visible = valid.any(axis=1) & (uv_max[:, 0] > 0) & (uv_min[:, 0] < w)
-    visible &= (uv_max[:, 1] > 0) & (uv_min[:, 1] < h)
-    out[visible] = np.column_stack([lo, hi])[visible]
+    wh = np.array([float(image_wh[0]), float(image_wh[1])])
+    visible = valid.any(axis=1) & np.all(uv_max > 0, axis=1) & np.all(uv_min < wh, axis=1)
+    clipped = np.column_stack([np.clip(uv_min, 0.0, wh), np.clip(uv_max, 0.0, wh)])
+    out[visible] = clipped[visible]
     return out
 
 
