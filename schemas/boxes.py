@@ -5,7 +5,8 @@ Canonical convention (every stage after ingest speaks only this):
 * ``boxes`` is an ``(N, 7)`` float64 array ``[x, y, z, length, width, height, yaw_rad]``.
 * Frame: the dataset's ego frame (VoD: the LiDAR frame; nuScenes: the ego/body frame), x forward,
   y left, z up, metres.
-* ``(x, y, z)`` is the geometric box *centre*; ``length`` runs along the heading, ``width`` across it.
+* ``(x, y, z)`` is the geometric box *centre*; ``length`` runs along the heading, ``width``
+  across it.
 * ``yaw_rad`` is the rotation about +z, 0 = facing +x, normalised to ``[-pi, pi)``. Boxes are
   yaw-only: roll and pitch are not represented.
 
@@ -41,7 +42,9 @@ _EDGES = np.array(
 def normalize_yaw(yaw: npt.ArrayLike) -> FloatArray:
     """Wrap angles (radians) to ``[-pi, pi)``; any shape."""
     yaw_rad = np.asarray(yaw, dtype=np.float64)
-    return np.mod(yaw_rad + np.pi, 2.0 * np.pi) - np.pi
+    out = np.mod(yaw_rad + np.pi, 2.0 * np.pi) - np.pi
+    # np.mod of a tiny negative rounds up to exactly 2*pi; fold that back to keep [-pi, pi).
+    return np.where(out >= np.pi, out - 2.0 * np.pi, out)
 
 
 def transform_points(T: npt.ArrayLike, xyz: npt.ArrayLike) -> FloatArray:
@@ -53,8 +56,10 @@ def transform_points(T: npt.ArrayLike, xyz: npt.ArrayLike) -> FloatArray:
 
 def _as_boxes(boxes: npt.ArrayLike) -> FloatArray:
     arr = np.asarray(boxes, dtype=np.float64)
-    if arr.ndim != 2 or arr.shape[1] != 7:  # noqa: PLR2004
+    if arr.shape == (7,) or (arr.ndim == 1 and arr.size == 0):
         arr = arr.reshape(-1, 7)
+    if arr.ndim != 2 or arr.shape[1] != 7:  # noqa: PLR2004
+        raise ValueError(f"boxes must be (N, 7) [x, y, z, l, w, h, yaw], got shape {arr.shape}")
     return arr
 
 

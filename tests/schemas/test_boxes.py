@@ -1,16 +1,25 @@
 """Canonical box conversions: round trips, and agreement with the VoD and nuScenes devkits."""
 from __future__ import annotations
 
-from pathlib import Path
 from types import SimpleNamespace
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
-
 from kdpipe.schemas import boxes as B
+from nuscenes.eval.common.utils import quaternion_yaw
+from nuscenes.utils.data_classes import Box
+from nuscenes.utils.geometry_utils import points_in_box
+from pyquaternion import Quaternion
+from scipy.spatial.transform import Rotation
+from vod.frame.labels import FrameLabels
+from vod.visualization.helpers import get_2d_label_corners, get_transformed_3d_label_corners
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 VOD_FRAMES = ("00549", "01047", "01201")
 VOD_IMAGE_WH = (1936, 1216)
@@ -33,7 +42,6 @@ def _random_boxes(seed: int, n: int) -> np.ndarray:
 
 def _random_rigid(seed: int) -> np.ndarray:
     """A random rigid 4x4 (camera_from_ego-like)."""
-    from scipy.spatial.transform import Rotation
 
     rng = np.random.default_rng(seed)
     T = np.eye(4)
@@ -43,7 +51,6 @@ def _random_rigid(seed: int) -> np.ndarray:
 
 
 def _random_quat(seed: int) -> np.ndarray:
-    from scipy.spatial.transform import Rotation
 
     x, y, z, w = Rotation.random(random_state=seed).as_quat()
     return np.array([w, x, y, z])
@@ -94,6 +101,12 @@ def test_empty_inputs() -> None:
     assert B.nuscenes_global_to_ego(t, s, q, np.zeros(3), [1, 0, 0, 0]).shape == (0, 7)
 
 
+def test_bad_box_shape_raises() -> None:
+    with pytest.raises(ValueError, match=r"\(N, 7\)"):
+        B.box_corners(np.zeros((7, 8)))
+    assert B.box_corners(np.zeros(7)).shape == (1, 8, 3)
+
+
 def test_box_corners_axis_aligned() -> None:
     c = B.box_corners([[1.0, 2.0, 3.0, 4.0, 2.0, 1.0, np.pi / 2]])[0]
     # Heading +y: length runs along y, width along x.
@@ -138,10 +151,6 @@ def test_nuscenes_round_trip(seed: int, n: int) -> None:
 
 
 def test_nuscenes_matches_devkit_box() -> None:
-    from nuscenes.eval.common.utils import quaternion_yaw
-    from nuscenes.utils.data_classes import Box
-    from pyquaternion import Quaternion
-
     rng = np.random.default_rng(7)
     n = 25
     # Global boxes are yaw-only in nuScenes; the ego pose is tilted a little (roll/pitch).
@@ -172,8 +181,6 @@ def test_nuscenes_matches_devkit_box() -> None:
 
 @pytest.mark.parametrize("frame", VOD_FRAMES)
 def test_vod_corners_match_devkit(real: Path, frame: str) -> None:
-    from vod.frame.labels import FrameLabels
-    from vod.visualization.helpers import get_transformed_3d_label_corners
 
     T, _ = _vod_calib(real, frame)
     lines, cols = _vod_labels(real, frame)
@@ -185,8 +192,6 @@ def test_vod_corners_match_devkit(real: Path, frame: str) -> None:
 
 @pytest.mark.parametrize("frame", VOD_FRAMES)
 def test_vod_image_bbox_matches_devkit_projection(real: Path, frame: str) -> None:
-    from vod.frame.labels import FrameLabels
-    from vod.visualization.helpers import get_2d_label_corners
 
     T, P = _vod_calib(real, frame)
     lines, cols = _vod_labels(real, frame)
@@ -231,14 +236,14 @@ def test_kitti_corners_match_camera_formula(real: Path, frame: str) -> None:
     cols = np.array([ln.split()[1:] for ln in
                      (real / f"kitti/training/label_2/{frame}.txt").read_text().splitlines()
                      if not ln.startswith("DontCare")], float)
-    h, w, l = cols[:, 7], cols[:, 8], cols[:, 9]
+    h, w, length = cols[:, 7], cols[:, 8], cols[:, 9]
     tilt_rad = np.arccos(-T[1, 2])  # angle between camera -y and ego +z
     assert tilt_rad < np.radians(2)
     boxes = B.kitti_camera_to_ego(cols[:, 10:13], cols[:, 7:10], cols[:, 13], T)
     mine_cam = B.transform_points(T, B.box_corners(boxes).reshape(-1, 3)).reshape(-1, 8, 3)
     for i in range(len(cols)):
         # KITTI devkit (compute_box_3d): rot_y about camera y, bottom-centre origin, y down.
-        x = l[i] / 2 * np.array([1, 1, -1, -1, 1, 1, -1, -1])
+        x = length[i] / 2 * np.array([1, 1, -1, -1, 1, 1, -1, -1])
         y = -h[i] * np.array([0, 0, 0, 0, 1, 1, 1, 1])
         z = w[i] / 2 * np.array([1, -1, -1, 1, 1, -1, -1, 1])
         c, s = np.cos(cols[i, 13]), np.sin(cols[i, 13])
@@ -246,7 +251,7 @@ def test_kitti_corners_match_camera_formula(real: Path, frame: str) -> None:
         ref = (R @ np.vstack([x, y, z])).T + cols[i, 10:13]
         dist = np.linalg.norm(mine_cam[i][:, None] - ref[None], axis=-1).min(axis=1)
         # KITTI's camera -y is not exactly the LiDAR z (~0.8 deg): bounded by that tilt.
-        assert dist.max() <= 2 * np.sin(tilt_rad) * np.linalg.norm([h[i], w[i], l[i]]) + 1e-9
+        assert dist.max() <= 2 * np.sin(tilt_rad) * np.linalg.norm([h[i], w[i], length[i]]) + 1e-9
         np.testing.assert_allclose(B.kitti_camera_corners(cols[i:i + 1, 10:13], cols[i:i + 1, 7:10],
                                                           cols[i:i + 1, 13])[0], ref, atol=1e-9)
 
@@ -281,7 +286,8 @@ def test_project_front_behind_and_straddling() -> None:
 
 def test_points_in_boxes_counts() -> None:
     boxes = np.array([[0.0, 0, 0, 4, 2, 2, np.pi / 4], [10.0, 0, 0, 1, 1, 1, 0]])
-    rot = np.array([[np.cos(np.pi / 4), -np.sin(np.pi / 4)], [np.sin(np.pi / 4), np.cos(np.pi / 4)]])
+    c, s = np.cos(np.pi / 4), np.sin(np.pi / 4)
+    rot = np.array([[c, -s], [s, c]])
     inside_local = np.array([[1.9, 0.9, 0.9], [-1.9, -0.9, -0.9], [0, 0, 0]])
     outside_local = np.array([[2.1, 0, 0], [0, 1.1, 0], [0, 0, 1.1]])
     pts = np.vstack([inside_local, outside_local])
@@ -291,16 +297,15 @@ def test_points_in_boxes_counts() -> None:
 
 
 def test_points_in_boxes_matches_devkit_and_chunking() -> None:
-    from nuscenes.utils.data_classes import Box
-    from nuscenes.utils.geometry_utils import points_in_box
-    from pyquaternion import Quaternion
 
     rng = np.random.default_rng(3)
     boxes = _random_boxes(3, 40)
     boxes[:, :3] /= 6
     pts = rng.uniform(-12, 12, (30_000, 3))  # 40 x 30k forces several chunks
     ours = B.points_in_boxes(pts, boxes)
-    ref = [points_in_box(Box(b[:3], b[[4, 3, 5]], Quaternion(axis=[0, 0, 1], angle=b[6])), pts.T).sum()
-           for b in boxes]
+    ref = [
+        points_in_box(Box(b[:3], b[[4, 3, 5]], Quaternion(axis=[0, 0, 1], angle=b[6])), pts.T).sum()
+        for b in boxes
+    ]
     np.testing.assert_array_equal(ours, ref)
     assert ours.sum() > 0
