@@ -1,0 +1,150 @@
+"""What every ingest format shares: one task writes one group (a scene, or a block of
+consecutive frames) as a Zarr v3 group plus Parquet parts, then a done-marker.
+
+Why one writer per group: sharded Zarr writes are read-modify-write of whole shards, so two
+tasks touching one shard silently lose data (zarr-python#3514); a group per task rules that out.
+Why a done-marker per group: Zarr is atomic per object only; the marker lets a re-run after a
+kill redo exactly the unfinished groups.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import polars as pl
+
+from kdpipe.schemas.tables import BOXES, CALIBRATION, FRAMES, REJECTS, frame_table
+
+# sensor name -> (field names, units); the order is the column order of `points`
+SENSOR_FIELDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "lidar": (("x", "y", "z", "intensity"), ("m", "m", "m", "1")),
+    "vod_radar": (("x", "y", "z", "rcs", "v_r", "v_r_comp", "time"),
+                  ("m", "m", "m", "dBsm", "m/s", "m/s", "scan")),
+}
+
+
+@dataclass(frozen=True)
+class Storage:
+    chunk_rows: int
+    shard_chunks: int
+    clevel: int
+
+
+@dataclass
+class FileLog:
+    """Raw files read by a task: path, size and sha256 of the bytes actually read."""
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    def add(self, path: str | Path) -> None:
+        p = Path(path)
+        h = hashlib.sha256()
+        with open(p, "rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+        self.rows.append({"path": str(p), "bytes": p.stat().st_size, "sha256": h.hexdigest()})
+
+
+@dataclass
+class GroupWriter:
+    """Collects one group's frames in memory (bounded by the group), then writes them."""
+
+    workdir: Path
+    source: str
+    scene: str
+    storage: Storage
+    frames: list[dict[str, Any]] = field(default_factory=list)
+    boxes: list[dict[str, Any]] = field(default_factory=list)
+    calib: list[dict[str, Any]] = field(default_factory=list)
+    rejects: list[dict[str, Any]] = field(default_factory=list)
+    points: dict[str, list[npt.NDArray[np.float32]]] = field(default_factory=dict)
+    fields: dict[str, tuple[tuple[str, ...], tuple[str, ...], str]] = field(default_factory=dict)
+
+    @property
+    def part(self) -> Path:
+        return self.workdir / "_parts" / self.source / self.scene
+
+    def done(self) -> bool:
+        return (self.part / "_done").exists()
+
+    def reject(self, frame: str, file: str | Path, check: str, reason: str) -> None:
+        self.rejects.append({"source": self.source, "frame": frame, "file": str(file),
+                             "check": check, "reason": reason})
+
+    def declare(self, sensor: str, names: tuple[str, ...], units: tuple[str, ...],
+                native_frame: str) -> None:
+        self.fields[sensor] = (names, units, native_frame)
+        self.points.setdefault(sensor, [])
+
+    def add_frame(self, row: dict[str, Any], clouds: dict[str, npt.NDArray[np.float32]],
+                  boxes: list[dict[str, Any]], calib: list[dict[str, Any]]) -> None:
+        """Append one validated frame; every declared sensor needs a cloud (maybe empty)."""
+        frame_id = f"{self.source}/{row['frame']}"
+        row = {**row, "frame_id": frame_id, "source": self.source, "scene": self.scene,
+               "frame_index": len(self.frames), "n_boxes": len(boxes)}
+        for sensor in self.fields:
+            cloud = clouds[sensor]
+            ncol = len(self.fields[sensor][0])
+            self.points[sensor].append(np.ascontiguousarray(cloud, dtype=np.float32).reshape(-1, ncol))
+        self.frames.append(row)
+        self.boxes += [{**b, "frame_id": frame_id, "box_index": i} for i, b in enumerate(boxes)]
+        self.calib += [{**c, "frame_id": frame_id} for c in calib]
+
+    def write(self, zarr_root: Path) -> None:
+        """Write the Zarr group and the Parquet parts, then the done-marker (last)."""
+        import zarr
+        from zarr.codecs import BloscCodec, BloscShuffle
+
+        gdir = zarr_root / self.source / self.scene
+        shutil.rmtree(gdir, ignore_errors=True)  # a killed earlier attempt
+        shutil.rmtree(self.part, ignore_errors=True)
+        group = zarr.open_group(store=str(gdir), mode="w", zarr_format=3,
+                                attributes={"source": self.source, "scene": self.scene,
+                                            "frames": [f["frame"] for f in self.frames]})
+        codec = BloscCodec(cname="zstd", clevel=self.storage.clevel, shuffle=BloscShuffle.shuffle)
+        for sensor, clouds in self.points.items():
+            names, units, native = self.fields[sensor]
+            counts = np.array([len(c) for c in clouds], dtype=np.int64)
+            offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)  # (F + 1,)
+            data = np.concatenate(clouds) if clouds else np.zeros((0, len(names)), np.float32)
+            rows = self.storage.chunk_rows
+            g = group.create_group(sensor)
+            g.create_array("points", data=data, chunks=(rows, len(names)),
+                           shards=(rows * self.storage.shard_chunks, len(names)),
+                           compressors=codec, dimension_names=("point", "field"),
+                           attributes={"fields": list(names), "units": list(units),
+                                       "frame": "ego", "native_frame": native})
+            g.create_array("offsets", data=offsets, chunks=(max(len(offsets), 1),),
+                           compressors=None, attributes={"meaning": "points[offsets[i]:offsets[i+1]] "
+                                                         "belong to frame i"})
+        self.part.mkdir(parents=True, exist_ok=True)
+        for name, rows, schema in (("frames", self.frames, FRAMES), ("boxes", self.boxes, BOXES),
+                                   ("calibration", self.calib, CALIBRATION),
+                                   ("rejects", self.rejects, REJECTS)):
+            frame_table(rows, schema).write_parquet(self.part / f"{name}.parquet")
+        marker = self.part / "_done"
+        marker.write_text(str(len(self.frames)))
+        os.sync() if os.environ.get("KDPIPE_FSYNC") else None
+
+
+def assemble(workdir: Path, outputs: dict[str, Path], metadata: dict[str, str]) -> dict[str, int]:
+    """Concatenate every group's parts into the stage's tables, sorted for determinism."""
+    counts = {}
+    keys = {"frames": ["frame_id"], "boxes": ["frame_id", "box_index"],
+            "calibration": ["frame_id", "sensor"], "rejects": ["source", "frame", "file", "check"]}
+    schemas = {"frames": FRAMES, "boxes": BOXES, "calibration": CALIBRATION, "rejects": REJECTS}
+    for name, sort in keys.items():
+        parts = sorted((workdir / "_parts").glob(f"*/*/{name}.parquet"))
+        df = pl.concat([pl.read_parquet(p) for p in parts]) if parts else \
+            pl.DataFrame(schema=schemas[name])
+        df = df.sort(sort)
+        df.write_parquet(outputs[name], metadata=metadata, compression="zstd", statistics=True)
+        counts[name] = df.height
+    shutil.rmtree(workdir / "_parts", ignore_errors=True)
+    return counts
