@@ -98,6 +98,8 @@ def kitti_camera_to_ego(
     the box is then raised by h/2 along *ego* +z; yaw = -(rotation_y + pi/2), a rotation about
     ego z. VoD annotates in the LiDAR frame and exports "rotation about LiDAR -Z", so this is
     exact for VoD; for KITTI (camera y not exactly ego -z) it is the community convention.
+    Caveat: VoD's camera is pitched ~6 deg against its LiDAR, and VoD's evaluator and GT 2D boxes
+    read the same label camera-upright instead (:func:`kitti_camera_corners`).
 
     Args:
         loc_cam: ``(N, 3)`` bottom-centre location in the rectified camera frame (y down), metres.

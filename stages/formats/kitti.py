@@ -91,7 +91,8 @@ def read_kitti_labels(
 
     Args:
         path: ``label_2/<frame>.txt``.
-        allowed_classes: If given, any other class name raises ``FormatError("class")``.
+        allowed_classes: If given, any other class name (``DontCare`` is always allowed) raises
+            ``FormatError("class")``.
 
     Returns:
         The labels; an empty (or blank) file gives zero rows, which is valid.
@@ -122,7 +123,8 @@ def read_kitti_labels(
         if tokens[0] != DONT_CARE and min(values[7:10]) <= 0:
             raise FormatError(path, "box_size", f"line {lineno}: h, w, l must be > 0, got "
                               f"{values[7:10]}.")
-        if allowed_classes is not None and tokens[0] not in allowed_classes:
+        if allowed_classes is not None and tokens[0] not in allowed_classes \
+                and tokens[0] != DONT_CARE:
             raise FormatError(path, "class", f"line {lineno}: unknown class {tokens[0]!r}.")
         widths.add(len(tokens))
         names.append(tokens[0])

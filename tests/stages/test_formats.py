@@ -239,6 +239,8 @@ def test_kitti_labels(real: Path) -> None:
     np.testing.assert_array_equal(one.dims_hwl[3], [-1, -1, -1])  # DontCare kept as is
     assert one.occluded.dtype == np.int64 and one.occluded[2] == 3
     assert list(read_kitti_labels(d / "000002.txt").class_name) == ["Misc", "Car"]
+    kept = read_kitti_labels(d / "000001.txt", allowed_classes={"Truck", "Car", "Cyclist"})
+    assert len(kept) == 7  # DontCare needs no listing
 
 
 def test_labels_round_trip(real: Path, tmp_path: Path) -> None:
