@@ -101,3 +101,23 @@ def test_lineage_record_and_tree_reach_raw_files(toy: tuple[Path, Path]) -> None
     assert src["raw_files"][0]["sha256"] == hashlib.sha256(raw0.read_bytes()).hexdigest()
     meta = pl.read_parquet_metadata(rep["stages"][0]["outputs"]["records"])
     assert json.loads(meta["kdpipe"])["key"] == rep["stages"][0]["key"]
+
+
+def test_fsspec_workspace_url(toy: tuple[Path, Path], tmp_path: Path,
+                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A non-local workspace (fsspec memory://): publish by upload, lineage last, no-op re-run."""
+    import fsspec
+
+    monkeypatch.setenv("KDPIPE_CACHE", str(tmp_path / "cache"))
+    wf, _ = toy
+    url = "memory://kdpipe-test-ws"
+    fs = fsspec.filesystem("memory")
+    rep = run_workflow(wf, url, scheduler="sync")
+    assert set(_statuses(rep).values()) == {"ran"}
+    key = rep["stages"][2]["key"]
+    assert fs.exists(f"/kdpipe-test-ws/artifacts/toy-report/{key}/summary.json")
+    assert fs.exists(f"/kdpipe-test-ws/artifacts/toy-report/{key}/_lineage.json")
+    assert set(_statuses(run_workflow(wf, url, scheduler="sync")).values()) == {"cached"}
+    node = ancestry.tree(Workspace(url), "toy-report", key)
+    assert len(node["inputs"][0]["inputs"][0]["raw_files"]) == 12
+    fs.rm("/kdpipe-test-ws", recursive=True)
