@@ -37,6 +37,8 @@ class SynthConfig(BaseModel, frozen=True, extra="forbid"):
     radar_ground_clutter: float = 200.0      # expected ground clutter detections per scan
     radar_ghosts: float = 3.0                # expected multipath ghosts per scan
     vod_radar_period_s: float = 1.0 / 13.0   # ZF FRGen21 runs at about 13 Hz
+    nus_radar_object_rate: float = 0.6       # ARS408 clusters are sparser than 4D radar points
+    nus_radar_ground_clutter: float = 60.0
 
     # --- cameras ---------------------------------------------------------------------------
     image_scale: float = 1.0                 # scales image size and intrinsics together

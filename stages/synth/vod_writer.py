@@ -23,7 +23,7 @@ from kdpipe.stages.synth.lidar import VOD_ELEVATIONS_DEG, LidarScan, scan_lidar
 from kdpipe.stages.synth.radar import RadarScan, RadarSpec, scan_radar, transform_scan
 from kdpipe.stages.synth.raycast import boxes_in_frame
 from kdpipe.stages.synth.rigs import vod_rig
-from kdpipe.stages.synth.world import ANNOTATED, CLASS_NAMES, make_scene, scene_map_pose
+from kdpipe.stages.synth.world import ANNOTATED, CLASS_NAMES, Scene, make_scene, scene_map_pose
 
 DATASET_VOD = 1
 STREAM_LAYOUT, STREAM_LIDAR, STREAM_RADAR = 0, 1, 2
@@ -52,15 +52,21 @@ def split_frames(scene_of_frame: list[int], cfg: SynthConfig) -> list[str]:
     return ["train"] * n_lab + ["unlabeled"] * (n - n_val - n_lab) + ["val"] * n_val
 
 
+def vod_scene(seed: int, index: int, n_frames: int, cfg: SynthConfig) -> Scene:
+    """The (deterministic) world of VoD scene ``index`` holding ``n_frames`` 10 Hz frames."""
+    rng = frame_rng(seed, DATASET_VOD, index, 0, STREAM_LAYOUT)
+    T_map_world = scene_map_pose(rng, _MAP_ORIGIN_XY)
+    return make_scene(rng, n_frames * LIDAR_PERIOD_S, cfg.object_density, T_map_world)
+
+
 class _SceneGen:
     """Generates the frames of one scene; older radar scans are cached between frames."""
 
     def __init__(self, seed: int, index: int, n_frames: int, cfg: SynthConfig) -> None:
         self.seed, self.index, self.cfg = seed, index, cfg
         self.rig = vod_rig(cfg.image_scale)
-        rng = frame_rng(seed, DATASET_VOD, index, 0, STREAM_LAYOUT)
-        T_map_world = scene_map_pose(rng, _MAP_ORIGIN_XY)
-        self.scene = make_scene(rng, n_frames * LIDAR_PERIOD_S, cfg.object_density, T_map_world)
+        self.scene = vod_scene(seed, index, n_frames, cfg)
+        rng = frame_rng(seed, DATASET_VOD, index, 0, STREAM_RADAR)
         self.radar_phase_s = float(rng.uniform(0.0, cfg.vod_radar_period_s))
         # Odometry starts where the recording starts.
         self.T_world_odom = self.scene.ego_at(0.0).T_world_body
