@@ -7,11 +7,10 @@ those written to the calibration files, which is what makes the labels' 2D boxes
 """
 from __future__ import annotations
 
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from kdpipe.schemas.boxes import box_corners
-from kdpipe.stages.synth.geometry import FloatArray
 from kdpipe.stages.synth.world import (
     BICYCLE_RACK,
     CAR,
@@ -23,6 +22,11 @@ from kdpipe.stages.synth.world import (
     WorldState,
 )
 from PIL import Image, ImageDraw
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from kdpipe.stages.synth.geometry import FloatArray
 
 _NEAR_M = 0.3
 _SUN_W = np.array([0.35, 0.45, 0.82]) / np.linalg.norm([0.35, 0.45, 0.82])
@@ -79,9 +83,10 @@ class _Canvas:
         self.draw.polygon([tuple(p) for p in np.clip(uv, -1e5, 1e5)], fill=color)
 
 
-def _road_quads(scene: Scene, s_cam: float, d_lo: float, d_hi: float, step_m: float,
+def _road_quads(scene: Scene, s_cam: float, strip_d: tuple[float, float], step_m: float,
                 dash: tuple[float, float] | None = None) -> FloatArray:
-    """``(Q, 4, 3)`` world-frame quads tiling the strip ``d_lo..d_hi`` around the camera."""
+    """``(Q, 4, 3)`` world-frame quads tiling the lateral strip ``strip_d`` around the camera."""
+    d_lo, d_hi = strip_d
     s = np.arange(np.floor((s_cam - 120) / step_m) * step_m, s_cam + 150, step_m)
     if dash is not None:  # lane-marking dashes: dash[0] long, every dash[1] metres
         s = s[np.mod(s, dash[1]) < 1e-6]
@@ -110,10 +115,10 @@ def render(scene: Scene, state: WorldState, T_cam_world: FloatArray, K: FloatArr
     ground = cam_w[:2] + np.array([[-400, -400], [400, -400], [400, 400], [-400, 400.0]])
     cv.polygon(cv.to_cam(np.column_stack([ground, np.zeros(4)])), _GROUND)
     s_cam = float(scene.road_sd(np.array([cam_w[0]]), np.array([cam_w[1]]))[0][0])
-    for quad in _road_quads(scene, s_cam, -7.0, 7.0, 10.0):
+    for quad in _road_quads(scene, s_cam, (-7.0, 7.0), 10.0):
         cv.polygon(cv.to_cam(quad), _ROAD)
     for d in (-3.5, 0.0, 3.5):
-        for quad in _road_quads(scene, s_cam, d - 0.08, d + 0.08, 1.0, dash=(3.0, 9.0)):
+        for quad in _road_quads(scene, s_cam, (d - 0.08, d + 0.08), 1.0, dash=(3.0, 9.0)):
             cv.polygon(cv.to_cam(quad), _MARK)
 
     rel = state.boxes[:, :3] - cam_w
@@ -130,7 +135,8 @@ def render(scene: Scene, state: WorldState, T_cam_world: FloatArray, K: FloatArr
         base = np.array(palette[int(state.track_id[b]) % len(palette)], dtype=np.float64)
         for f in range(6):
             poly = corners_c[i, _FACES[f]]
-            centre_w = state.boxes[b, :3] + normals_w[f] * (state.boxes[b, 3:6] @ np.abs(_NORMALS[f])) / 2
+            half_extent = state.boxes[b, 3:6] @ np.abs(_NORMALS[f]) / 2.0
+            centre_w = state.boxes[b, :3] + normals_w[f] * half_extent
             if normals_w[f] @ (cam_w - centre_w) <= 0:  # back face
                 continue
             shade = 0.5 + 0.5 * max(0.0, float(normals_w[f] @ _SUN_W))

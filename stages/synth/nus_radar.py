@@ -7,11 +7,15 @@ filters (invalid_state 0, dyn_prop 0..6, ambig_state 3) actually remove somethin
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import numpy.typing as npt
-
 from kdpipe.stages.formats.pcd import RADAR_PCD_DTYPE
 from kdpipe.stages.synth.radar import KIND_GHOST, KIND_GROUND, RadarScan
+
+if TYPE_CHECKING:
+    from kdpipe.stages.synth.geometry import FloatArray
 
 DYN_MOVING, DYN_STATIONARY, DYN_ONCOMING, DYN_STAT_CANDIDATE, DYN_UNKNOWN = 0, 1, 2, 3, 4
 DYN_CROSSING_MOVING, DYN_STOPPED = 6, 7
@@ -19,11 +23,11 @@ _VALID_EXTRA = np.array([8, 9, 16, 17])  # valid-but-flagged invalid_state codes
 _INVALID = np.array([1, 2, 7, 14])       # codes the default filter drops
 
 
-def _quantise(v: npt.NDArray[np.float64], step: float, offset: float = 0.0) -> npt.NDArray[np.float64]:
+def _quantise(v: FloatArray, step: float, offset: float = 0.0) -> FloatArray:
     return np.round((v - offset) / step) * step + offset
 
 
-def _dyn_prop(scan: RadarScan, speed_mps: npt.NDArray[np.float64],
+def _dyn_prop(scan: RadarScan, speed_mps: FloatArray,
               rng: np.random.Generator) -> npt.NDArray[np.int8]:
     """Dynamic property from the compensated Doppler and the source's true speed."""
     m = len(scan.kind)
@@ -38,7 +42,7 @@ def _dyn_prop(scan: RadarScan, speed_mps: npt.NDArray[np.float64],
     return np.where(rng.random(m) < 0.03, DYN_UNKNOWN, dyn).astype(np.int8)
 
 
-def _invalid_state(scan: RadarScan, range_m: npt.NDArray[np.float64],
+def _invalid_state(scan: RadarScan, range_m: FloatArray,
                    rng: np.random.Generator) -> npt.NDArray[np.int8]:
     m = len(scan.kind)
     u = rng.random(m)
@@ -54,7 +58,7 @@ def _invalid_state(scan: RadarScan, range_m: npt.NDArray[np.float64],
     return state.astype(np.int8)
 
 
-def ars408_records(scan: RadarScan, speed_mps: npt.NDArray[np.float64],
+def ars408_records(scan: RadarScan, speed_mps: FloatArray,
                    rng: np.random.Generator) -> npt.NDArray[np.void]:
     """Convert a scan (sensor frame) to ``RADAR_PCD_DTYPE`` records.
 

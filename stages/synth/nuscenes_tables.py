@@ -55,8 +55,8 @@ def static_tables(seed: int, cameras: tuple[str, ...]) -> dict[str, list[dict[st
                 for i, n in enumerate(CATEGORIES)]
     attribute = [{"token": token(seed, "attribute", n), "name": n,
                   "description": f"{n} (synthetic world)"} for n in ATTRIBUTES]
-    visibility = [{"token": str(i + 1), "level": lv,
-                   "description": f"visibility of whole object is between {lv[1:].replace('-', ' and ')} %"}
+    visibility = [{"token": str(i + 1), "level": lv, "description":
+                   f"visibility of whole object is between {lv[1:].replace('-', ' and ')} %"}
                   for i, lv in enumerate(VISIBILITY_LEVELS)]
     channels = [(NUS_LIDAR, "lidar")] + [(c, "radar") for c in NUS_RADARS]
     channels += [(c, "camera") for c in cameras]

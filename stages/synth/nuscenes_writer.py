@@ -4,27 +4,37 @@ from __future__ import annotations
 import json
 from collections import Counter, defaultdict
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
-from PIL import Image
-
 from kdpipe.schemas.boxes import ego_to_nuscenes_global, points_in_boxes
 from kdpipe.stages.formats.bins import write_float32_bin
 from kdpipe.stages.formats.pcd import write_radar_pcd
 from kdpipe.stages.synth.camera import render, save_jpeg
 from kdpipe.stages.synth.config import SynthConfig
 from kdpipe.stages.synth.geometry import FloatArray, frame_rng, invert, matrix_to_quat_wxyz, token
-from kdpipe.stages.synth.lidar import NUS_ELEVATIONS_DEG, LidarScan, scan_lidar
+from kdpipe.stages.synth.lidar import NUS_ELEVATIONS_DEG, LidarScan, lidar_spec, scan_lidar
 from kdpipe.stages.synth.nus_radar import ars408_records
 from kdpipe.stages.synth.nuscenes_tables import (
-    CATEGORY_OF_CLASS, VERSION, attribute_name, scene_name, scene_split, static_tables,
+    CATEGORY_OF_CLASS,
+    VERSION,
+    attribute_name,
+    scene_name,
+    scene_split,
+    static_tables,
     visibility_token,
 )
 from kdpipe.stages.synth.radar import RadarSpec, scan_radar
 from kdpipe.stages.synth.raycast import boxes_in_frame
-from kdpipe.stages.synth.rigs import NUS_LIDAR, NUS_LIDAR_T_BODY, NUS_RADARS, nus_camera, nus_radar_pose
+from kdpipe.stages.synth.rigs import (
+    NUS_LIDAR,
+    NUS_LIDAR_T_BODY,
+    NUS_RADARS,
+    nus_camera,
+    nus_radar_pose,
+)
 from kdpipe.stages.synth.world import ANNOTATED, Scene, make_scene, scene_map_pose
+from PIL import Image
 
 DATASET_NUS = 2
 STREAM_LAYOUT, STREAM_LIDAR, STREAM_RADAR, STREAM_RECORDS = 0, 1, 2, 3
@@ -36,6 +46,14 @@ _RADAR_OFFSET_S = dict(zip(NUS_RADARS, (-0.012, 0.021, -0.031, 0.008, 0.027), st
 _SWEEP_OFFSET_KEY = 100  # RNG key offset separating sweeps from keyframes
 TABLES = ("category", "attribute", "visibility", "instance", "sensor", "calibrated_sensor",
           "ego_pose", "log", "scene", "sample", "sample_data", "sample_annotation", "map")
+
+
+class _When(NamedTuple):
+    """When a sample_data is taken and which keyframe it belongs to."""
+
+    t_s: float          # scene time, seconds
+    sample_i: int       # index of the sample (keyframe) it belongs to or precedes
+    key: bool           # keyframe (samples/) or sweep (sweeps/)
 
 
 def _us(t0_us: int, t_s: float) -> int:
@@ -68,10 +86,11 @@ class _SceneWriter:
     def T_world_body(self, t_s: float) -> FloatArray:
         return self.scene.ego_at(t_s).T_world_body
 
-    def _sample_data(self, channel: str, t_s: float, sample_i: int, key: bool,
-                     ext: str, wh: tuple[int, int] = (0, 0)) -> tuple[Path, dict[str, Any]]:
+    def _sample_data(self, channel: str, when: _When, ext: str,
+                     wh: tuple[int, int] = (0, 0)) -> Path:
         """Register one sample_data (and its ego pose); returns the file path to write."""
-        w, ts = self.w, _us(self.t0_us, t_s)
+        (t_s, sample_i, key), w = when, self.w
+        ts = _us(self.t0_us, t_s)
         folder = "samples" if key else "sweeps"
         rel = f"{folder}/{channel}/{self.log}__{channel}__{ts}.{ext}"
         T = self.scene.T_map_world @ self.T_world_body(t_s)
@@ -87,26 +106,26 @@ class _SceneWriter:
                "prev": "", "next": ""}
         self.sd[channel].append(rec)
         (w.out / folder / channel).mkdir(parents=True, exist_ok=True)
-        return w.out / rel, rec
+        return w.out / rel
 
-    def lidar(self, t_s: float, sample_i: int, key: bool) -> tuple[LidarScan, FloatArray]:
+    def lidar(self, when: _When) -> tuple[LidarScan, FloatArray]:
         """Write a LIDAR_TOP sweep; returns the scan and its written points in the body frame."""
-        cfg = self.w.cfg
-        path, _ = self._sample_data(NUS_LIDAR, t_s, sample_i, key, "pcd.bin")
+        cfg, t_s = self.w.cfg, when.t_s
+        path = self._sample_data(NUS_LIDAR, when, "pcd.bin")
         rng = frame_rng(self.w.seed, DATASET_NUS, self.index, _us(0, t_s) + 10**9, STREAM_LIDAR)
         T_world_lidar = self.T_world_body(t_s) @ NUS_LIDAR_T_BODY
-        scan = scan_lidar(self.scene, self.scene.state_at(t_s), T_world_lidar, NUS_ELEVATIONS_DEG,
-                          cfg.nus_lidar_azimuths, rng, (cfg.lidar_min_range_m, cfg.lidar_max_range_m,
-                                                        cfg.lidar_range_noise_m, cfg.lidar_dropout))
+        spec = lidar_spec(NUS_ELEVATIONS_DEG, cfg.nus_lidar_azimuths, cfg)
+        scan = scan_lidar(self.scene, self.scene.state_at(t_s), T_world_lidar, spec, rng)
         pts = np.column_stack([scan.xyz_sensor, np.round(scan.intensity),
                                scan.ring]).astype(np.float32)  # (M, 5)
         write_float32_bin(path, pts)
-        xyz_body = pts[:, :3].astype(np.float64) @ NUS_LIDAR_T_BODY[:3, :3].T + NUS_LIDAR_T_BODY[:3, 3]
-        return scan, xyz_body
+        T = NUS_LIDAR_T_BODY
+        return scan, pts[:, :3].astype(np.float64) @ T[:3, :3].T + T[:3, 3]
 
-    def radar(self, channel: str, t_s: float, sample_i: int, key: bool) -> FloatArray:
+    def radar(self, channel: str, when: _When) -> FloatArray:
         """Write one radar PCD; returns its points ``(M, 3)`` in the road frame."""
-        path, _ = self._sample_data(channel, t_s, sample_i, key, "pcd")
+        t_s = when.t_s
+        path = self._sample_data(channel, when, "pcd")
         k = [self.index, _us(0, t_s) + 10**9, list(NUS_RADARS).index(channel)]
         T_world_radar = self.T_world_body(t_s) @ nus_radar_pose(channel)
         state = self.scene.state_at(t_s)
@@ -120,9 +139,9 @@ class _SceneWriter:
         xyz = np.column_stack([rec["x"], rec["y"], rec["z"]]).astype(np.float64)
         return xyz @ T_world_radar[:3, :3].T + T_world_radar[:3, 3]
 
-    def camera(self, channel: str, t_s: float, sample_i: int) -> None:
+    def camera(self, channel: str, when: _When) -> None:
         T_body_cam, K, wh = nus_camera(channel, self.w.cfg.image_scale)
-        path, _ = self._sample_data(channel, t_s, sample_i, True, "jpg", wh)
+        path, t_s = self._sample_data(channel, when, "jpg", wh), when.t_s
         T_cam_world = invert(self.T_world_body(t_s) @ T_body_cam)
         img = render(self.scene, self.scene.state_at(t_s), T_cam_world, K, wh)
         save_jpeg(img, path, self.w.cfg.jpeg_quality)
@@ -131,26 +150,28 @@ class _SceneWriter:
         """Keyframe ``i`` with the sweeps leading up to it."""
         cfg, t_s = self.w.cfg, i * SAMPLE_PERIOD_S
         for k in range(cfg.nus_lidar_sweeps, 0, -1):
-            self.lidar(t_s - k * SAMPLE_PERIOD_S / (cfg.nus_lidar_sweeps + 1), i, False)
+            self.lidar(_When(t_s - k * SAMPLE_PERIOD_S / (cfg.nus_lidar_sweeps + 1), i, False))
         for ch, off in _RADAR_OFFSET_S.items():
             for k in range(cfg.nus_radar_sweeps, 0, -1):
-                self.radar(ch, t_s + off - k * SAMPLE_PERIOD_S / (cfg.nus_radar_sweeps + 1), i, False)
-        lidar, xyz_body = self.lidar(t_s, i, True)
-        radar_w = np.concatenate([self.radar(ch, t_s + off, i, True)
+                dt = k * SAMPLE_PERIOD_S / (cfg.nus_radar_sweeps + 1)
+                self.radar(ch, _When(t_s + off - dt, i, False))
+        lidar, xyz_body = self.lidar(_When(t_s, i, True))
+        radar_w = np.concatenate([self.radar(ch, _When(t_s + off, i, True))
                                   for ch, off in _RADAR_OFFSET_S.items()])
         for j, ch in enumerate(cfg.nus_cameras):
-            self.camera(ch, t_s + 0.008 * j, i)  # cameras fire as the LiDAR sweeps past them
+            self.camera(ch, _When(t_s + 0.008 * j, i, True))  # fired as the LiDAR sweeps past
         self.w.stats["lidar_points"] += len(xyz_body)
         self.w.tables["sample"].append({
             "token": self.sample_tokens[i], "timestamp": _us(self.t0_us, t_s),
             "prev": self.sample_tokens[i - 1] if i else "",
             "next": self.sample_tokens[i + 1] if i + 1 < len(self.sample_tokens) else "",
             "scene_token": token(self.w.seed, "scene", self.index)})
-        self._annotations(i, t_s, lidar, xyz_body, radar_w)
+        self._annotations(i, lidar, xyz_body, radar_w)
 
-    def _annotations(self, i: int, t_s: float, lidar: LidarScan, xyz_body: FloatArray,
+    def _annotations(self, i: int, lidar: LidarScan, xyz_body: FloatArray,
                      radar_w: FloatArray) -> None:
         """Annotate objects near the ego that at least one LiDAR or radar point touches."""
+        t_s = i * SAMPLE_PERIOD_S
         w, state = self.w, self.scene.state_at(t_s)
         T_world_body = self.T_world_body(t_s)
         boxes_body = boxes_in_frame(state.boxes, invert(T_world_body))
@@ -272,12 +293,13 @@ def write_nuscenes(out: Path, n_scenes: int, seed: int,
     for index in range(n_scenes):
         splits[scene_split(index, cfg.val_fraction)].append(scene_name(index))
     (out / VERSION / "splits.json").write_text(json.dumps(splits, indent=1) + "\n")
-    (out / "synth_scenes.json").write_text(json.dumps(
-        {"generator": "kdpipe.stages.synth", "dataset": "nuscenes", "seed": seed,
-         "version": VERSION, "config": cfg.model_dump(mode="json"), "splits": splits}, indent=1) + "\n")
+    sidecar = {"generator": "kdpipe.stages.synth", "dataset": "nuscenes", "seed": seed,
+               "version": VERSION, "config": cfg.model_dump(mode="json"), "splits": splits}
+    (out / "synth_scenes.json").write_text(json.dumps(sidecar, indent=1) + "\n")
     n_samples = max(len(w.tables["sample"]), 1)
     return {"dataset": "nuscenes", "scenes": n_scenes, "samples": len(w.tables["sample"]),
-            "sample_data": len(w.tables["sample_data"]), "splits": {k: len(v) for k, v in splits.items()},
+            "sample_data": len(w.tables["sample_data"]),
+            "splits": {k: len(v) for k, v in splits.items()},
             "lidar_points_per_keyframe": w.stats["lidar_points"] / n_samples,
             "radar_points_per_file": w.stats["radar_points"]
             / max(sum(1 for r in w.tables["sample_data"] if r["filename"].endswith(".pcd")), 1),

@@ -85,10 +85,10 @@ def _face_samples(box: FloatArray, sensor_w: FloatArray, n: int,
             other = [a for a in range(3) if a != axis]
             area = 4.0 * half[other[0]] * half[other[1]]
             faces.append((axis, sign, area * sign * to_sensor / np.linalg.norm(local_sensor)))
-    if not faces or n == 0:
+    if not faces:
         return np.zeros((0, 3))
-    w = np.array([f[2] for f in faces])
-    pick = rng.choice(len(faces), size=n, p=w / w.sum())
+    cdf = np.cumsum([f[2] for f in faces])
+    pick = np.minimum(np.searchsorted(cdf, rng.random(n) * cdf[-1]), len(faces) - 1)
     local = rng.uniform(-1.0, 1.0, (n, 3)) * half
     for i, (axis, sign, _) in enumerate(faces):
         local[pick == i, axis] = sign * half[axis]
@@ -96,18 +96,24 @@ def _face_samples(box: FloatArray, sensor_w: FloatArray, n: int,
                             s * local[:, 0] + c * local[:, 1] + box[1], local[:, 2] + box[2]])
 
 
-def _object_candidates(state: WorldState, sensor_w: FloatArray, spec: RadarSpec,
-                       boxes_s: FloatArray, cone: npt.NDArray[np.int64],
-                       rng: np.random.Generator) -> tuple[FloatArray, FloatArray]:
+def _detection_counts(state: WorldState, range_m: FloatArray, cone: npt.NDArray[np.int64],
+                      spec: RadarSpec, rng: np.random.Generator) -> npt.NDArray[np.int64]:
+    """Poisson number of detections on each box in ``cone`` (class rate, ~1/range falloff)."""
+    cls = state.cls[cone]
+    falloff = np.minimum(10.0 / np.maximum(range_m[cone], 3.0), 2.0)
+    rate = _RATE_AT_10M[cls] * spec.rate_scale * falloff
+    # Walls are extended targets: their detections grow with their size.
+    rate = np.where(cls == WALL, rate * state.boxes[cone, 3:5].max(axis=1), rate)
+    return rng.poisson(rate)
+
+
+def _object_candidates(state: WorldState, sensor_w: FloatArray, cone: npt.NDArray[np.int64],
+                       counts: npt.NDArray[np.int64],
+                       rng: np.random.Generator) -> tuple[FloatArray, npt.NDArray[np.int64]]:
     """Candidate reflection points ``(K, 3)`` (world) on the boxes in ``cone``, and source ids."""
-    rng_c = np.hypot(boxes_s[:, 0], boxes_s[:, 1])
     pts, src = [np.zeros((0, 3))], [np.zeros(0, dtype=np.int64)]
-    for b in cone:
-        rate = _RATE_AT_10M[state.cls[b]] * spec.rate_scale * min(10.0 / max(rng_c[b], 3.0), 2.0)
-        if state.cls[b] == WALL:  # extended target: detections grow with its size
-            rate *= max(state.boxes[b, 3], state.boxes[b, 4])
-        n = int(rng.poisson(rate))
-        p = _face_samples(state.boxes[b], sensor_w, n, rng)
+    for b, n in zip(cone[counts > 0], counts[counts > 0], strict=True):
+        p = _face_samples(state.boxes[b], sensor_w, int(n), rng)
         pts.append(p)
         src.append(np.full(len(p), b, dtype=np.int64))
     return np.concatenate(pts), np.concatenate(src)
@@ -146,7 +152,8 @@ def scan_radar(state: WorldState, ego: EgoState, T_world_sensor: FloatArray, spe
     az = np.arctan2(boxes_s[:, 1], boxes_s[:, 0])
     cone = np.flatnonzero((rng_c - radius < spec.max_range) & (boxes_s[:, 0] > -radius)
                           & ((np.abs(az) < spec.fov_az + margin) | (rng_c < radius)))
-    obj_w, obj_src = _object_candidates(state, sensor_w, spec, boxes_s, cone, rng)
+    counts = _detection_counts(state, rng_c, cone, spec, rng)
+    obj_w, obj_src = _object_candidates(state, sensor_w, cone, counts, rng)
     ground_w = _ground_candidates(spec, T_world_sensor, rng)
     cand_w = np.concatenate([obj_w, ground_w])
     src = np.concatenate([obj_src, np.full(len(ground_w), -1, dtype=np.int64)])
@@ -172,7 +179,8 @@ def scan_radar(state: WorldState, ego: EgoState, T_world_sensor: FloatArray, spe
         m[obj] = state.cls[src[obj]] == cls
         v_pt[m, :2] += rng.normal(0.0, sigma, (m.sum(), 2))
     arm = sensor_w - ego.T_world_body[:3, 3]
-    v_sensor = ego.velocity_mps + np.array([-ego.yaw_rate_rps * arm[1], ego.yaw_rate_rps * arm[0], 0])
+    omega = ego.yaw_rate_rps  # the sensor sits off the body origin: add omega x arm
+    v_sensor = ego.velocity_mps + np.array([-omega * arm[1], omega * arm[0], 0.0])
     u = cand_w - sensor_w
     u /= np.linalg.norm(u, axis=1, keepdims=True)
     v_r_comp = np.einsum("ij,ij->i", v_pt, u)
@@ -197,7 +205,8 @@ def _noisy_spherical(xyz: FloatArray, spec: RadarSpec, rng: np.random.Generator)
     el = np.arcsin(np.clip(xyz[:, 2] / np.maximum(r, 1e-9), -1, 1))
     el = el + rng.normal(0.0, spec.sigma_el, len(r))
     r = r + rng.normal(0.0, spec.sigma_range + 0.002 * r)
-    return np.column_stack([r * np.cos(el) * np.cos(az), r * np.cos(el) * np.sin(az), r * np.sin(el)])
+    rho = r * np.cos(el)
+    return np.column_stack([rho * np.cos(az), rho * np.sin(az), r * np.sin(el)])
 
 
 def _with_ghosts(scan: RadarScan, spec: RadarSpec, rng: np.random.Generator,

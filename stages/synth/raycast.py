@@ -4,8 +4,12 @@ All geometry here is in the road ("world") frame: z up, ground at z = 0, boxes y
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-from kdpipe.stages.synth.geometry import FloatArray
+
+if TYPE_CHECKING:
+    from kdpipe.stages.synth.geometry import FloatArray
 
 # Direction components below this are nudged so 1/d never produces inf * 0 = NaN.
 _EPS_DIR = 1e-12
@@ -46,7 +50,7 @@ def ray_box_hits(origin: FloatArray, dirs: FloatArray,
 
 
 def ground_hits(origin: FloatArray, dirs: FloatArray) -> FloatArray:
-    """``(R,)`` distance to the ground plane z = 0 along each ray (``inf`` if it never gets there)."""
+    """``(R,)`` distance to the ground plane z = 0 along each ray (``inf``: never gets there)."""
     dz = dirs[:, 2]
     with np.errstate(divide="ignore"):
         t = np.where(dz < -_EPS_DIR, -origin[2] / np.where(dz < 0, dz, -1.0), np.inf)
@@ -73,7 +77,7 @@ def nearest_hits(origin: FloatArray, dirs: FloatArray,
 
 
 def boxes_in_frame(boxes_w: FloatArray, T_frame_world: FloatArray) -> FloatArray:
-    """Express ``(N, 7)`` world boxes in a frame that differs from the world by a yaw (and shift)."""
+    """Express ``(N, 7)`` world boxes in a frame that differs from the world by yaw and shift."""
     R = T_frame_world[:3, :3]
     centres = boxes_w[:, :3] @ R.T + T_frame_world[:3, 3]
     yaw = boxes_w[:, 6] + np.arctan2(R[1, 0], R[0, 0])

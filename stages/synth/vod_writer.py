@@ -19,7 +19,7 @@ from kdpipe.stages.formats.vod import write_vod_pose
 from kdpipe.stages.synth.camera import render, save_jpeg
 from kdpipe.stages.synth.config import SynthConfig
 from kdpipe.stages.synth.geometry import FloatArray, frame_rng, invert, yaw_pose
-from kdpipe.stages.synth.lidar import VOD_ELEVATIONS_DEG, LidarScan, scan_lidar
+from kdpipe.stages.synth.lidar import VOD_ELEVATIONS_DEG, LidarScan, lidar_spec, scan_lidar
 from kdpipe.stages.synth.radar import RadarScan, RadarSpec, scan_radar, transform_scan
 from kdpipe.stages.synth.raycast import boxes_in_frame
 from kdpipe.stages.synth.rigs import vod_rig
@@ -105,7 +105,8 @@ class _SceneGen:
         T_cur_world = invert(self._T_world_radar(k0))
         parts, out = [], []
         for j in range(n_scans):
-            scan = transform_scan(self.radar_scan(k0 - j), T_cur_world @ self._T_world_radar(k0 - j))
+            T_cur_old = T_cur_world @ self._T_world_radar(k0 - j)
+            scan = transform_scan(self.radar_scan(k0 - j), T_cur_old)
             parts.append(np.column_stack([scan.xyz_sensor, scan.rcs_dbsm, scan.v_r_mps,
                                           scan.v_r_comp_mps, np.full(len(scan.rcs_dbsm), -j)]))
             out.append(np.concatenate(parts))
@@ -158,14 +159,14 @@ def _write_frame(gen: _SceneGen, frame_id: str, t_s: float, d: dict[str, Path],
     cfg, rig = gen.cfg, gen.rig
     rng = frame_rng(gen.seed, DATASET_VOD, gen.index, int(frame_id), STREAM_LIDAR)
     state = gen.scene.state_at(t_s)
-    lidar = scan_lidar(gen.scene, state, gen.T_world_lidar(t_s), VOD_ELEVATIONS_DEG,
-                       cfg.vod_lidar_azimuths, rng, (cfg.lidar_min_range_m, cfg.lidar_max_range_m,
-                                                     cfg.lidar_range_noise_m, cfg.lidar_dropout))
+    spec = lidar_spec(VOD_ELEVATIONS_DEG, cfg.vod_lidar_azimuths, cfg)
+    lidar = scan_lidar(gen.scene, state, gen.T_world_lidar(t_s), spec, rng)
     pts = np.column_stack([lidar.xyz_sensor, lidar.intensity]).astype(np.float32)
     write_float32_bin(d["velodyne"] / f"{frame_id}.bin", pts)
     labels = _labels(gen, t_s, lidar, pts[:, :3].astype(np.float64))
     write_kitti_labels(d["label_2"] / f"{frame_id}.txt", labels)
-    write_kitti_calib(d["calib"] / f"{frame_id}.txt", {"P2": rig.P, "Tr_velo_to_cam": rig.T_cam_lidar})
+    write_kitti_calib(d["calib"] / f"{frame_id}.txt",
+                      {"P2": rig.P, "Tr_velo_to_cam": rig.T_cam_lidar})
     write_kitti_calib(d["radar_calib"] / f"{frame_id}.txt",
                       {"P2": rig.P, "Tr_velo_to_cam": rig.T_cam_radar})
     poses = _poses(gen, t_s)
@@ -182,7 +183,8 @@ def _write_frame(gen: _SceneGen, frame_id: str, t_s: float, d: dict[str, Path],
     stats.update(f"label_{c}" for c in labels.class_name)
 
 
-def write_vod(out: Path, n_frames: int, seed: int, cfg: SynthConfig | None = None) -> dict[str, Any]:
+def write_vod(out: Path, n_frames: int, seed: int,
+              cfg: SynthConfig | None = None) -> dict[str, Any]:
     """Write ``n_frames`` synthetic View-of-Delft frames under ``out``.
 
     Layout: ``lidar/training/{velodyne,label_2,calib,pose,image_2}``, ``lidar/ImageSets/

@@ -10,6 +10,7 @@ lane share one speed). The ego drives in the right lane (d = -1.75 m) towards +s
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -137,6 +138,16 @@ def _lane(rng: np.random.Generator, span: tuple[float, float], gap_m: tuple[floa
     return out
 
 
+class _Lane(NamedTuple):
+    """Actors of one class sharing a lateral offset and a speed (so they never collide)."""
+
+    cls: int
+    d: float                       # lateral offset, m (left positive)
+    speed: float                   # signed, m/s along +s
+    gap_m: tuple[float, float]     # centre-to-centre spacing range
+    facing: float | None = None    # yaw relative to the road; default: along the motion
+
+
 class _Builder:
     """Accumulates actors lane by lane (keeps ``make_scene`` short and readable)."""
 
@@ -144,8 +155,10 @@ class _Builder:
         self.rng, self.density, self.kappa = rng, density, kappa
         self.rows: list[tuple[float, ...]] = []
 
-    def add(self, cls: int, s: float, d: float, speed: float, facing: float,
-            lwh: tuple[float, float, float]) -> None:
+    def add(self, cls: int, lwh: tuple[float, float, float], at: tuple[float, float],
+            motion: tuple[float, float] = (0.0, 0.0)) -> None:
+        """One actor at ``at = (s, d)`` with ``motion = (speed, facing)``."""
+        (s, d), (speed, facing) = at, motion
         sdot = speed / (1.0 - self.kappa * d)
         self.rows.append((cls, s, d, sdot, facing, *lwh, lwh[2] / 2.0))
 
@@ -154,16 +167,15 @@ class _Builder:
         lwh = np.asarray(MEAN_LWH_M[cls]) * scale
         return float(lwh[0]), float(lwh[1]), float(lwh[2])
 
-    def traffic_lane(self, cls: int, d: float, span: tuple[float, float], speed: float,
-                     gap_m: tuple[float, float], exclude: tuple[float, float] | None = None) -> None:
-        """Actors of one class moving together along a lane (negative speed: towards -s)."""
+    def traffic_lane(self, lane: _Lane, span: tuple[float, float],
+                     exclude: tuple[float, float] | None = None) -> None:
+        """Fill one lane over the arc-length ``span``, keeping ``exclude`` free."""
         # Never closer than 6 m centre to centre: a 4.3 m car plus jitter must not overlap.
-        gap = (max(gap_m[0] / self.density, 6.0), max(gap_m[1] / self.density, 7.0))
-        facing = 0.0 if speed >= 0 else np.pi
-        if speed == 0.0:
-            facing = float(self.rng.choice([0.0, np.pi]))
+        gap = (max(lane.gap_m[0] / self.density, 6.0), max(lane.gap_m[1] / self.density, 7.0))
+        facing = lane.facing if lane.facing is not None else (0.0 if lane.speed >= 0 else np.pi)
         for s in _lane(self.rng, span, gap, exclude):
-            self.add(cls, s, d + self.rng.normal(0.0, 0.1), speed, facing, self.jitter(cls))
+            d = lane.d + self.rng.normal(0.0, 0.1)
+            self.add(lane.cls, self.jitter(lane.cls), (s, d), (lane.speed, facing))
 
 
 def make_scene(rng: np.random.Generator, duration_s: float, density: float,
@@ -187,16 +199,20 @@ def make_scene(rng: np.random.Generator, duration_s: float, density: float,
         return -reach - travel, ego_end + reach + travel
 
     # Ego lane: same speed as the ego, so the gap ahead/behind never closes.
-    b.traffic_lane(CAR, EGO_LANE_D_M, span(ego_speed), ego_speed, (14, 45), exclude=(-14, 14))
+    b.traffic_lane(_Lane(CAR, EGO_LANE_D_M, ego_speed, (14, 45), 0.0), span(ego_speed), (-14, 14))
     for d, sign, v_range in ((-5.25, 1, (2, 13)), (1.75, -1, (4, 12)), (5.25, -1, (3, 12))):
         v = sign * float(rng.uniform(*v_range))
-        b.traffic_lane(CAR, d, span(v), v, (10, 45))
+        b.traffic_lane(_Lane(CAR, d, v, (10, 45)), span(v))
     for d, sign in ((-8.0, 1), (8.0, -1)):  # bike lanes
         v = sign * float(rng.uniform(3.0, 6.0))
-        b.traffic_lane(CYCLIST, d, span(v), v, (15, 60))
+        b.traffic_lane(_Lane(CYCLIST, d, v, (15, 60)), span(v))
     for d in (-12.0, -13.0, -14.0, 12.0, 13.0, 14.0):  # sidewalk "lanes"
-        v = 0.0 if rng.random() < 0.2 else float(rng.choice([-1, 1]) * rng.uniform(0.9, 1.6))
-        b.traffic_lane(PEDESTRIAN, d, span(v), v, (10, 50))
+        if rng.random() < 0.2:  # people standing around, facing either way
+            lane = _Lane(PEDESTRIAN, d, 0.0, (10, 50), float(rng.choice([0.0, np.pi])))
+        else:
+            v = float(rng.choice([-1, 1]) * rng.uniform(0.9, 1.6))
+            lane = _Lane(PEDESTRIAN, d, v, (10, 50))
+        b.traffic_lane(lane, span(lane.speed))
     _add_static(b, (-reach, ego_end + reach))
     rows = np.asarray(b.rows, dtype=np.float64).reshape(-1, 9)
     return Scene(
@@ -214,17 +230,17 @@ def _add_static(b: _Builder, span: tuple[float, float]) -> None:
         for s in _lane(rng, span, (max(5.0 / b.density, 5.0), max(22.0 / b.density, 6.0))):
             cls = BICYCLE_RACK if rng.random() < 0.2 else CAR
             facing = facing_base + (rng.normal(0.0, 0.03) if cls == CAR else 0.0)
-            b.add(cls, s, side * 9.9 + rng.normal(0.0, 0.05), 0.0, facing, b.jitter(cls))
+            b.add(cls, b.jitter(cls), (s, side * 9.9 + rng.normal(0.0, 0.05)), (0.0, facing))
         for s in _lane(rng, span, (12.0, 30.0)):
             h = float(rng.uniform(3.0, 6.0))
-            b.add(POLE, s, side * 11.15, 0.0, 0.0, (0.3, 0.3, h))
+            b.add(POLE, (0.3, 0.3, h), (s, side * 11.15))
         s = span[0]
         while s < span[1]:
             # Walls stay <= 15 m long so a straight box hugs a curved road within ~10 cm.
             length, depth = float(rng.uniform(8.0, 15.0)), float(rng.uniform(4.0, 8.0))
             if rng.random() < 0.85:  # otherwise an open lot
                 h = float(rng.uniform(5.0, 14.0))
-                b.add(WALL, s + length / 2, side * (16.5 + depth / 2), 0.0, 0.0, (length, depth, h))
+                b.add(WALL, (length, depth, h), (s + length / 2, side * (16.5 + depth / 2)))
             s += length + float(rng.uniform(0.3, 8.0))
 
 

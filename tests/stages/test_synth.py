@@ -3,23 +3,38 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
-
 from kdpipe.schemas.boxes import (
-    box_corners, kitti_camera_to_ego, nuscenes_global_to_ego, points_in_boxes,
+    box_corners,
+    kitti_camera_to_ego,
+    nuscenes_global_to_ego,
+    points_in_boxes,
 )
 from kdpipe.stages.formats.kitti import read_kitti_labels
 from kdpipe.stages.formats.pcd import read_radar_pcd
 from kdpipe.stages.synth import SynthConfig, write_nuscenes, write_vod
 from kdpipe.stages.synth.geometry import frame_rng, invert, yaw_pose
-from kdpipe.stages.synth.lidar import VOD_ELEVATIONS_DEG, scan_lidar
+from kdpipe.stages.synth.lidar import VOD_ELEVATIONS_DEG, LidarSpec, scan_lidar
 from kdpipe.stages.synth.nuscenes_writer import SAMPLE_PERIOD_S, nuscenes_scene
 from kdpipe.stages.synth.radar import KIND_GROUND, RadarSpec, scan_radar
 from kdpipe.stages.synth.raycast import boxes_in_frame
 from kdpipe.stages.synth.world import CAR, make_scene
+from nuscenes import NuScenes
+from nuscenes.eval.common.config import config_factory
+from nuscenes.eval.detection.evaluate import DetectionEval
+from nuscenes.eval.detection.utils import category_to_detection_name
+from nuscenes.utils.data_classes import LidarPointCloud, RadarPointCloud
+from nuscenes.utils.geometry_utils import points_in_box
+from vod.configuration import KittiLocations
+from vod.frame import FrameDataLoader, FrameTransformMatrix
+from vod.frame.labels import FrameLabels
+from vod.visualization.helpers import get_transformed_3d_label_corners
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 NUS_CFG = SynthConfig(nus_samples_per_scene=4, image_scale=0.25, nus_radar_sweeps=2)
 VOD_CFG = SynthConfig(vod_frames_per_scene=6)
@@ -41,9 +56,7 @@ def nus_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def nusc(nus_root: Path):  # noqa: ANN201 - devkit type imported lazily
-    from nuscenes import NuScenes
-
+def nusc(nus_root: Path) -> NuScenes:
     return NuScenes(version="v1.0-mini", dataroot=str(nus_root), verbose=False)
 
 
@@ -58,7 +71,7 @@ def vod_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 # ----------------------------------------------------------------------------- nuScenes
 
 
-def test_nuscenes_tables_are_complete(nus_root: Path, nusc) -> None:  # noqa: ANN001
+def test_nuscenes_tables_are_complete(nus_root: Path, nusc: NuScenes) -> None:
     tables = sorted(p.stem for p in (nus_root / "v1.0-mini").glob("*.json"))
     assert len([t for t in tables if t != "splits"]) == 13
     for table in nusc.table_names:
@@ -80,8 +93,7 @@ def test_nuscenes_tables_are_complete(nus_root: Path, nusc) -> None:  # noqa: AN
             assert nusc.get("sample_data", sd["next"])["timestamp"] > sd["timestamp"]
 
 
-def test_nuscenes_point_files_load(nusc) -> None:  # noqa: ANN001
-    from nuscenes.utils.data_classes import LidarPointCloud, RadarPointCloud
+def test_nuscenes_point_files_load(nusc: NuScenes) -> None:
 
     n_radar = n_kept = 0
     for sd in nusc.sample_data:
@@ -103,40 +115,45 @@ def test_nuscenes_point_files_load(nusc) -> None:  # noqa: ANN001
     assert 0.3 * n_radar < n_kept < 0.95 * n_radar  # default filters matter, but keep most
 
 
-def test_nuscenes_boxes_match_points_and_world(nusc) -> None:  # noqa: ANN001
-    from nuscenes.utils.data_classes import LidarPointCloud
-    from nuscenes.utils.geometry_utils import points_in_box
+def _sample_index(nusc: NuScenes) -> dict[str, tuple[int, int]]:
+    """sample token -> (scene index, keyframe index within the scene), by walking the chains."""
+    out = {}
+    for scene_idx, scene in enumerate(nusc.scene):
+        tok, i = scene["first_sample_token"], 0
+        while tok:
+            out[tok], tok, i = (scene_idx, i), nusc.get("sample", tok)["next"], i + 1
+    return out
 
+
+def test_nuscenes_boxes_match_points_and_world(nusc: NuScenes) -> None:
     n_checked = 0
-    for sample in nusc.sample:
+    for token, (scene_idx, i) in _sample_index(nusc).items():
+        sample = nusc.get("sample", token)
         path, boxes, _ = nusc.get_sample_data(sample["data"]["LIDAR_TOP"])
         pc = LidarPointCloud.from_file(path)
         for box in boxes:  # devkit boxes in the LiDAR frame vs the stored point counts
             ann = nusc.get("sample_annotation", box.token)
             assert points_in_box(box, pc.points[:3]).sum() == ann["num_lidar_pts"]
             assert ann["num_lidar_pts"] + ann["num_radar_pts"] > 0
-        # Global annotations back to the ego frame equal the generator's boxes.
-        scene_idx = [s["token"] for s in nusc.scene].index(sample["scene_token"])
-        i = (sample["timestamp"] - nusc.get("sample", nusc.scene[scene_idx]["first_sample_token"])
-             ["timestamp"]) / 1e6 / SAMPLE_PERIOD_S
-        world = nuscenes_scene(7, scene_idx, NUS_CFG)
-        t_s = round(i) * SAMPLE_PERIOD_S
+        # Global annotations back in the ego frame equal the generator's own boxes.
+        world, t_s = nuscenes_scene(7, scene_idx, NUS_CFG), i * SAMPLE_PERIOD_S
         truth = boxes_in_frame(world.state_at(t_s).boxes, invert(world.ego_at(t_s).T_world_body))
-        pose = nusc.get("ego_pose", nusc.get("sample_data", sample["data"]["LIDAR_TOP"])["ego_pose_token"])
+        lidar_sd = nusc.get("sample_data", sample["data"]["LIDAR_TOP"])
+        pose = nusc.get("ego_pose", lidar_sd["ego_pose_token"])
         anns = [nusc.get("sample_annotation", t) for t in sample["anns"]]
-        ego = nuscenes_global_to_ego([a["translation"] for a in anns], [a["size"] for a in anns],
-                                     [a["rotation"] for a in anns], pose["translation"], pose["rotation"])
-        dist = np.linalg.norm(ego[:, None, :3] - truth[None, :, :3], axis=-1)
-        nearest = dist.argmin(axis=1)
+        ego = nuscenes_global_to_ego(
+            [a["translation"] for a in anns], [a["size"] for a in anns],
+            [a["rotation"] for a in anns], pose["translation"], pose["rotation"])
+        nearest = np.linalg.norm(ego[:, None, :3] - truth[None, :, :3], axis=-1).argmin(axis=1)
         assert np.allclose(ego[:, :6], truth[nearest, :6], atol=1e-6)
+        yaw_err = np.mod(ego[:, 6] - truth[nearest, 6] + np.pi, 2 * np.pi) - np.pi
+        assert np.abs(yaw_err).max() < 1e-6
         n_checked += len(anns)
     assert n_checked > 40
 
 
-def test_nuscenes_detection_eval_on_ground_truth(nusc, nus_root: Path, tmp_path: Path) -> None:  # noqa: ANN001
-    from nuscenes.eval.common.config import config_factory
-    from nuscenes.eval.detection.evaluate import DetectionEval
-    from nuscenes.eval.detection.utils import category_to_detection_name
+def test_nuscenes_detection_eval_on_ground_truth(nusc: NuScenes, nus_root: Path,
+                                                 tmp_path: Path) -> None:
 
     attr = {a["token"]: a["name"] for a in nusc.attribute}
     results: dict[str, list[dict[str, object]]] = {s["token"]: [] for s in nusc.sample}
@@ -157,7 +174,8 @@ def test_nuscenes_detection_eval_on_ground_truth(nusc, nus_root: Path, tmp_path:
                                      ["synth_val"])}
     for eval_set, scenes in split_scenes.items():  # devkit split and our custom splits.json
         # A predefined split wants exactly its own samples in the file; custom ones subselect.
-        keep = {s["token"] for s in nusc.sample if nusc.get("scene", s["scene_token"])["name"] in scenes}
+        keep = {s["token"] for s in nusc.sample
+                if nusc.get("scene", s["scene_token"])["name"] in scenes}
         res_path = tmp_path / f"{eval_set}.json"
         res_path.write_text(json.dumps({"meta": meta, "results": {
             k: v for k, v in results.items() if k in keep}}))
@@ -175,10 +193,6 @@ def test_nuscenes_detection_eval_on_ground_truth(nusc, nus_root: Path, tmp_path:
 
 
 def test_vod_loads_with_devkit(vod_root: Path) -> None:
-    from vod.configuration import KittiLocations
-    from vod.frame import FrameDataLoader, FrameTransformMatrix
-    from vod.frame.labels import FrameLabels
-    from vod.visualization.helpers import get_transformed_3d_label_corners
 
     locations = KittiLocations(root_dir=str(vod_root))
     n_labels = 0
@@ -201,7 +215,7 @@ def test_vod_loads_with_devkit(vod_root: Path) -> None:
         # VoD rule: labelled objects are within 50 m and hit by a few LiDAR points.
         assert np.all(np.hypot(boxes[:, 0], boxes[:, 1]) <= 50.0)
         assert np.all(points_in_boxes(loader.lidar_data[:, :3], boxes) >= 3)
-        assert np.all((ours.bbox_ltrb[:, 2] > ours.bbox_ltrb[:, 0]))
+        assert np.all(ours.bbox_ltrb[:, 2] > ours.bbox_ltrb[:, 0])
         n_labels += len(ours)
     assert n_labels >= 6 * 4  # enough objects per frame to train on
 
@@ -226,7 +240,8 @@ def test_vod_layout_splits_and_calib(vod_root: Path) -> None:
 
 def test_vod_accumulated_radar(vod_root: Path) -> None:
     for frame in ("00000", "00005"):
-        single = np.fromfile(vod_root / f"radar/training/velodyne/{frame}.bin", np.float32).reshape(-1, 7)
+        single = np.fromfile(vod_root / f"radar/training/velodyne/{frame}.bin",
+                             np.float32).reshape(-1, 7)
         for n in (3, 5):
             acc = np.fromfile(vod_root / f"radar_{n}frames/training/velodyne/{frame}.bin",
                               np.float32).reshape(-1, 7)
@@ -236,8 +251,6 @@ def test_vod_accumulated_radar(vod_root: Path) -> None:
 
 
 def test_vod_cars_get_radar_hits(vod_root: Path) -> None:
-    from vod.configuration import KittiLocations
-    from vod.frame import FrameDataLoader, FrameTransformMatrix
 
     locations = KittiLocations(root_dir=str(vod_root))
     hit = total = 0
@@ -284,8 +297,8 @@ def test_lidar_points_lie_on_their_boxes() -> None:
     world = make_scene(frame_rng(2, 9), 8.0, 1.0, np.eye(4))
     state = world.state_at(1.0)
     T_world_lidar = world.ego_at(1.0).T_world_body @ yaw_pose(0, 0, 1.62, 0)
-    scan = scan_lidar(world, state, T_world_lidar, VOD_ELEVATIONS_DEG, 512, frame_rng(2, 1),
-                      (2.5, 100.0, 0.02, 0.03))
+    scan = scan_lidar(world, state, T_world_lidar, LidarSpec(VOD_ELEVATIONS_DEG, 512),
+                      frame_rng(2, 1))
     boxes = boxes_in_frame(state.boxes, invert(T_world_lidar))
     grown = boxes.copy()
     grown[:, 3:6] += 0.2  # 2 cm range noise, 10 sigma margin
