@@ -3,8 +3,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from kdpipe.stages.synth.geometry import token
-from kdpipe.stages.synth.rigs import NUS_LIDAR, NUS_RADARS
+from kdpipe.stages.synth.geometry import matrix_to_quat_wxyz, token
+from kdpipe.stages.synth.rigs import (
+    NUS_LIDAR,
+    NUS_LIDAR_T_BODY,
+    NUS_RADARS,
+    nus_camera,
+    nus_radar_pose,
+)
 from kdpipe.stages.synth.world import BICYCLE_RACK, CAR, CYCLIST, PEDESTRIAN
 
 VERSION = "v1.0-mini"
@@ -84,3 +90,15 @@ def visibility_token(visible_fraction: float) -> str:
         if visible_fraction < upper:
             return str(i + 1)
     return "4"
+
+
+def calibration_record(seed: int, index: int, channel: str, image_scale: float) -> dict[str, Any]:
+    """calibrated_sensor record of one channel in scene ``index`` (pose in the body frame)."""
+    if channel.startswith("CAM"):
+        T, K, _ = nus_camera(channel, image_scale)
+        intrinsic = K.tolist()
+    else:
+        T, intrinsic = (NUS_LIDAR_T_BODY if channel == NUS_LIDAR else nus_radar_pose(channel)), []
+    return {"token": token(seed, "calibrated_sensor", index, channel),
+            "sensor_token": token(seed, "sensor", channel), "translation": T[:3, 3].tolist(),
+            "rotation": matrix_to_quat_wxyz(T[:3, :3]).tolist(), "camera_intrinsic": intrinsic}

@@ -19,6 +19,7 @@ from kdpipe.stages.synth.nuscenes_tables import (
     CATEGORY_OF_CLASS,
     VERSION,
     attribute_name,
+    calibration_record,
     scene_name,
     scene_split,
     static_tables,
@@ -27,6 +28,7 @@ from kdpipe.stages.synth.nuscenes_tables import (
 from kdpipe.stages.synth.radar import RadarSpec, scan_radar
 from kdpipe.stages.synth.raycast import boxes_in_frame
 from kdpipe.stages.synth.rigs import (
+    NUS_CAMERAS,
     NUS_LIDAR,
     NUS_LIDAR_T_BODY,
     NUS_RADARS,
@@ -209,7 +211,8 @@ class _SceneWriter:
             for a, b in zip(recs, recs[1:], strict=False):
                 a["next"], b["prev"] = b["token"], a["token"]
             w.tables["sample_data"].extend(recs)
-            w.tables["calibrated_sensor"].append(_calibration(w, self.index, channel))
+            w.tables["calibrated_sensor"].append(
+                calibration_record(w.seed, self.index, channel, w.cfg.image_scale))
         w.tables["scene"].append({
             "token": token(w.seed, "scene", self.index), "log_token": self.log_token,
             "nbr_samples": n, "first_sample_token": self.sample_tokens[0],
@@ -217,17 +220,6 @@ class _SceneWriter:
             "description": f"synthetic street scene {self.index} (kdpipe synth, seed {w.seed})"})
         w.tables["log"].append({"token": self.log_token, "logfile": self.log, "vehicle": "n900",
                                 "date_captured": "2018-08-01", "location": "boston-seaport"})
-
-
-def _calibration(w: _Writer, index: int, channel: str) -> dict[str, Any]:
-    if channel.startswith("CAM"):
-        T, K, _ = nus_camera(channel, w.cfg.image_scale)
-        intrinsic = K.tolist()
-    else:
-        T, intrinsic = (NUS_LIDAR_T_BODY if channel == NUS_LIDAR else nus_radar_pose(channel)), []
-    return {"token": token(w.seed, "calibrated_sensor", index, channel),
-            "sensor_token": token(w.seed, "sensor", channel), "translation": T[:3, 3].tolist(),
-            "rotation": matrix_to_quat_wxyz(T[:3, :3]).tolist(), "camera_intrinsic": intrinsic}
 
 
 class _Writer:
@@ -272,6 +264,11 @@ def write_nuscenes(out: Path, n_scenes: int, seed: int,
         Summary: scenes, samples, sample_data, annotations by category, mean points per file.
     """
     cfg = cfg or SynthConfig()
+    if n_scenes < 1 or cfg.nus_samples_per_scene < 1:
+        raise ValueError("need at least one scene with at least one sample")
+    unknown = set(cfg.nus_cameras) - set(NUS_CAMERAS)
+    if unknown:
+        raise ValueError(f"unknown nuScenes camera channel(s) {sorted(unknown)}")
     out = Path(out)
     (out / VERSION).mkdir(parents=True, exist_ok=True)
     w = _Writer(out, seed, cfg)

@@ -203,6 +203,8 @@ def write_vod(out: Path, n_frames: int, seed: int,
         Summary: frames, scenes, split sizes, mean LiDAR/radar points per frame, label counts.
     """
     cfg = cfg or SynthConfig()
+    if n_frames < 1:
+        raise ValueError(f"n_frames must be >= 1, got {n_frames}")
     out = Path(out)
     d = _dirs(out)
     per_scene = max(1, cfg.vod_frames_per_scene)
