@@ -26,7 +26,7 @@ from kdpipe.stages.synth.rigs import vod_rig
 from kdpipe.stages.synth.world import ANNOTATED, CLASS_NAMES, Scene, make_scene, scene_map_pose
 
 DATASET_VOD = 1
-STREAM_LAYOUT, STREAM_LIDAR, STREAM_RADAR = 0, 1, 2
+STREAM_LAYOUT, STREAM_LIDAR, STREAM_RADAR, STREAM_RADAR_PHASE = 0, 1, 2, 3
 LIDAR_PERIOD_S = 0.1  # VoD frames follow the 10 Hz LiDAR
 _SCAN_KEY_OFFSET = 1000  # radar scan indices can be negative (history before t = 0)
 _MAP_ORIGIN_XY = (-750.0, 1020.0)  # near the real VoD map coordinates
@@ -66,7 +66,7 @@ class _SceneGen:
         self.seed, self.index, self.cfg = seed, index, cfg
         self.rig = vod_rig(cfg.image_scale)
         self.scene = vod_scene(seed, index, n_frames, cfg)
-        rng = frame_rng(seed, DATASET_VOD, index, 0, STREAM_RADAR)
+        rng = frame_rng(seed, DATASET_VOD, index, 0, STREAM_RADAR_PHASE)
         self.radar_phase_s = float(rng.uniform(0.0, cfg.vod_radar_period_s))
         # Odometry starts where the recording starts.
         self.T_world_odom = self.scene.ego_at(0.0).T_world_body
