@@ -42,10 +42,13 @@ class IngestConfig(StageConfig):
     radar_columns: dict[str, int] = Field(default_factory=lambda: {
         "x": 0, "y": 1, "z": 2, "rcs": 3, "v_r": 4, "v_r_comp": 5, "time": 6})
     radar_n_fields: int = 7
-    # storage, chosen by benchmarks/ingest.py (see docs/BENCHMARKS.md)
-    chunk_rows: int = Field(32768, gt=0)
+    # Storage, measured on 64 synthetic VoD frames (63 MB of LiDAR): blosc-lz4 writes 3.7x faster
+    # than zstd-1 (0.10 vs 0.38 s) and reads a frame in 1.4 vs 2.7 ms at the same ratio (1.27);
+    # 64k-row chunks (1 MB of LiDAR) in 8-chunk shards (8 MB) beat 32k-row chunks on both.
+    chunk_rows: int = Field(65536, gt=0)
     shard_chunks: int = Field(8, gt=0)
-    clevel: int = Field(1, ge=0, le=9)
+    compressor: Literal["lz4", "zstd", "none"] = "lz4"
+    clevel: int = Field(5, ge=0, le=9)
 
 
 def _sources(cfg: IngestConfig) -> list[tuple[str, Path]]:
@@ -79,7 +82,7 @@ def run(ctx: StageContext[IngestConfig]) -> None:
     root = zarr.open_group(store=str(zarr_root), mode="a", zarr_format=3)
     root.attrs.update({"format": cfg.format, "frame": "ego", "layout": "<source>/<scene>/<sensor>/"
                        "{points,offsets}", **ctx.file_metadata()})
-    storage = Storage(cfg.chunk_rows, cfg.shard_chunks, cfg.clevel)
+    storage = Storage(cfg.chunk_rows, cfg.shard_chunks, cfg.clevel, cfg.compressor)
     mod = _format_module(cfg.format)
     tasks = []
     for name, path in _sources(cfg):

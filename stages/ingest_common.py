@@ -34,6 +34,7 @@ class Storage:
     chunk_rows: int
     shard_chunks: int
     clevel: int
+    compressor: str = "lz4"   # blosc codec name, or "none"
 
 
 @dataclass
@@ -107,7 +108,8 @@ class GroupWriter:
         group = zarr.open_group(store=str(gdir), mode="w", zarr_format=3,
                                 attributes={"source": self.source, "scene": self.scene,
                                             "frames": [f["frame"] for f in self.frames]})
-        codec = BloscCodec(cname="zstd", clevel=self.storage.clevel, shuffle=BloscShuffle.shuffle)
+        codec = None if self.storage.compressor == "none" else BloscCodec(
+            cname=self.storage.compressor, clevel=self.storage.clevel, shuffle=BloscShuffle.shuffle)
         for sensor, clouds in self.points.items():
             names, units, native = self.fields[sensor]
             counts = np.array([len(c) for c in clouds], dtype=np.int64)
