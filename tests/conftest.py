@@ -7,7 +7,20 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-FIXTURES = Path(os.environ.get("KDPIPE_FIXTURES", REPO.parent / "shared" / "fixtures" / "real"))
+
+
+def _find_fixtures() -> Path:
+    """KDPIPE_FIXTURES, else `shared/fixtures/real` beside the checkout or any parent of it."""
+    if "KDPIPE_FIXTURES" in os.environ:
+        return Path(os.environ["KDPIPE_FIXTURES"])
+    for parent in REPO.parents:
+        cand = parent / "shared" / "fixtures" / "real"
+        if cand.is_dir():
+            return cand
+    return Path("/work/shared/fixtures/real")  # where this project's machines keep them
+
+
+FIXTURES = _find_fixtures()
 
 
 @pytest.fixture(scope="session")
