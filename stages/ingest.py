@@ -88,11 +88,12 @@ def run(ctx: StageContext[IngestConfig]) -> None:
     for name, path in _sources(cfg):
         root.require_group(name)  # created here, once: tasks only create their own subgroup
         tasks += mod.make_tasks(cfg, name, path, ctx.workdir, zarr_root, storage)
-    results = ctx.map(mod.run_task, tasks, desc="ingest groups")
-    for r in results:
-        ctx.record_sources(r["sources"])
-    assemble(ctx.workdir, {k: ctx.outputs[k] for k in ("frames", "boxes", "calibration", "rejects")},
-             ctx.file_metadata())
+    ctx.map(mod.run_task, tasks, desc="ingest groups")
+    sources, ctx.output_digests["points"] = assemble(
+        ctx.workdir, zarr_root,
+        {k: ctx.outputs[k] for k in ("frames", "boxes", "calibration", "rejects")},
+        ctx.file_metadata())
+    ctx.record_sources(sources)
 
 
 STAGE = Stage(

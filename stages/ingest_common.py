@@ -9,7 +9,6 @@ kill redo exactly the unfinished groups.
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,9 @@ SENSOR_FIELDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "vod_radar": (("x", "y", "z", "rcs", "v_r", "v_r_comp", "time"),
                   ("m", "m", "m", "dBsm", "m/s", "m/s", "scan")),
 }
+
+
+SOURCES = {"path": pl.String, "bytes": pl.Int64, "sha256": pl.String}
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,8 @@ class GroupWriter:
     rejects: list[dict[str, Any]] = field(default_factory=list)
     points: dict[str, list[npt.NDArray[np.float32]]] = field(default_factory=dict)
     fields: dict[str, tuple[tuple[str, ...], tuple[str, ...], str]] = field(default_factory=dict)
+    extra: list[tuple[Any, ...]] = field(default_factory=list)
+    log: FileLog = field(default_factory=FileLog)   # raw files read for this group
 
     @property
     def part(self) -> Path:
@@ -97,10 +101,27 @@ class GroupWriter:
         self.boxes += [{**b, "frame_id": frame_id, "box_index": i} for i, b in enumerate(boxes)]
         self.calib += [{**c, "frame_id": frame_id} for c in calib]
 
-    def write(self, zarr_root: Path) -> None:
-        """Write the Zarr group and the Parquet parts, then the done-marker (last)."""
-        import zarr
+    def add_array(self, path: str, data: npt.NDArray[Any], *, chunks: tuple[int, ...],
+                  shards: tuple[int, ...], dims: tuple[str, ...], attrs: dict[str, Any],
+                  shuffle: bool = True) -> None:
+        """An extra array in this group (e.g. `camera/CAM_FRONT`), written by `write` with the
+        points and before the done-marker, so a group is never done without it."""
+        self.extra.append((path, data, chunks, shards, dims, attrs, shuffle))
+
+    def _codec(self, shuffle: bool) -> Any:
         from zarr.codecs import BloscCodec, BloscShuffle
+
+        if self.storage.compressor == "none":
+            return None
+        return BloscCodec(cname=self.storage.compressor, clevel=self.storage.clevel,
+                          shuffle=BloscShuffle.shuffle if shuffle else BloscShuffle.noshuffle)
+
+    def write(self, zarr_root: Path) -> None:
+        """Write the Zarr group, the Parquet parts, the raw-file log and the group digest, then
+        the done-marker (last). Everything a resumed run needs from this group is in `part`."""
+        import zarr
+
+        from kdpipe.pipeline.hashing import digest_path
 
         gdir = zarr_root / self.source / self.scene
         shutil.rmtree(gdir, ignore_errors=True)  # a killed earlier attempt
@@ -108,8 +129,6 @@ class GroupWriter:
         group = zarr.open_group(store=str(gdir), mode="w", zarr_format=3,
                                 attributes={"source": self.source, "scene": self.scene,
                                             "frames": [f["frame"] for f in self.frames]})
-        codec = None if self.storage.compressor == "none" else BloscCodec(
-            cname=self.storage.compressor, clevel=self.storage.clevel, shuffle=BloscShuffle.shuffle)
         for sensor, clouds in self.points.items():
             names, units, native = self.fields[sensor]
             counts = np.array([len(c) for c in clouds], dtype=np.int64)
@@ -119,34 +138,64 @@ class GroupWriter:
             g = group.create_group(sensor)
             g.create_array("points", data=data, chunks=(rows, len(names)),
                            shards=(rows * self.storage.shard_chunks, len(names)),
-                           compressors=codec, dimension_names=("point", "field"),
+                           compressors=self._codec(True), dimension_names=("point", "field"),
                            attributes={"fields": list(names), "units": list(units),
                                        "frame": "ego", "native_frame": native})
             g.create_array("offsets", data=offsets, chunks=(max(len(offsets), 1),),
                            compressors=None, attributes={"meaning": "points[offsets[i]:offsets[i+1]] "
                                                          "belong to frame i"})
+        for path, data, chunks, shards, dims, attrs, shuffle in self.extra:
+            parent, _, leaf = path.rpartition("/")
+            target = group.require_group(parent) if parent else group
+            target.create_array(leaf, data=data, chunks=chunks, shards=shards,
+                                compressors=self._codec(shuffle), dimension_names=dims,
+                                attributes=attrs)
         self.part.mkdir(parents=True, exist_ok=True)
         for name, rows, schema in (("frames", self.frames, FRAMES), ("boxes", self.boxes, BOXES),
                                    ("calibration", self.calib, CALIBRATION),
                                    ("rejects", self.rejects, REJECTS)):
             frame_table(rows, schema).write_parquet(self.part / f"{name}.parquet")
-        marker = self.part / "_done"
-        marker.write_text(str(len(self.frames)))
-        os.sync() if os.environ.get("KDPIPE_FSYNC") else None
+        pl.DataFrame(self.log.rows, schema=SOURCES).write_parquet(self.part / "sources.parquet")
+        # digested here, in parallel across groups, so the driver never re-reads the store
+        (self.part / "_digest").write_text(digest_path(gdir))
+        (self.part / "_done").write_text(str(len(self.frames)))
 
 
-def assemble(workdir: Path, outputs: dict[str, Path], metadata: dict[str, str]) -> dict[str, int]:
-    """Concatenate every group's parts into the stage's tables, sorted for determinism."""
-    counts = {}
+def block_groups(frame_ids: list[str], block_frames: int) -> list[tuple[str, list[str]]]:
+    """Groups of numeric frame ids for datasets without scenes: block = id // block_frames.
+
+    Stable as data grows: adding frames only changes the blocks they fall in.
+    """
+    blocks: dict[str, list[str]] = {}
+    for fid in frame_ids:
+        blocks.setdefault(f"block_{int(fid) // block_frames:05d}", []).append(fid)
+    return sorted(blocks.items())
+
+
+def assemble(workdir: Path, zarr_root: Path, outputs: dict[str, Path],
+             metadata: dict[str, str]) -> tuple[list[dict[str, Any]], str]:
+    """Concatenate every group's parts into the stage's tables, sorted for determinism.
+
+    Returns the raw files read (for lineage) and the store's digest: sha256 over the root's
+    metadata files and each group's digest, in path order.
+    """
+    from kdpipe.pipeline.hashing import sha256_bytes, sha256_file
+
+    parts = workdir / "_parts"
     keys = {"frames": ["frame_id"], "boxes": ["frame_id", "box_index"],
             "calibration": ["frame_id", "sensor"], "rejects": ["source", "frame", "file", "check"]}
     schemas = {"frames": FRAMES, "boxes": BOXES, "calibration": CALIBRATION, "rejects": REJECTS}
     for name, sort in keys.items():
-        parts = sorted((workdir / "_parts").glob(f"*/*/{name}.parquet"))
-        df = pl.concat([pl.read_parquet(p) for p in parts]) if parts else \
+        files = sorted(parts.glob(f"*/*/{name}.parquet"))
+        df = pl.concat([pl.read_parquet(p) for p in files]) if files else \
             pl.DataFrame(schema=schemas[name])
-        df = df.sort(sort)
-        df.write_parquet(outputs[name], metadata=metadata, compression="zstd", statistics=True)
-        counts[name] = df.height
-    shutil.rmtree(workdir / "_parts", ignore_errors=True)
-    return counts
+        df.sort(sort).write_parquet(outputs[name], metadata=metadata, compression="zstd",
+                                    statistics=True)
+    files = sorted(parts.glob("*/*/sources.parquet"))
+    sources = pl.concat([pl.read_parquet(p) for p in files]).to_dicts() if files else []
+    meta = [zarr_root / "zarr.json", *sorted(zarr_root.glob("*/zarr.json"))]  # root + sources
+    lines = [f"{p.relative_to(zarr_root)}\0{sha256_file(p)}" for p in meta]
+    lines += [f"{d.parent.name}/{d.name}\0{(d / '_digest').read_text()}"
+              for d in sorted(parts.glob("*/*")) if (d / "_done").exists()]
+    shutil.rmtree(parts, ignore_errors=True)
+    return sources, sha256_bytes("\n".join(sorted(lines)).encode())

@@ -35,7 +35,7 @@ from kdpipe.schemas import boxes as bx
 from kdpipe.stages.formats.bins import check_finite_xyz, read_float32_bin, safe_join
 from kdpipe.stages.formats.errors import FormatError
 from kdpipe.stages.formats.kitti import read_kitti_calib, read_kitti_labels
-from kdpipe.stages.ingest_common import SENSOR_FIELDS, FileLog, GroupWriter, Storage
+from kdpipe.stages.ingest_common import SENSOR_FIELDS, FileLog, GroupWriter, Storage, block_groups
 from kdpipe.stages.ingest_vod import SPLITS, _boxes, _image_size, _need
 
 from kdpipe.errors import ConfigError
@@ -122,21 +122,18 @@ def make_tasks(cfg: Any, source: str, root: Path, workdir: Path, zarr_root: Path
     """Groups of `cfg.block_frames` consecutive frame numbers (block = id // block_frames)."""
     lay, cols = KittiLayout.find(root), radar_columns(cfg)
     split_of = lay.splits()
-    blocks: dict[str, list[str]] = {}
-    for fid in lay.frame_ids():
-        blocks.setdefault(f"block_{int(fid) // cfg.block_frames:05d}", []).append(fid)
     return [KittiTask(str(root), source, scene, tuple(ids),
                       {f: split_of[f] for f in ids if f in split_of}, cols, cfg.radar_n_fields,
                       str(workdir), str(zarr_root), storage)
-            for scene, ids in sorted(blocks.items())]
+            for scene, ids in block_groups(lay.frame_ids(), cfg.block_frames)]
 
 
 def ingest_block(task: KittiTask) -> dict[str, Any]:
     """Ingest one block of frames into its group (skipped if already done)."""
     w = GroupWriter(Path(task.workdir), task.source, task.scene, task.storage)
     if w.done():
-        return {"scene": task.scene, "resumed": True, "sources": []}
-    lay, log = KittiLayout.find(Path(task.root)), FileLog()
+        return {"scene": task.scene, "resumed": True}
+    lay, log = KittiLayout.find(Path(task.root)), w.log
     w.declare("lidar", *SENSOR_FIELDS["lidar"][:2], native_frame="lidar")
     names = tuple(k for k, _ in task.radar_columns)
     w.declare("radar", names, tuple(_UNITS.get(k, "unknown") for k in names),
@@ -147,7 +144,7 @@ def ingest_block(task: KittiTask) -> dict[str, Any]:
         except FormatError as e:
             w.reject(fid, e.path, e.check, e.reason)
     w.write(Path(task.zarr_root))
-    return {"scene": task.scene, "resumed": False, "sources": log.rows}
+    return {"scene": task.scene, "resumed": False}
 
 
 run_task = ingest_block

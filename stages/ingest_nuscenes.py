@@ -101,9 +101,10 @@ def ingest_scene(task: NusTask) -> dict[str, Any]:
     """Ingest one scene's keyframes into its group (skipped if already done)."""
     w = nio.SceneWriter(Path(task.workdir), task.source, task.scene, task.storage)
     if w.done():
-        return {"scene": task.scene, "resumed": True, "sources": list(task.table_sources)}
+        return {"scene": task.scene, "resumed": True}
     root, o = Path(task.root), task.opts
-    db, log = nio.load_db(o.version, root), FileLog()
+    db, log = nio.load_db(o.version, root), w.log
+    log.rows += list(task.table_sources)  # the JSON tables, recorded by the first scene
     w.declare("lidar", *SENSOR_FIELDS["lidar"][:2], native_frame=LIDAR)
     w.declare("radar", nio.RADAR_FIELDS, nio.RADAR_UNITS, native_frame="RADAR_* (see channel)")
     w.images = {c: [] for c in o.cameras}
@@ -123,7 +124,7 @@ def ingest_scene(task: NusTask) -> dict[str, Any]:
         except (KeyError, TypeError, ValueError) as e:  # a record lacking a field / bad value
             w.reject(tok, table, "missing", f"a table record lacks a field or value ({e!r}).")
     w.write(Path(task.zarr_root))
-    return {"scene": task.scene, "resumed": False, "sources": list(task.table_sources) + log.rows}
+    return {"scene": task.scene, "resumed": False}
 
 
 run_task = ingest_scene

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from collections import OrderedDict, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path  # noqa: TC003 -- annotations of a dataclass module
@@ -27,7 +26,6 @@ from nuscenes.nuscenes import NuScenes
 from nuscenes.utils.geometry_utils import transform_matrix
 from nuscenes.utils.splits import create_splits_scenes
 from pyquaternion import Quaternion
-from zarr.codecs import BloscCodec, BloscShuffle
 
 from kdpipe.errors import ConfigError
 
@@ -253,44 +251,19 @@ def radar_channel(db: NusDb, root: Path, sd: dict[str, Any], ref: RadarRef, ch: 
 
 @dataclass
 class SceneWriter(GroupWriter):
-    """A GroupWriter that also stores downscaled camera images as `camera/<CHANNEL>` arrays.
-
-    `GroupWriter.write` writes the done-marker last, into `part`; here `part` is a staging
-    folder, the camera arrays go into the Zarr group afterwards, and only then is the staging
-    folder renamed to the real part folder (atomic), so a kill at any point leaves it not done.
-    """
+    """A GroupWriter that also stores downscaled camera images as `camera/<CHANNEL>` arrays,
+    handed to `GroupWriter.add_array` so they are written before the group's done-marker."""
 
     images: dict[str, list[npt.NDArray[np.uint8]]] = field(default_factory=dict)
     image_attrs: dict[str, dict[str, Any]] = field(default_factory=dict)
 
-    @property
-    def part(self) -> Path:
-        return self.workdir / "_parts" / self.source / f".{self.scene}.staging"
-
-    @property
-    def final_part(self) -> Path:
-        return self.workdir / "_parts" / self.source / self.scene
-
-    def done(self) -> bool:
-        return (self.final_part / "_done").exists()
-
     def write(self, zarr_root: Path) -> None:
-        import zarr  # noqa: PLC0415 -- as in GroupWriter.write
-
-        super().write(zarr_root)
-        group = zarr.open_group(store=str(zarr_root / self.source / self.scene), mode="a",
-                                zarr_format=3)
-        cam = group.create_group("camera")
-        cname = getattr(self.storage, "compressor", "zstd")  # as the point arrays
-        codec = None if cname == "none" else BloscCodec(cname=cname, clevel=self.storage.clevel,
-                                                        shuffle=BloscShuffle.noshuffle)
         for ch, frames in self.images.items():
             data = np.stack(frames) if frames else np.zeros((0, 1, 1, 3), np.uint8)  # (F, H, W, 3)
             per_shard = max(1, (8 << 20) // max(data[0].nbytes if len(data) else 1, 1))  # ~8 MB
-            cam.create_array(ch, data=data, chunks=(1, *data.shape[1:]),
-                             shards=(per_shard, *data.shape[1:]), compressors=codec,
-                             dimension_names=("frame", "y", "x", "rgb"),
-                             attributes={"channel": ch, **self.image_attrs.get(ch, {}),
-                                         "meaning": "camera/<CH>[i] belongs to frame i"})
-        shutil.rmtree(self.final_part, ignore_errors=True)
-        os.replace(self.part, self.final_part)  # from here on the group is done
+            self.add_array(f"camera/{ch}", data, chunks=(1, *data.shape[1:]),
+                           shards=(per_shard, *data.shape[1:]), dims=("frame", "y", "x", "rgb"),
+                           attrs={"channel": ch, **self.image_attrs.get(ch, {}),
+                                  "meaning": "camera/<CH>[i] belongs to frame i"},
+                           shuffle=False)
+        super().write(zarr_root)

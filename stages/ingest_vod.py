@@ -17,7 +17,7 @@ from kdpipe.schemas import boxes as bx
 from kdpipe.stages.formats.errors import FormatError
 from kdpipe.stages.formats.kitti import DONT_CARE, read_kitti_calib, read_kitti_labels
 from kdpipe.stages.formats.vod import VodLayout, read_vod_lidar, read_vod_pose, read_vod_radar
-from kdpipe.stages.ingest_common import SENSOR_FIELDS, FileLog, GroupWriter, Storage
+from kdpipe.stages.ingest_common import SENSOR_FIELDS, FileLog, GroupWriter, Storage, block_groups
 
 VOD_CLASSES = frozenset({
     "Car", "Pedestrian", "Cyclist", "rider", "bicycle", "bicycle_rack", "human_depiction",
@@ -47,17 +47,14 @@ def plan_vod(root: Path, source: str, block_frames: int) -> tuple[list[tuple[str
     for name in SPLITS:
         for fid in layout.read_split(name) or []:
             split_of.setdefault(fid, name)
-    blocks: dict[str, list[str]] = {}
-    for fid in ids:
-        blocks.setdefault(f"block_{int(fid) // block_frames:05d}", []).append(fid)
-    return sorted(blocks.items()), split_of
+    return block_groups(ids, block_frames), split_of
 
 
 def ingest_vod_group(task: VodTask) -> dict[str, Any]:
     w = GroupWriter(Path(task.workdir), task.source, task.scene, task.storage)
     if w.done():
-        return {"scene": task.scene, "resumed": True, "sources": []}
-    layout, log = VodLayout(Path(task.root)), FileLog()
+        return {"scene": task.scene, "resumed": True}
+    layout, log = VodLayout(Path(task.root)), w.log
     has_acc = {s: layout.accumulated_radar_dir(n) is not None for s, n in RADAR_SENSORS.items() if n}
     w.declare("lidar", *SENSOR_FIELDS["lidar"][:2], native_frame="lidar")
     for sensor in ["radar", *[s for s, ok in has_acc.items() if ok]]:
@@ -68,7 +65,7 @@ def ingest_vod_group(task: VodTask) -> dict[str, Any]:
         except FormatError as e:
             w.reject(fid, e.path, e.check, e.reason)
     w.write(Path(task.zarr_root))
-    return {"scene": task.scene, "resumed": False, "sources": log.rows}
+    return {"scene": task.scene, "resumed": False}
 
 
 def _need(path: Path | None, what: str) -> Path:

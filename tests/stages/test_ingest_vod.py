@@ -179,11 +179,14 @@ def test_sigkill_mid_ingest_redoes_only_unfinished_groups(tmp_path: Path, real: 
     after = {s: (art / "points.zarr/vod" / s / "lidar/points/zarr.json").stat().st_mtime_ns for s in done}
     assert after == before  # finished groups were not rewritten
     clean_art = Path(clean["stages"][0]["path"])
-    for name in ("frames", "boxes", "calibration", "rejects"):
+    for name in ("frames", "boxes", "calibration", "rejects", "_sources"):
         assert (art / f"{name}.parquet").read_bytes() == (clean_art / f"{name}.parquet").read_bytes()
     from kdpipe.pipeline.hashing import digest_path
 
     assert digest_path(art / "points.zarr") == digest_path(clean_art / "points.zarr")
+    lin = [json.loads((x / "_lineage.json").read_text()) for x in (art, clean_art)]
+    assert lin[0]["outputs"] == lin[1]["outputs"]  # digests recorded while writing agree too
+    assert lin[0]["sources"]["files"] == 10 * 7  # every raw file (7 a frame), resumed groups included
 
 
 def test_synthetic_vod_world_matches_the_official_devkit(tmp_path: Path) -> None:
