@@ -27,7 +27,7 @@ def run_workflow(workflow: str | Path, workspace: str, stages: Sequence[str] = (
     """Plan, lock the workspace, and run what is not up to date. Returns a JSON-able report."""
     wf = load_workflow(workflow, list(overrides))
     ws = Workspace(workspace)
-    make_executor(scheduler) if scheduler not in (None, "local", "sync") else None  # validate early
+    executor = make_executor(scheduler)  # checks the spelling now; starts nothing yet
     with ExitStack() as stack:
         stack.enter_context(ws.lock(wait=wait))
         # plan under the lock: the fingerprint of raw inputs must match what runs
@@ -51,7 +51,7 @@ def run_workflow(workflow: str | Path, workspace: str, stages: Sequence[str] = (
             if log:
                 log(f"running {name} ({key})")
 
-        results = execute(plan, ws, names, executor=lambda: make_executor(scheduler),
+        results = execute(plan, ws, names, executor=executor,
                           seed=wf.seed, force=force, progress=progress, on_stage=on_stage)
     return {"workflow": wf.name, "workspace": ws.url, "stages": [asdict(r) for r in results]}
 

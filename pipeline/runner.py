@@ -26,44 +26,22 @@ class StageResult:
     outputs: dict[str, str] = field(default_factory=dict)   # port -> artifact path
 
 
-class LazyExecutor:
-    """Starts the real executor only when a stage actually submits work."""
-
-    def __init__(self, factory: Callable[[], Executor]) -> None:
-        self._factory, self._ex = factory, None
-
-    @property
-    def inner(self) -> Executor:
-        if self._ex is None:
-            self._ex = self._factory()
-        return self._ex
-
-    def map(self, fn: Any, items: Any, **kw: Any) -> list[Any]:
-        return self.inner.map(fn, items, **kw)
-
-    def has_resource(self, name: str) -> bool:
-        return self.inner.has_resource(name)
-
-    def describe(self) -> str:
-        return self.inner.describe() if self._ex else "not started"
-
-    def close(self) -> None:
-        if self._ex is not None:
-            self._ex.close()
-
-
 def execute(plan: Plan, ws: Workspace, names: Sequence[str], *,
-            executor: Callable[[], Executor] = SyncExecutor, seed: int = 0, force: bool = False,
+            executor: Executor | None = None, seed: int = 0, force: bool = False,
             progress: ProgressFn | None = None,
             on_stage: Callable[[str, str], None] | None = None) -> list[StageResult]:
-    """Run the selected stages whose artifacts are not committed (all of them with `force`)."""
+    """Run the selected stages whose artifacts are not committed (all of them with `force`).
+
+    Executors start their workers on first use, so a run with nothing to do starts none; the
+    executor is closed when this returns.
+    """
     todo = {n for n in names if force or not ws.is_committed(n, plan.nodes[n].key)}
     for n in names:
         for src in plan.nodes[n].upstream.values():
             if src not in todo and not ws.is_committed(src, plan.nodes[src].key):
                 raise PlanError(f"stage '{n}' needs the output of '{src}', which is not in the "
                                 f"workspace and not selected to run; run '{src}' too")
-    lazy = LazyExecutor(executor)
+    ex = executor or SyncExecutor()
     results = []
     try:
         for n in names:
@@ -75,11 +53,11 @@ def execute(plan: Plan, ws: Workspace, names: Sequence[str], *,
             if on_stage:
                 on_stage(n, key)
             t0 = time.perf_counter()
-            _run_stage(plan, ws, n, lazy, seed, progress)
+            _run_stage(plan, ws, n, ex, seed, progress)
             results.append(StageResult(n, key, "ran", time.perf_counter() - t0,
                                        ws.artifact_dir(n, key), _output_paths(plan, ws, n)))
     finally:
-        lazy.close()
+        ex.close()
     return results
 
 
@@ -125,7 +103,8 @@ def _run_stage(plan: Plan, ws: Workspace, n: str, ex: Executor, seed: int,
         up = ws.read_lineage(src, plan.nodes[src].key)
         in_lineage[p] = {"stage": src, "key": plan.nodes[src].key,
                          "digest": up["outputs"][p]["digest"]}
-    out_lineage = {p: {"file": path.name, "digest": digest_path(path)}
+    out_lineage = {p: {"file": path.name,
+                       "digest": ctx.output_digests.get(p) or digest_path(path)}
                    for p, path in outputs.items()}
     sources = lineage.write_sources(workdir, ctx.sources)
     rec = lineage.record(stage=n, key=node.key, version=node.stage.version,

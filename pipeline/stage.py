@@ -123,6 +123,9 @@ class StageContext(Generic[C]):
     seed: int = 0
     progress: ProgressFn = _no_progress
     sources: list[dict[str, Any]] = field(default_factory=list)
+    # Digests a stage computed while writing (e.g. per Zarr group, in parallel); the runner
+    # hashes any output not listed here.
+    output_digests: dict[str, str] = field(default_factory=dict)
 
     def map(self, fn: Callable[..., Any], items: Iterable[Any], *, desc: str = "",
             resources: Mapping[str, float] | None = None) -> list[Any]:
