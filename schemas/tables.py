@@ -68,8 +68,34 @@ REJECTS: dict[str, Any] = {
     "reason": pl.String,
 }
 
+# Model output, one row per decoded box (top-K per frame, before any score filter). Frames with
+# no detection have no rows here; the frame list of a run is `DETECTION_FRAMES`.
+DETECTIONS: dict[str, Any] = {
+    "frame_id": pl.String,
+    "det_index": pl.Int32,        # rank within the frame, by descending score
+    "label": pl.String,           # the model's class name (Car | Pedestrian | Cyclist | ...)
+    "score": pl.Float64,
+    "x_ego_m": pl.Float64, "y_ego_m": pl.Float64, "z_ego_m": pl.Float64,
+    "length_m": pl.Float64, "width_m": pl.Float64, "height_m": pl.Float64,
+    "yaw_ego_rad": pl.Float64,
+    "vx_ego_mps": pl.Float64, "vy_ego_mps": pl.Float64,     # null when the model has no velocity
+}
+
+# Frames a detector ran on (with zero or more detections): exports need the empty ones too.
+DETECTION_FRAMES: dict[str, Any] = {
+    "frame_id": pl.String,
+    "split": pl.String,
+    "n_detections": pl.Int32,
+}
+
+# Filtered detections used as training targets: "positive" boxes are targets, "ignore" boxes
+# (ST3D's band between the negative and positive thresholds) mask the loss around them.
+PSEUDO_LABELS: dict[str, Any] = {**DETECTIONS, "state": pl.String}
+
 SCHEMAS: dict[str, dict[str, Any]] = {
     "frames/1": FRAMES, "boxes/1": BOXES, "calibration/1": CALIBRATION, "rejects/1": REJECTS,
+    "detections/1": DETECTIONS, "detection_frames/1": DETECTION_FRAMES,
+    "pseudo_labels/1": PSEUDO_LABELS,
 }
 
 
