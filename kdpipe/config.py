@@ -7,6 +7,10 @@
 
     [ingest]                   # only what differs from IngestConfig's defaults
     format = "vod"
+
+    [evaluate-student]         # a second instance of a stage: `uses` names the stage, `ports`
+    uses = "evaluate"          # binds its ports to other artifacts (port -> artifact name)
+    ports = { checkpoint = "student", metrics = "student_metrics" }
 """
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from kdpipe.errors import ConfigError
+from kdpipe.pipeline.stage import instance
 from kdpipe.stages import canonical_name, load_stage
 
 _WORKFLOW_KEYS = {"name", "stages", "seed", "plugins"}
@@ -52,6 +57,21 @@ def apply_set(deltas: dict[str, dict[str, Any]], assignment: str) -> None:
     node[parts[-1]] = parse_value(rhs.strip())
 
 
+def _stage(spec: str, deltas: dict[str, dict[str, Any]]) -> Any:
+    """A stage by name, or an instance of one (`uses` + `ports` popped from its table)."""
+    table = deltas.get(canonical_name(spec), {})
+    uses, ports = table.pop("uses", None), table.pop("ports", {})
+    if uses is None:
+        if ports:
+            raise ConfigError(f"[{spec}] ports needs `uses = \"<stage>\"`")
+        return load_stage(spec)
+    if not isinstance(uses, str) or not isinstance(ports, dict) \
+            or not all(isinstance(v, str) for v in ports.values()):
+        raise ConfigError(f"[{spec}]: `uses` must be a stage name and `ports` a table of "
+                          f"port = \"artifact\" strings")
+    return instance(load_stage(uses), canonical_name(spec), ports)
+
+
 def load_workflow(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Workflow:
     p = Path(path)
     try:
@@ -66,13 +86,13 @@ def load_workflow(path: str | Path, overrides: list[str] | tuple[str, ...] = ())
     extra = set(head) - _WORKFLOW_KEYS
     if extra:
         raise ConfigError(f"{p}: unknown [workflow] key(s): {', '.join(sorted(extra))}")
-    stages = [load_stage(s) for s in head.get("stages", [])]
-    stages += [load_stage(s) for s in head.get("plugins", [])]
     deltas: dict[str, dict[str, Any]] = {}
     for name, table in doc.items():
         if not isinstance(table, dict):
             raise ConfigError(f"{p}: top-level key '{name}' must be a [stage] table")
         deltas[canonical_name(name)] = table
+    stages = [_stage(s, deltas) for s in head.get("stages", [])]
+    stages += [_stage(s, deltas) for s in head.get("plugins", [])]
     for a in overrides:
         apply_set(deltas, a)
     seed = head.get("seed", 0)

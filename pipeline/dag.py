@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import ValidationError
@@ -19,6 +19,7 @@ class Node:
     upstream: Mapping[str, str]      # input port name -> producing stage name
     key: str
     fingerprint: str | None          # raw-input fingerprint (source stages only)
+    upstream_port: Mapping[str, Port] = field(default_factory=dict)  # input -> producer's port
 
 
 @dataclass(frozen=True)
@@ -66,35 +67,36 @@ def _producers(stages: Sequence[Stage[Any]]) -> dict[str, tuple[str, Port]]:
     prod: dict[str, tuple[str, Port]] = {}
     for s in stages:
         for p in s.outputs:
-            if p.name in prod:
-                raise PlanError(f"artifact '{p.name}' is produced by both "
-                                f"'{prod[p.name][0]}' and '{s.name}'")
-            prod[p.name] = (s.name, p)
+            if p.ref in prod:
+                raise PlanError(f"artifact '{p.ref}' is produced by both "
+                                f"'{prod[p.ref][0]}' and '{s.name}'")
+            prod[p.ref] = (s.name, p)
     return prod
 
 
-def _match_ports(stages: Sequence[Stage[Any]]) -> dict[str, dict[str, str]]:
+def _match_ports(stages: Sequence[Stage[Any]]) -> dict[str, dict[str, tuple[str, Port]]]:
     prod = _producers(stages)
-    upstream: dict[str, dict[str, str]] = {}
+    upstream: dict[str, dict[str, tuple[str, Port]]] = {}
     for s in stages:
         upstream[s.name] = {}
         for p in s.inputs:
-            if p.name not in prod:
-                raise PlanError(f"stage '{s.name}' needs '{p.name}' ({p.kind.kind}) but no "
+            if p.ref not in prod:
+                raise PlanError(f"stage '{s.name}' needs '{p.ref}' ({p.kind.kind}) but no "
                                 f"stage in the workflow produces it")
-            src, out = prod[p.name]
+            src, out = prod[p.ref]
             if out.kind is not p.kind:
-                raise PlanError(f"port type mismatch: '{src}' writes '{p.name}' as "
+                raise PlanError(f"port type mismatch: '{src}' writes '{p.ref}' as "
                                 f"{out.kind.kind}, '{s.name}' reads it as {p.kind.kind}")
             if p.schema and out.schema and p.schema != out.schema:
-                raise PlanError(f"schema mismatch on '{p.name}': '{src}' writes {out.schema}, "
+                raise PlanError(f"schema mismatch on '{p.ref}': '{src}' writes {out.schema}, "
                                 f"'{s.name}' expects {p.schema}")
-            upstream[s.name][p.name] = src
+            upstream[s.name][p.name] = (src, out)
     return upstream
 
 
-def _toposort(names: Sequence[str], upstream: Mapping[str, Mapping[str, str]]) -> list[str]:
-    deps = {n: set(upstream[n].values()) for n in names}
+def _toposort(names: Sequence[str],
+              upstream: Mapping[str, Mapping[str, tuple[str, Port]]]) -> list[str]:
+    deps = {n: {src for src, _ in upstream[n].values()} for n in names}
     order: list[str] = []
     while len(order) < len(names):
         ready = [n for n in names if n not in order and deps[n] <= set(order)]
@@ -124,9 +126,10 @@ def build_plan(stages: Sequence[Stage[Any]], deltas: Mapping[str, Mapping[str, A
         fp = None
         if s.sources is not None and fingerprint:
             fp = fingerprint_tree(s.sources(cfg))
-        input_keys = {port: nodes[src].key for port, src in upstream[n].items()}
+        input_keys = {port: nodes[src].key for port, (src, _) in upstream[n].items()}
         key = stage_key(n, s.version, cfg.model_dump(mode="json"), input_keys, fp)
-        nodes[n] = Node(s, cfg, upstream[n], key, fp)
+        nodes[n] = Node(s, cfg, {p: src for p, (src, _) in upstream[n].items()}, key, fp,
+                        {p: out for p, (_, out) in upstream[n].items()})
     return Plan(tuple(order), nodes)
 
 

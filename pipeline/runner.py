@@ -70,7 +70,7 @@ def _run_stage(plan: Plan, ws: Workspace, n: str, ex: Executor, seed: int,
                progress: ProgressFn | None) -> None:
     node = plan.nodes[n]
     run_id, start = lineage.new_run_id(), lineage.now_iso()
-    in_ports = {p.name: p for p in node.stage.inputs}
+    in_ports = node.upstream_port  # input port -> the producer's output port (its file name)
     in_names = [f"{src}/{plan.nodes[src].key}/{in_ports[p].filename()}"
                 for p, src in node.upstream.items()]
     out_names = [f"{n}/{node.key}/{p.filename()}" for p in node.stage.outputs]
@@ -102,7 +102,7 @@ def _run_stage(plan: Plan, ws: Workspace, n: str, ex: Executor, seed: int,
     for p, src in node.upstream.items():
         up = ws.read_lineage(src, plan.nodes[src].key)
         in_lineage[p] = {"stage": src, "key": plan.nodes[src].key,
-                         "digest": up["outputs"][p]["digest"]}
+                         "digest": up["outputs"][in_ports[p].name]["digest"]}
     out_lineage = {p: {"file": path.name,
                        "digest": ctx.output_digests.get(p) or digest_path(path)}
                    for p, path in outputs.items()}

@@ -65,9 +65,36 @@ class Port:
     name: str                     # artifact name in the workflow, e.g. "radar_frames"
     kind: type[Artifact]          # ZarrArtifact | ParquetArtifact | ...
     schema: str | None = None     # schema name from kdpipe.schemas, checked when plans are built
+    # Artifact name in the workflow when it differs from the port name (a stage used twice,
+    # e.g. `evaluate` on the teacher and on the student: `[evaluate-student] ports = {...}`).
+    artifact: str | None = None
 
     def filename(self) -> str:
         return self.name + self.kind.suffix
+
+    @property
+    def ref(self) -> str:
+        """The name plans match producers and consumers on."""
+        return self.artifact or self.name
+
+
+def instance(stage: Stage[Any], name: str, ports: Mapping[str, str]) -> Stage[Any]:
+    """`stage` under another name, its ports bound to other artifact names (`run` is unchanged,
+    it still reads and writes its own port names)."""
+    from dataclasses import replace
+
+    known = {p.name for p in (*stage.inputs, *stage.outputs)}
+    unknown = sorted(set(ports) - known)
+    if unknown:
+        from kdpipe.errors import ConfigError
+
+        raise ConfigError(f"[{name}] ports: stage '{stage.name}' has no port(s) "
+                          f"{', '.join(unknown)} (it has: {', '.join(sorted(known))})")
+
+    def bind(ps: tuple[Port, ...]) -> tuple[Port, ...]:
+        return tuple(replace(p, artifact=ports.get(p.name)) for p in ps)
+
+    return replace(stage, name=name, inputs=bind(stage.inputs), outputs=bind(stage.outputs))
 
 
 @dataclass(frozen=True)
