@@ -8,7 +8,7 @@ import polars as pl
 import pytest
 
 from kdpipe.api import run_workflow, workflow_status
-from kdpipe.errors import StageError
+from kdpipe.errors import ConfigError, StageError
 from kdpipe.pipeline import ancestry
 from kdpipe.pipeline.store import LINEAGE, Workspace
 from kdpipe.testing import toy_workflow, write_raw
@@ -121,3 +121,36 @@ def test_fsspec_workspace_url(toy: tuple[Path, Path], tmp_path: Path,
     node = ancestry.tree(Workspace(url), "toy-report", key)
     assert len(node["inputs"][0]["inputs"][0]["raw_files"]) == 12
     fs.rm("/kdpipe-test-ws", recursive=True)
+
+
+def test_stage_instance_runs_twice_on_other_artifacts(tmp_path: Path) -> None:
+    """`uses` + `ports`: the same stage twice in one workflow, each reading its own artifact."""
+    raw = tmp_path / "raw"
+    write_raw(raw, 8)
+    wf = tmp_path / "wf.toml"
+    wf.write_text(f"""[workflow]
+stages = []
+plugins = ["kdpipe.testing:SOURCE", "kdpipe.testing:SCALE", "kdpipe.testing:REPORT", "triple",
+           "report-triple"]
+[toy-source]
+root = "{raw}"
+[triple]
+uses = "kdpipe.testing:SCALE"
+ports = {{ scaled = "tripled" }}
+factor = 3
+[report-triple]
+uses = "kdpipe.testing:REPORT"
+ports = {{ scaled = "tripled", summary = "summary3" }}
+""")
+    ws = str(tmp_path / "ws")
+    out = run_workflow(wf, ws, scheduler="sync")
+    by = {s["stage"]: s for s in out["stages"]}
+    s2 = json.loads(Path(by["toy-report"]["outputs"]["summary"]).read_text())
+    s3 = json.loads(Path(by["report-triple"]["outputs"]["summary"]).read_text())
+    assert s3["scaled_total"] * 2 == s2["scaled_total"] * 3
+    lin = json.loads((Path(by["report-triple"]["path"]) / "_lineage.json").read_text())
+    assert lin["inputs"]["scaled"]["stage"] == "triple"
+    bad = tmp_path / "bad.toml"
+    bad.write_text(wf.read_text().replace('scaled = "tripled" }\nfactor', 'nope = "x" }\nfactor'))
+    with pytest.raises(ConfigError, match="has no port"):
+        run_workflow(bad, ws, scheduler="sync")
