@@ -12,6 +12,10 @@ from kdpipe.errors import ConfigError
 
 BUILTIN: dict[str, str] = {
     "ingest": "kdpipe.stages.ingest:STAGE",
+    "teacher-train": "kdpipe.stages.teacher_train:STAGE",
+    "teacher-label": "kdpipe.stages.teacher_label:STAGE",
+    "pseudo-label": "kdpipe.stages.pseudo_label:STAGE",
+    "evaluate": "kdpipe.stages.evaluate:STAGE",
 }
 
 

@@ -1,0 +1,126 @@
+"""`evaluate`: score a checkpoint on a split with the official tools.
+
+- View-of-Delft (`benchmark = "vod"`): predictions exported as KITTI label files (real projected
+  2D boxes: the evaluator drops boxes under 40 px high; an empty file for frames without
+  detections) and scored by `vod-tudelft`: AP11 at IoU 0.5/0.25/0.25 over the entire annotated
+  area and the driving corridor, plus KITTI AP40 from the same matching.
+- nuScenes (`benchmark = "nuscenes"`): a submission JSON with every sample token of the split,
+  scored by nuscenes-devkit `DetectionEval` (mAP, NDS, TP errors).
+`auto` picks by the store's dataset. The model runs through the same inference tasks as
+`teacher-label`. To evaluate a second model in one workflow, add an instance:
+`[evaluate-student] uses = "evaluate"` with `ports = { teacher = "student", metrics = ... }`.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import polars as pl
+from pydantic import Field
+
+from kdpipe.errors import ConfigError
+from kdpipe.pipeline.stage import (
+    CheckpointArtifact,
+    JsonArtifact,
+    ParquetArtifact,
+    Port,
+    Stage,
+    StageConfig,
+    StageContext,
+    ZarrArtifact,
+)
+from kdpipe.stages.inference import cleanup_parts, infer
+from kdpipe.stages.model_data import select_frames
+
+
+class EvaluateConfig(StageConfig):
+    split: str = "val"
+    benchmark: Literal["auto", "vod", "nuscenes"] = "auto"
+    radar_sensor: str = "radar"
+    batch_size: int = Field(8, ge=1)
+    top_k: int = Field(100, ge=1)
+    score_floor: float = Field(0.01, ge=0.0, lt=1.0)
+    device: str = "auto"
+    # nuScenes: where the devkit finds the tables; default: the ingest root and version
+    nuscenes_dataroot: str | None = None
+    nuscenes_version: str | None = None
+    nuscenes_eval_set: str | None = None   # default: the split name
+
+
+def _ingest_config(ingest_dir: Path) -> dict[str, Any]:
+    lin = ingest_dir / "_lineage.json"
+    return dict(json.loads(lin.read_text()).get("config", {})) if lin.exists() else {}
+
+
+def score(dets: pl.DataFrame, frames: pl.DataFrame, ingest_dir: Path, cfg: EvaluateConfig,
+          workdir: Path) -> dict[str, Any]:
+    """Official metrics for `dets` on `frames` (all frames of the split, detections or not)."""
+    bench = cfg.benchmark
+    if bench == "auto":
+        kinds = set(frames["dataset"].unique().to_list())
+        bench = "nuscenes" if kinds == {"nuscenes"} else "vod"
+    frame_ids = frames["frame_id"].to_list()
+    if bench == "vod":
+        from kdpipe.stages.evaluation.vod_eval import evaluate_tables
+
+        boxes = pl.read_parquet(ingest_dir / "boxes.parquet")
+        calib = pl.read_parquet(ingest_dir / "calibration.parquet")
+        return {"benchmark": "vod", **evaluate_tables(dets, boxes, frames, calib, frame_ids,
+                                                      workdir / "vod_eval")}
+    from kdpipe.stages.evaluation.nuscenes_eval import score_nuscenes, write_submission
+
+    icfg = _ingest_config(ingest_dir)
+    roots = icfg.get("roots") or []
+    dataroot = cfg.nuscenes_dataroot or (roots[0] if len(roots) == 1 else None)
+    if dataroot is None:
+        raise ConfigError("evaluate: set evaluate.nuscenes_dataroot (the ingest had "
+                          f"{len(roots)} roots)")
+    sub = workdir / "nuscenes_submission.json"
+    write_submission(dets, frames, sub, frame_ids)
+    res = score_nuscenes(dataroot, cfg.nuscenes_version or icfg.get("version", "v1.0-mini"),
+                         cfg.nuscenes_eval_set or cfg.split, sub, workdir / "nuscenes_eval")
+    return {"benchmark": "nuscenes", **res}
+
+
+def metrics_rows(metrics: dict[str, Any], prefix: str = "") -> list[dict[str, Any]]:
+    """Flatten nested metrics into (metric, value) rows for the Parquet table."""
+    rows: list[dict[str, Any]] = []
+    for k, v in sorted(metrics.items()):
+        name = f"{prefix}{k}"
+        if isinstance(v, dict):
+            rows += metrics_rows(v, name + ".")
+        elif isinstance(v, int | float) and not isinstance(v, bool):
+            rows.append({"metric": name, "value": float(v)})
+    return rows
+
+
+def run(ctx: StageContext[EvaluateConfig]) -> None:
+    cfg = ctx.config
+    ingest = ctx.inputs["points"].parent
+    frames = select_frames(ingest, [cfg.split], labeled_only=True)
+    dets, _ = infer(ctx, ctx.inputs["teacher"], frames, radar_sensor=cfg.radar_sensor,
+                    batch_size=cfg.batch_size, top_k=cfg.top_k, score_floor=cfg.score_floor,
+                    device=cfg.device)
+    cleanup_parts(ctx)
+    metrics = score(dets, frames, ingest, cfg, ctx.workdir / "_scratch")
+    metrics.update(split=cfg.split, frames=frames.height, detections=dets.height)
+    ctx.outputs["metrics"].write_text(json.dumps(metrics, indent=1, sort_keys=True))
+    pl.DataFrame(metrics_rows(metrics), schema={"metric": pl.String, "value": pl.Float64}) \
+        .write_parquet(ctx.outputs["metrics_table"], metadata=ctx.file_metadata())
+    dets.write_parquet(ctx.outputs["eval_detections"], metadata=ctx.file_metadata())
+    import shutil
+
+    shutil.rmtree(ctx.workdir / "_scratch", ignore_errors=True)
+
+
+STAGE = Stage(
+    name="evaluate", config=EvaluateConfig, run=run, version=1,
+    inputs=(Port("teacher", CheckpointArtifact, "checkpoint/1"),
+            Port("points", ZarrArtifact, "points/1"), Port("frames", ParquetArtifact, "frames/1"),
+            Port("boxes", ParquetArtifact, "boxes/1"),
+            Port("calibration", ParquetArtifact, "calibration/1")),
+    outputs=(Port("metrics", JsonArtifact), Port("metrics_table", ParquetArtifact),
+             Port("eval_detections", ParquetArtifact, "detections/1")),
+    description="checkpoint + split -> official VoD (AP11/AP40) or nuScenes (mAP/NDS) metrics",
+)

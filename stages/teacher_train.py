@@ -1,0 +1,98 @@
+"""`teacher-train`: train a detector on the labeled frames of an ingested store.
+
+The default is SCKD's LiDAR+radar teacher; the same stage trains the LiDAR-only teacher or the
+radar-only baseline by `model = "lidar-only" | "radar-only"` (used twice in one workflow through
+`uses` + `ports`). Frames are read once, cropped to the model's range and kept in memory: the
+labeled split is small by construction (the point of the pipeline), and this keeps the optimiser
+fed on a CPU. Training resumes from its last finished epoch after a kill.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import torch
+from kdpipe.pipeline.stage import (
+    CheckpointArtifact,
+    ParquetArtifact,
+    Port,
+    Stage,
+    StageConfig,
+    StageContext,
+    ZarrArtifact,
+)
+from kdpipe.stages.checkpoints import save_checkpoint
+from kdpipe.stages.model_data import (
+    EMPTY,
+    GroupReader,
+    crop,
+    resolve_device,
+    select_frames,
+    sensor_map,
+    targets_from_table,
+    worker_threads,
+)
+from kdpipe.stages.train_loop import OptimConfig, TrainFrame, fit
+from pydantic import Field
+
+
+class TeacherTrainConfig(StageConfig):
+    model: str = "sckd-teacher"           # registry name: sckd-teacher | lidar-only | radar-only
+    detector: dict[str, Any] = Field(default_factory=dict)  # DetectorConfig deltas (size, grid)
+    splits: list[str] = Field(default_factory=lambda: ["train"])
+    radar_sensor: str = "radar"           # radar | radar_3 | radar_5 (VoD accumulated scans)
+    max_frames: int | None = None
+    optim: OptimConfig = OptimConfig()
+
+
+def load_train_frames(ingest_dir: Path, frames: pl.DataFrame, modalities: tuple[str, ...],
+                      radar_sensor: str, pc_range: tuple[float, ...],
+                      targets: dict[str, Any]) -> list[TrainFrame]:
+    """Cropped per-frame arrays for `frames`, read group by group."""
+    sensors = {m: s for m, s in sensor_map(radar_sensor).items() if m in modalities}
+    out = []
+    for (source, scene), g in frames.group_by("source", "scene", maintain_order=True):
+        reader = GroupReader(ingest_dir, str(source), str(scene), sensors)
+        for fid, idx in zip(g["frame_id"], g["frame_index"], strict=True):
+            pts = {m: np.ascontiguousarray(crop(a, pc_range))
+                   for m, a in reader.frame(int(idx)).items()}
+            out.append(TrainFrame(str(fid), pts, targets.get(str(fid), EMPTY)))
+    return out
+
+
+def run(ctx: StageContext[TeacherTrainConfig]) -> None:
+    from kdpipe.models import create_model
+
+    cfg = ctx.config
+    torch.set_num_threads(worker_threads())
+    torch.manual_seed(ctx.seed)  # weight init
+    model = create_model(cfg.model, **cfg.detector)
+    device = resolve_device(cfg.optim.device)
+    ingest = ctx.inputs["points"].parent
+    frames = select_frames(ingest, cfg.splits, labeled_only=True, max_frames=cfg.max_frames)
+    boxes = pl.read_parquet(ctx.inputs["boxes"]).filter(
+        pl.col("frame_id").is_in(frames["frame_id"].implode()))
+    targets = targets_from_table(boxes, model.classes)
+    data = load_train_frames(ingest, frames, model.modalities, cfg.radar_sensor,
+                             model.config.point_cloud_range_m, targets)
+    model.to(device)
+    log = fit(model, data, cfg.optim, workdir=ctx.workdir, seed=ctx.seed, device=device,
+              progress=ctx.progress)
+    meta = {"stage": ctx.stage, "key": ctx.key, "config": cfg.model_dump(mode="json"),
+            "inputs": {k: str(v) for k, v in ctx.inputs.items()},
+            "train_frames": len(data), "final": log[-1] if log else {}}
+    save_checkpoint(ctx.outputs["teacher"], model, meta)
+    pl.DataFrame(log).write_parquet(ctx.outputs["train_log"], metadata=ctx.file_metadata())
+    (ctx.workdir / "train_state.pt").unlink(missing_ok=True)  # resume state, not an output
+
+
+STAGE = Stage(
+    name="teacher-train", config=TeacherTrainConfig, run=run, version=1,
+    inputs=(Port("points", ZarrArtifact, "points/1"), Port("frames", ParquetArtifact, "frames/1"),
+            Port("boxes", ParquetArtifact, "boxes/1")),
+    outputs=(Port("teacher", CheckpointArtifact, "checkpoint/1"),
+             Port("train_log", ParquetArtifact)),
+    description="labeled frames -> trained detector checkpoint (SCKD teacher by default)",
+)
