@@ -107,7 +107,8 @@ def targets_from_table(table: pl.DataFrame, classes: Sequence[str],
     taught that a parked bicycle is nothing.
     """
     cls = {c: i for i, c in enumerate(classes)}
-    state = table["state"] if "state" in table.columns else pl.Series([None] * table.height)
+    state = table["state"] if "state" in table.columns else \
+        pl.Series([None] * table.height, dtype=pl.String)
     t = table.with_columns(_state=state, _cls=pl.col("label").replace_strict(
         cls, default=-1, return_dtype=pl.Int64))
     out: dict[str, Targets] = {}
