@@ -130,6 +130,47 @@ def synth_nuscenes(out_dir: Path, scenes: Annotated[int, typer.Option(min=1)] = 
     _emit_json(summary) if as_json else out.print(f"wrote {out_dir}: {summary}")
 
 
+export_app = typer.Typer(help="Write a box table in an official evaluation format.")
+app.add_typer(export_app, name="export")
+Table = Annotated[Path, typer.Argument(help="detections, pseudo-labels or boxes Parquet table")]
+Ingest = Annotated[Path, typer.Option("--ingest", help="ingest artifact directory of the table")]
+Split = Annotated[str | None, typer.Option(help="only this split's frames (default: all)")]
+TableFrames = Annotated[bool, typer.Option("--table-frames",
+                                           help="only the frames that appear in the table")]
+AllStates = Annotated[bool, typer.Option("--all-states", help="pseudo-labels: also 'ignore' rows")]
+
+
+@export_app.command("kitti")
+def export_kitti(table: Table, ingest: Ingest,
+                 out_dir: Annotated[Path, typer.Option("--out", help="label folder")],
+                 split: Split = None, all_states: AllStates = False,
+                 table_frames: TableFrames = False,
+                 camera: Annotated[str, typer.Option(help="calibration sensor of the labels' "
+                                                          "camera frame")] = "camera",
+                 as_json: Json = False) -> None:
+    """KITTI label files for the VoD evaluator (one per frame, empty when no boxes)."""
+    from kdpipe.export import export_kitti as run_export
+
+    summary = run_export(table, ingest, out_dir, split=split, all_states=all_states,
+                         table_frames=table_frames, camera=camera)
+    _emit_json(summary) if as_json else out.print(
+        f"wrote {summary['n_files']} label files ({summary['n_boxes']} boxes) to {out_dir}")
+
+
+@export_app.command("nuscenes")
+def export_nuscenes(table: Table, ingest: Ingest,
+                    out_json: Annotated[Path, typer.Option("--out", help="submission JSON")],
+                    split: Split = None, all_states: AllStates = False,
+                    table_frames: TableFrames = False, as_json: Json = False) -> None:
+    """A nuScenes detection submission (every sample of the frame list present)."""
+    from kdpipe.export import export_nuscenes as run_export
+
+    summary = run_export(table, ingest, out_json, split=split, all_states=all_states,
+                         table_frames=table_frames)
+    _emit_json(summary) if as_json else out.print(
+        f"wrote {out_json}: {summary['n_samples']} samples, {summary['n_boxes']} boxes")
+
+
 def main() -> None:
     """Entry point: user errors are one line on stderr and a non-zero exit, never a traceback."""
     try:
