@@ -19,9 +19,9 @@ FORMAT = "kdpipe-checkpoint/1"
 
 def save_checkpoint(path: Path, model: torch.nn.Module, meta: dict[str, Any]) -> None:
     """Write atomically (tmp + rename): a kill never leaves a half-written checkpoint."""
-    blob = {"format": FORMAT, "model": model.name, "config": model.config.model_dump(mode="json"),
-            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-            "meta": meta}
+    from kdpipe.models import to_checkpoint
+
+    blob = {"format": FORMAT, **to_checkpoint(model.cpu()), "meta": meta}
     atomic_save(blob, path)
 
 
@@ -46,9 +46,7 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
 def load_model(path: Path, device: torch.device | str = "cpu") -> tuple[torch.nn.Module,
                                                                       dict[str, Any]]:
     """The model in eval mode on `device`, and the checkpoint's metadata."""
-    from kdpipe.models import create_model
+    from kdpipe.models import from_checkpoint
 
     blob = read_checkpoint(path)
-    model = create_model(blob["model"], **blob["config"])
-    model.load_state_dict(blob["state_dict"], strict=True)
-    return model.to(device).eval(), blob["meta"]
+    return from_checkpoint(blob).to(device).eval(), blob["meta"]

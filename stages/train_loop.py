@@ -52,23 +52,18 @@ def default_loss(model: torch.nn.Module, batch: dict[str, Any], targets: list[di
 
 def augment(frame: TrainFrame, rng: np.random.Generator, cfg: OptimConfig
             ) -> tuple[dict[str, np.ndarray], Targets]:
-    """Mirror y (x stays forward: the VoD range is x in [0, 51.2]) and scale about the ego."""
-    pts = {k: v.copy() for k, v in frame.points.items()}
+    """SCKD's flip (y -> -y; x stays forward, the VoD range is x in [0, 51.2]) and scaling,
+    applied to targets and ignore regions alike."""
+    from kdpipe.models.augment import random_flip_scale
+
     t = frame.targets
-    boxes, ignore = t.boxes.copy(), t.ignore.copy()
-    if cfg.flip_y and rng.random() < 0.5:
-        for p in pts.values():
-            p[:, 1] *= -1.0                 # radial velocity is unchanged by a mirror
-        for b in (boxes, ignore):
-            b[:, 1] *= -1.0
-            b[:, 6] *= -1.0
-    lo, hi = cfg.scale_range
-    s = np.float32(rng.uniform(lo, hi)) if hi > lo else np.float32(lo)
-    for p in pts.values():
-        p[:, :3] *= s
-    for b in (boxes, ignore):
-        b[:, :6] *= s
-    return pts, Targets(boxes, t.labels, ignore)
+    keys = list(frame.points)
+    both = np.concatenate([t.boxes, t.ignore])             # (n + m, 7)
+    pts, both = random_flip_scale([frame.points[k] for k in keys], both, rng,
+                                  flip_prob=0.5 if cfg.flip_y else 0.0,
+                                  scale_range=cfg.scale_range)
+    n = len(t.boxes)
+    return dict(zip(keys, pts, strict=True)), Targets(both[:n], t.labels, both[n:])
 
 
 def fit(model: torch.nn.Module, frames: Sequence[TrainFrame], cfg: OptimConfig, *,

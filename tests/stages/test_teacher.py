@@ -66,7 +66,7 @@ def test_teacher_loss_falls_and_checkpoint_loads_weights_only(teacher_run) -> No
     assert log["loss"][-1] < 0.8 * log["loss"][0], log["loss"].to_list()
     ckpt = Path(st["teacher-train"]["outputs"]["teacher"])
     blob = torch.load(ckpt, weights_only=True)  # plain tensors and builtins only
-    assert blob["model"] == "sckd-teacher" and blob["meta"]["key"] == st["teacher-train"]["key"]
+    assert blob["name"] == "sckd-teacher" and blob["meta"]["key"] == st["teacher-train"]["key"]
     model, meta = load_model(ckpt)
     assert not model.training and meta["train_frames"] == 8
     assert model.config.pillar_size_m == TINY["pillar_size_m"]
