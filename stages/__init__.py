@@ -16,6 +16,7 @@ BUILTIN: dict[str, str] = {
     "teacher-label": "kdpipe.stages.teacher_label:STAGE",
     "pseudo-label": "kdpipe.stages.pseudo_label:STAGE",
     "evaluate": "kdpipe.stages.evaluate:STAGE",
+    "distill": "kdpipe.stages.distill:STAGE",
 }
 
 

@@ -69,11 +69,14 @@ def augment(frame: TrainFrame, rng: np.random.Generator, cfg: OptimConfig
 def fit(model: torch.nn.Module, frames: Sequence[TrainFrame], cfg: OptimConfig, *,
         workdir: Path, seed: int, device: torch.device, loss_fn: LossFn = default_loss,
         progress: Callable[[str, int, int], None] | None = None,
-        trainable: Sequence[torch.nn.Module] = ()) -> list[dict[str, Any]]:
+        trainable: Sequence[torch.nn.Module] = (),
+        modalities: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """Train `model` (plus extra `trainable` modules, e.g. distillation adapters) in place.
 
-    Returns one log row per epoch. Resumes from `workdir/train_state.pt` when present.
+    `modalities`: what goes into each batch (default: the model's own; distillation adds the
+    teacher's LiDAR). Returns one log row per epoch; resumes from `workdir/train_state.pt`.
     """
+    modalities = tuple(modalities or model.modalities)
     modules = [model, *trainable]
     params = [p for m in modules for p in m.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr_start, weight_decay=cfg.weight_decay)
@@ -102,7 +105,7 @@ def fit(model: torch.nn.Module, frames: Sequence[TrainFrame], cfg: OptimConfig, 
         for idx in batches(order, cfg.batch_size):
             chunk = [frames[i] for i in idx]
             aug = [augment(f, rng, cfg) for f in chunk]
-            batch = to_device(collate([a[0] for a in aug], model.modalities), device)
+            batch = to_device(collate([a[0] for a in aug], modalities), device)
             losses = loss_fn(model, batch, target_tensors([a[1] for a in aug], device), chunk)
             opt.zero_grad(set_to_none=True)
             losses["loss"].backward()
