@@ -31,7 +31,13 @@ from kdpipe.pipeline.stage import (
     ZarrArtifact,
 )
 from kdpipe.stages.checkpoints import load_model, save_checkpoint
-from kdpipe.stages.model_data import resolve_device, select_frames, targets_from_table, worker_threads
+from kdpipe.stages.model_data import (
+    resolve_device,
+    select_frames,
+    targets_from_table,
+    tune_allocator,
+    worker_threads,
+)
 from kdpipe.stages.teacher_train import load_train_frames
 from kdpipe.stages.train_loop import OptimConfig, TrainFrame, fit
 
@@ -99,6 +105,7 @@ def run(ctx: StageContext[DistillConfig]) -> None:
 
     cfg = ctx.config
     torch.set_num_threads(worker_threads())
+    tune_allocator()
     device = resolve_device(cfg.optim.device)
     teacher, _ = load_model(ctx.inputs["teacher"], device)
     for p in teacher.parameters():

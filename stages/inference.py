@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 import torch
+
 from kdpipe.pipeline.stage import StageContext
 from kdpipe.schemas.tables import DETECTION_FRAMES, DETECTIONS
 from kdpipe.stages.checkpoints import load_model
@@ -25,6 +26,7 @@ from kdpipe.stages.model_data import (
     resolve_device,
     sensor_map,
     to_device,
+    tune_allocator,
     worker_threads,
 )
 
@@ -51,6 +53,7 @@ def cached_model(checkpoint: str, device: str) -> torch.nn.Module:
     key = (checkpoint, device)
     if key not in _MODELS:
         torch.set_num_threads(worker_threads())
+        tune_allocator()
         _MODELS.clear()  # one model per worker: a new checkpoint replaces the old one
         _MODELS[key] = load_model(Path(checkpoint), resolve_device(device))
     return _MODELS[key][0]

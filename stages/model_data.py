@@ -158,6 +158,28 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def tune_allocator() -> None:
+    """Keep glibc from returning and re-faulting large blocks on every training step.
+
+    Conv activations are tens of MB, above glibc's dynamic mmap threshold, so each step mmaps and
+    unmaps them and pays page faults: measured 25% of a teacher step on this CPU. Raising the mmap
+    threshold to its maximum (32 MB) and the trim threshold to 1 GB keeps them in the heap.
+    (The same as MALLOC_MMAP_THRESHOLD_/MALLOC_TRIM_THRESHOLD_, but set where training starts.)
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if not name or os.uname().sysname != "Linux":
+        return
+    try:
+        libc = ctypes.CDLL(name)
+        libc.mallopt(-3, 32 * 1024 * 1024)   # M_MMAP_THRESHOLD
+        libc.mallopt(-1, 1 << 30)            # M_TRIM_THRESHOLD
+    except (OSError, AttributeError):        # not glibc (musl, macOS): nothing to tune
+        return
+
+
 def worker_threads() -> int:
     """Torch threads for this process: Dask workers pin OMP_NUM_THREADS=1; honour it."""
     return max(1, int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1)))

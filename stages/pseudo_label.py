@@ -11,9 +11,10 @@ This stage only reads Parquet, so a threshold change re-runs it alone.
 from __future__ import annotations
 
 import polars as pl
+from pydantic import Field, model_validator
+
 from kdpipe.pipeline.stage import ParquetArtifact, Port, Stage, StageConfig, StageContext
 from kdpipe.schemas.tables import PSEUDO_LABELS, check_table
-from pydantic import Field, model_validator
 
 
 class PseudoLabelConfig(StageConfig):

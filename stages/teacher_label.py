@@ -7,6 +7,8 @@ thresholds are applied downstream by `pseudo-label`, so changing one never re-ru
 """
 from __future__ import annotations
 
+from pydantic import Field
+
 from kdpipe.pipeline.stage import (
     CheckpointArtifact,
     ParquetArtifact,
@@ -18,7 +20,6 @@ from kdpipe.pipeline.stage import (
 )
 from kdpipe.stages.inference import cleanup_parts, infer
 from kdpipe.stages.model_data import select_frames
-from pydantic import Field
 
 
 class TeacherLabelConfig(StageConfig):

@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 import polars as pl
 import torch
+from pydantic import Field
+
 from kdpipe.pipeline.stage import (
     CheckpointArtifact,
     ParquetArtifact,
@@ -32,10 +34,10 @@ from kdpipe.stages.model_data import (
     select_frames,
     sensor_map,
     targets_from_table,
+    tune_allocator,
     worker_threads,
 )
 from kdpipe.stages.train_loop import OptimConfig, TrainFrame, fit
-from pydantic import Field
 
 
 class TeacherTrainConfig(StageConfig):
@@ -67,6 +69,7 @@ def run(ctx: StageContext[TeacherTrainConfig]) -> None:
 
     cfg = ctx.config
     torch.set_num_threads(worker_threads())
+    tune_allocator()
     torch.manual_seed(ctx.seed)  # weight init
     model = create_model(cfg.model, **cfg.detector)
     device = resolve_device(cfg.optim.device)

@@ -15,10 +15,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from pydantic import Field
+
 from kdpipe.pipeline.stage import StageConfig
 from kdpipe.stages.checkpoints import atomic_save
 from kdpipe.stages.model_data import Targets, batches, collate, target_tensors, to_device
-from pydantic import Field
 
 
 class OptimConfig(StageConfig):
