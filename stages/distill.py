@@ -73,8 +73,9 @@ def student_config(teacher: torch.nn.Module, deltas: dict[str, Any]) -> dict[str
 
 
 def _frames(ctx: StageContext[DistillConfig], ingest: Any, classes: Sequence[str],
-            pc_range: Sequence[float]) -> list[TrainFrame]:
+            pc_range: Sequence[float], vel: bool) -> list[TrainFrame]:
     cfg = ctx.config
+    width = 9 if vel else 7
     out: list[TrainFrame] = []
     if cfg.ssod:
         listed = pl.read_parquet(ctx.inputs["pseudo_label_frames"]).filter(
@@ -83,14 +84,16 @@ def _frames(ctx: StageContext[DistillConfig], ingest: Any, classes: Sequence[str
             listed = listed.head(cfg.max_unlabeled_frames)
         frames = pl.read_parquet(ingest / "frames.parquet").join(
             listed.select("frame_id"), on="frame_id").sort("source", "scene", "frame_index")
-        targets = targets_from_table(pl.read_parquet(ctx.inputs["pseudo_labels"]), classes)
+        targets = targets_from_table(pl.read_parquet(ctx.inputs["pseudo_labels"]), classes,
+                                     with_velocity=vel)
         out += load_train_frames(ingest, frames, ("lidar", "radar"), cfg.radar_sensor,
-                                 tuple(pc_range), targets)
+                                 tuple(pc_range), targets, width)
     if cfg.gt:
         frames = select_frames(ingest, cfg.gt_splits, labeled_only=True)
-        targets = targets_from_table(pl.read_parquet(ctx.inputs["boxes"]), classes)
+        targets = targets_from_table(pl.read_parquet(ctx.inputs["boxes"]), classes,
+                                     with_velocity=vel)
         out += load_train_frames(ingest, frames, ("lidar", "radar"), cfg.radar_sensor,
-                                 tuple(pc_range), targets)
+                                 tuple(pc_range), targets, width)
     if not out:
         from kdpipe.errors import ConfigError
 
@@ -113,7 +116,8 @@ def run(ctx: StageContext[DistillConfig]) -> None:
     torch.manual_seed(ctx.seed)
     student = create_model(cfg.student, **student_config(teacher, cfg.detector)).to(device)
     ingest = ctx.inputs["points"].parent
-    data = _frames(ctx, ingest, student.classes, student.config.point_cloud_range_m)
+    data = _frames(ctx, ingest, student.classes, student.config.point_cloud_range_m,
+                   student.config.with_velocity)
     c_s = student.config.encoder_channels
     c_l = teacher.config.encoder_channels
     adapters = SCKDAdapters(c_s, c_l, 2 * c_l, lrfd=cfg.lrfd_weight > 0,

@@ -99,12 +99,14 @@ class Targets:
 
 
 def targets_from_table(table: pl.DataFrame, classes: Sequence[str],
-                       ignore_other_classes: bool = True) -> dict[str, Targets]:
+                       ignore_other_classes: bool = True,
+                       with_velocity: bool = False) -> dict[str, Targets]:
     """Ground truth (`boxes/1`) or pseudo-labels (`pseudo_labels/1`) grouped by frame.
 
     Boxes of classes the model does not predict (VoD's rider, bicycle, ...) and pseudo-labels in
     the ignore band become ignore regions rather than background: a detector should not be
-    taught that a parked bicycle is nothing.
+    taught that a parked bicycle is nothing. `with_velocity` appends (vx, vy) in the ego frame
+    (unknown velocities, e.g. all of VoD's, count as 0).
     """
     cls = {c: i for i, c in enumerate(classes)}
     state = table["state"] if "state" in table.columns else \
@@ -114,15 +116,24 @@ def targets_from_table(table: pl.DataFrame, classes: Sequence[str],
     out: dict[str, Targets] = {}
     for (fid,), g in t.group_by("frame_id", maintain_order=True):
         b = g.select(BOX_COLUMNS).to_numpy().astype(np.float32)
+        if with_velocity:
+            v = g.select(pl.col("vx_ego_mps", "vy_ego_mps").fill_null(0.0)).to_numpy()
+            b = np.concatenate([b, v.astype(np.float32)], axis=1)     # (n, 9)
         c = g["_cls"].to_numpy()
         ign = (g["_state"] == "ignore").fill_null(False).to_numpy()
         pos = (c >= 0) & ~ign
         neg = ign | ((c < 0) & ignore_other_classes)
-        out[str(fid)] = Targets(b[pos], c[pos].astype(np.int64), b[neg])
+        out[str(fid)] = Targets(b[pos], c[pos].astype(np.int64), b[neg][:, :7])
     return out
 
 
-EMPTY = Targets(np.zeros((0, 7), np.float32), np.zeros(0, np.int64), np.zeros((0, 7), np.float32))
+def empty_targets(box_width: int = 7) -> Targets:
+    """A frame with no objects (box_width 9 when the model regresses velocity)."""
+    return Targets(np.zeros((0, box_width), np.float32), np.zeros(0, np.int64),
+                   np.zeros((0, 7), np.float32))
+
+
+EMPTY = empty_targets()
 
 
 def collate(frames: Sequence[Mapping[str, np.ndarray]], modalities: Sequence[str]

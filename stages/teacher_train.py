@@ -27,9 +27,9 @@ from kdpipe.pipeline.stage import (
 )
 from kdpipe.stages.checkpoints import save_checkpoint
 from kdpipe.stages.model_data import (
-    EMPTY,
     GroupReader,
     crop,
+    empty_targets,
     resolve_device,
     select_frames,
     sensor_map,
@@ -51,8 +51,9 @@ class TeacherTrainConfig(StageConfig):
 
 def load_train_frames(ingest_dir: Path, frames: pl.DataFrame, modalities: tuple[str, ...],
                       radar_sensor: str, pc_range: tuple[float, ...],
-                      targets: dict[str, Any]) -> list[TrainFrame]:
+                      targets: dict[str, Any], box_width: int = 7) -> list[TrainFrame]:
     """Cropped per-frame arrays for `frames`, read group by group."""
+    empty = empty_targets(box_width)
     sensors = {m: s for m, s in sensor_map(radar_sensor).items() if m in modalities}
     out = []
     for (source, scene), g in frames.group_by("source", "scene", maintain_order=True):
@@ -60,7 +61,7 @@ def load_train_frames(ingest_dir: Path, frames: pl.DataFrame, modalities: tuple[
         for fid, idx in zip(g["frame_id"], g["frame_index"], strict=True):
             pts = {m: np.ascontiguousarray(crop(a, pc_range))
                    for m, a in reader.frame(int(idx)).items()}
-            out.append(TrainFrame(str(fid), pts, targets.get(str(fid), EMPTY)))
+            out.append(TrainFrame(str(fid), pts, targets.get(str(fid), empty)))
     return out
 
 
@@ -77,9 +78,10 @@ def run(ctx: StageContext[TeacherTrainConfig]) -> None:
     frames = select_frames(ingest, cfg.splits, labeled_only=True, max_frames=cfg.max_frames)
     boxes = pl.read_parquet(ctx.inputs["boxes"]).filter(
         pl.col("frame_id").is_in(frames["frame_id"].implode()))
-    targets = targets_from_table(boxes, model.classes)
+    vel = model.config.with_velocity
+    targets = targets_from_table(boxes, model.classes, with_velocity=vel)
     data = load_train_frames(ingest, frames, model.modalities, cfg.radar_sensor,
-                             model.config.point_cloud_range_m, targets)
+                             model.config.point_cloud_range_m, targets, 9 if vel else 7)
     model.to(device)
     log = fit(model, data, cfg.optim, workdir=ctx.workdir, seed=ctx.seed, device=device,
               progress=ctx.progress)

@@ -59,12 +59,14 @@ def augment(frame: TrainFrame, rng: np.random.Generator, cfg: OptimConfig
 
     t = frame.targets
     keys = list(frame.points)
-    both = np.concatenate([t.boxes, t.ignore])             # (n + m, 7)
+    width = t.boxes.shape[1]                               # 7, or 9 with velocity
+    pad = np.zeros((len(t.ignore), width - 7), np.float32)
+    both = np.concatenate([t.boxes, np.concatenate([t.ignore, pad], 1)])  # (n + m, width)
     pts, both = random_flip_scale([frame.points[k] for k in keys], both, rng,
                                   flip_prob=0.5 if cfg.flip_y else 0.0,
                                   scale_range=cfg.scale_range)
     n = len(t.boxes)
-    return dict(zip(keys, pts, strict=True)), Targets(both[:n], t.labels, both[n:])
+    return dict(zip(keys, pts, strict=True)), Targets(both[:n], t.labels, both[n:, :7])
 
 
 def fit(model: torch.nn.Module, frames: Sequence[TrainFrame], cfg: OptimConfig, *,
