@@ -114,6 +114,10 @@ class Workspace:
         final = self.artifact_dir(stage, key)
         if self.is_local:
             os.makedirs(os.path.dirname(final), exist_ok=True)
+            if os.path.exists(final):  # `--force` re-ran a committed stage: retire the old copy
+                old = f"{final}.replaced-{os.getpid()}"
+                os.rename(final, old)  # uncommitted from here until the new lineage lands
+                shutil.rmtree(old)
             os.rename(workdir, final)  # atomic on one POSIX filesystem
         else:
             self.fs.put(str(workdir), final, recursive=True)

@@ -154,3 +154,17 @@ ports = {{ scaled = "tripled", summary = "summary3" }}
     bad.write_text(wf.read_text().replace('scaled = "tripled" }\nfactor', 'nope = "x" }\nfactor'))
     with pytest.raises(ConfigError, match="has no port"):
         run_workflow(bad, ws, scheduler="sync")
+
+
+def test_force_reruns_a_committed_stage_in_place(tmp_path: Path) -> None:
+    raw = tmp_path / "raw"
+    write_raw(raw, 8)
+    wf = toy_workflow(tmp_path / "wf.toml", raw)
+    ws = str(tmp_path / "ws")
+    first = run_workflow(wf, ws, scheduler="sync")
+    again = run_workflow(wf, ws, scheduler="sync", only=["toy-scale"], force=True)
+    assert [s["status"] for s in again["stages"]] == ["ran"]
+    key = again["stages"][0]["key"]
+    assert key == next(s["key"] for s in first["stages"] if s["stage"] == "toy-scale")
+    assert Workspace(ws).is_committed("toy-scale", key)
+    assert pl.read_parquet(again["stages"][0]["outputs"]["scaled"]).height == 8
