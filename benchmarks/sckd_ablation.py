@@ -1,4 +1,4 @@
-"""SCKD ablation in the shape of the paper's Table 3 (and, with --table4, Table 4), one command.
+"""SCKD ablation in the shape of the paper's Table 3, one command (Table 4 is not built yet).
 
     python benchmarks/sckd_ablation.py --frames 480 --out /tmp/kd_sckd_ablation
 
