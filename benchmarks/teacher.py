@@ -27,7 +27,7 @@ import torch
 from kdpipe.api import run_workflow
 from kdpipe.stages.checkpoints import load_model
 from kdpipe.stages.inference import detection_frame
-from kdpipe.stages.model_data import GroupReader, batches, collate, crop, select_frames, sensor_map
+from kdpipe.stages.model_data import collate, read_group_frames, select_frames, sensor_map
 
 MODELS = {"teacher": "sckd-teacher", "lidar": "lidar-only", "radar": "radar-only"}
 
@@ -68,18 +68,15 @@ def ap_table(metrics: dict[str, Any]) -> dict[str, float]:
 def bare_forward(ckpt: Path, ingest: Path, splits: list[str], batch: int) -> dict[str, float]:
     """The teacher's forward + decode on the same batches, data already in memory."""
     model, _ = load_model(ckpt)
-    torch.set_num_threads(torch.get_num_threads())
     frames = select_frames(ingest, splits)
-    sensors = {m: s for m, s in sensor_map("radar").items() if m in model.modalities}
-    ready = []
-    rng = model.config.point_cloud_range_m
+    sensors = sensor_map("radar", model.modalities)
+    ready = []  # the batches teacher-label builds (same reader, same grouping), read up front
     for (src, scene), g in frames.group_by("source", "scene", maintain_order=True):
-        r = GroupReader(ingest, str(src), str(scene), sensors)
-        idx = [int(i) for i in g["frame_index"]]
+        arrays = read_group_frames(ingest, str(src), str(scene), g["frame_index"].to_list(),
+                                   sensors, model.config.point_cloud_range_m)
         fids = g["frame_id"].to_list()
-        for chunk in batches(list(zip(fids, idx, strict=True)), batch):
-            arrays = [{m: crop(a, rng) for m, a in r.frame(i).items()} for _, i in chunk]
-            ready.append(([f for f, _ in chunk], collate(arrays, model.modalities)))
+        for i in range(0, len(arrays), batch):
+            ready.append((fids[i:i + batch], collate(arrays[i:i + batch], model.modalities)))
     t0 = time.perf_counter()
     with torch.inference_mode():
         for fids, b in ready:

@@ -21,7 +21,7 @@ def save_checkpoint(path: Path, model: torch.nn.Module, meta: dict[str, Any]) ->
     """Write atomically (tmp + rename): a kill never leaves a half-written checkpoint."""
     from kdpipe.models import to_checkpoint
 
-    blob = {"format": FORMAT, **to_checkpoint(model.cpu()), "meta": meta}
+    blob = {"format": FORMAT, **to_checkpoint(model), "meta": meta}  # loaded with map_location
     atomic_save(blob, path)
 
 

@@ -73,7 +73,8 @@ def student_config(teacher: torch.nn.Module, deltas: dict[str, Any]) -> dict[str
 
 
 def _frames(ctx: StageContext[DistillConfig], ingest: Any, classes: Sequence[str],
-            pc_range: Sequence[float], vel: bool) -> list[TrainFrame]:
+            pc_range: Sequence[float], vel: bool, modalities: tuple[str, ...]
+            ) -> list[TrainFrame]:
     cfg = ctx.config
     width = 9 if vel else 7
     out: list[TrainFrame] = []
@@ -86,13 +87,13 @@ def _frames(ctx: StageContext[DistillConfig], ingest: Any, classes: Sequence[str
             listed.select("frame_id"), on="frame_id").sort("source", "scene", "frame_index")
         targets = targets_from_table(pl.read_parquet(ctx.inputs["pseudo_labels"]), classes,
                                      with_velocity=vel)
-        out += load_train_frames(ingest, frames, ("lidar", "radar"), cfg.radar_sensor,
+        out += load_train_frames(ingest, frames, modalities, cfg.radar_sensor,
                                  tuple(pc_range), targets, width)
     if cfg.gt:
         frames = select_frames(ingest, cfg.gt_splits, labeled_only=True)
         targets = targets_from_table(pl.read_parquet(ctx.inputs["boxes"]), classes,
                                      with_velocity=vel)
-        out += load_train_frames(ingest, frames, ("lidar", "radar"), cfg.radar_sensor,
+        out += load_train_frames(ingest, frames, modalities, cfg.radar_sensor,
                                  tuple(pc_range), targets, width)
     if not out:
         from kdpipe.errors import ConfigError
@@ -116,8 +117,11 @@ def run(ctx: StageContext[DistillConfig]) -> None:
     torch.manual_seed(ctx.seed)
     student = create_model(cfg.student, **student_config(teacher, cfg.detector)).to(device)
     ingest = ctx.inputs["points"].parent
+    feature_kd = cfg.lrfd_weight > 0 or cfg.frfd_weight > 0
+    # The teacher's LiDAR is read and batched only when a feature term needs the teacher.
+    modalities = ("lidar", "radar") if feature_kd else tuple(student.modalities)
     data = _frames(ctx, ingest, student.classes, student.config.point_cloud_range_m,
-                   student.config.with_velocity)
+                   student.config.with_velocity, modalities)
     c_s = student.config.encoder_channels
     c_l = teacher.config.encoder_channels
     adapters = SCKDAdapters(c_s, c_l, 2 * c_l, lrfd=cfg.lrfd_weight > 0,
@@ -130,9 +134,8 @@ def run(ctx: StageContext[DistillConfig]) -> None:
         losses = model.loss(out, targets)   # SSOD and/or GT: the targets say which
         losses = {"loss_det": losses["loss"], **{k: v for k, v in losses.items() if k != "loss"}}
         total = losses["loss_det"]
-        if cfg.lrfd_weight > 0 or cfg.frfd_weight > 0:
-            teacher.eval()
-            with torch.no_grad():
+        if feature_kd:
+            with torch.no_grad():                                # teacher: eval mode, frozen
                 t_feat = teacher(batch)["features"]
             f_s = out["features"]["radar"]                        # (B, C, H, W)
             if cfg.lrfd_weight > 0:
@@ -146,7 +149,7 @@ def run(ctx: StageContext[DistillConfig]) -> None:
 
     log = fit(student, data, cfg.optim, workdir=ctx.workdir, seed=ctx.seed, device=device,
               loss_fn=loss_fn, progress=ctx.progress, trainable=[adapters],
-              modalities=("lidar", "radar"))
+              modalities=modalities)
     meta = {"stage": ctx.stage, "key": ctx.key, "config": cfg.model_dump(mode="json"),
             "inputs": {k: str(v) for k, v in ctx.inputs.items()}, "train_frames": len(data),
             "final": log[-1] if log else {}}

@@ -19,10 +19,8 @@ from kdpipe.pipeline.stage import StageContext
 from kdpipe.schemas.tables import DETECTION_FRAMES, DETECTIONS
 from kdpipe.stages.checkpoints import load_model
 from kdpipe.stages.model_data import (
-    GroupReader,
-    batches,
     collate,
-    crop,
+    read_group_frames,
     resolve_device,
     sensor_map,
     to_device,
@@ -62,23 +60,23 @@ def cached_model(checkpoint: str, device: str) -> torch.nn.Module:
 def detection_frame(frame_ids: list[str], dets: list[dict[str, torch.Tensor]],
                     classes: tuple[str, ...]) -> pl.DataFrame:
     """Decoded boxes -> `detections/1` rows (boxes as float64, ranks by descending score)."""
-    parts = []
-    for fid, d in zip(frame_ids, dets, strict=True):
-        n = int(d["scores"].shape[0])
-        if n == 0:
-            continue
-        b = d["boxes"].detach().cpu().numpy().astype(np.float64)        # (n, 7 or 9)
-        vel = b[:, 7:9] if b.shape[1] >= 9 else np.full((n, 2), np.nan)
-        parts.append(pl.DataFrame({
-            "frame_id": [fid] * n, "det_index": np.arange(n, dtype=np.int32),
-            "label": [classes[i] for i in d["labels"].cpu().tolist()],
-            "score": d["scores"].detach().cpu().numpy().astype(np.float64),
-            "x_ego_m": b[:, 0], "y_ego_m": b[:, 1], "z_ego_m": b[:, 2], "length_m": b[:, 3],
-            "width_m": b[:, 4], "height_m": b[:, 5], "yaw_ego_rad": b[:, 6],
-            "vx_ego_mps": vel[:, 0], "vy_ego_mps": vel[:, 1]}, schema=DETECTIONS))
-    if not parts:
+    counts = [int(d["scores"].shape[0]) for d in dets]
+    if sum(counts) == 0:
         return pl.DataFrame(schema=DETECTIONS)
-    return pl.concat(parts).with_columns(pl.col("vx_ego_mps", "vy_ego_mps").fill_nan(None))
+    # One table per batch: concatenate the frames' tensors once, no per-frame DataFrames.
+    b = torch.cat([d["boxes"] for d in dets]).detach().cpu().numpy().astype(np.float64)  # (n, 7|9)
+    n = len(b)
+    vel = b[:, 7:9] if b.shape[1] >= 9 else np.full((n, 2), np.nan)
+    return pl.DataFrame({
+        "frame_id": np.repeat(np.asarray(frame_ids, dtype=object), counts).tolist(),
+        "det_index": np.concatenate([np.arange(c, dtype=np.int32) for c in counts]),
+        "label": np.asarray(classes, dtype=object)[
+            torch.cat([d["labels"] for d in dets]).cpu().numpy()].tolist(),
+        "score": torch.cat([d["scores"] for d in dets]).detach().cpu().numpy().astype(np.float64),
+        "x_ego_m": b[:, 0], "y_ego_m": b[:, 1], "z_ego_m": b[:, 2], "length_m": b[:, 3],
+        "width_m": b[:, 4], "height_m": b[:, 5], "yaw_ego_rad": b[:, 6],
+        "vx_ego_mps": vel[:, 0], "vy_ego_mps": vel[:, 1]}, schema=DETECTIONS,
+    ).with_columns(pl.col("vx_ego_mps", "vy_ego_mps").fill_nan(None))
 
 
 def run_task(task: InferTask) -> str:
@@ -88,16 +86,17 @@ def run_task(task: InferTask) -> str:
     model = cached_model(task.checkpoint, task.device)
     device = next(model.parameters()).device
     pc_range = model.config.point_cloud_range_m
-    sensors = {m: s for m, s in sensor_map(task.radar_sensor).items() if m in model.modalities}
-    reader = GroupReader(Path(task.ingest_dir), task.source, task.scene, sensors)
+    arrays = read_group_frames(Path(task.ingest_dir), task.source, task.scene,
+                               task.frame_indices, sensor_map(task.radar_sensor, model.modalities),
+                               pc_range)
     frames_out = []
-    pairs = list(zip(task.frame_ids, task.frame_indices, strict=True))
     with torch.inference_mode():
-        for chunk in batches(pairs, task.batch_size):
-            arrays = [{m: crop(a, pc_range) for m, a in reader.frame(i).items()} for _, i in chunk]
-            out = model(to_device(collate(arrays, model.modalities), device))
+        for start in range(0, len(arrays), task.batch_size):
+            end = start + task.batch_size
+            out = model(to_device(collate(arrays[start:end], model.modalities), device))
             dets = model.decode(out, score_threshold=task.score_floor, top_k=task.top_k)
-            frames_out.append(detection_frame([f for f, _ in chunk], dets, model.classes))
+            frames_out.append(detection_frame(list(task.frame_ids[start:end]), dets,
+                                              model.classes))
     df = pl.concat(frames_out) if frames_out else pl.DataFrame(schema=DETECTIONS)
     tmp = part.with_name(part.name + ".tmp")
     df.write_parquet(tmp)

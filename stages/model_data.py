@@ -25,9 +25,9 @@ MODEL_FIELDS: dict[str, tuple[str, ...]] = {
 BOX_COLUMNS = ["x_ego_m", "y_ego_m", "z_ego_m", "length_m", "width_m", "height_m", "yaw_ego_rad"]
 
 
-def sensor_map(radar_sensor: str) -> dict[str, str]:
+def sensor_map(radar_sensor: str, modalities: Sequence[str]) -> dict[str, str]:
     """Model modality -> store sensor (`radar`, or an accumulated `radar_3` / `radar_5`)."""
-    return {"lidar": "lidar", "radar": radar_sensor}
+    return {m: s for m, s in {"lidar": "lidar", "radar": radar_sensor}.items() if m in modalities}
 
 
 def select_frames(ingest_dir: Path, splits: Sequence[str], *, labeled_only: bool = False,
@@ -71,6 +71,18 @@ class GroupReader:
         for modality, (pts, off) in self.arrays.items():
             out[modality] = pts[int(off[index]):int(off[index + 1])]  # (N, C) float32 ego
         return out
+
+
+def read_group_frames(ingest_dir: Path, source: str, scene: str, frame_indices: Sequence[int],
+                      sensors: Mapping[str, str], pc_range: Sequence[float]
+                      ) -> list[dict[str, np.ndarray]]:
+    """Model inputs of some frames of one group, cropped to the range, in the order given.
+
+    The one reader behind training, inference and the benchmark's bare-forward baseline.
+    """
+    reader = GroupReader(ingest_dir, source, scene, sensors)
+    return [{m: crop(a, pc_range) for m, a in reader.frame(int(i)).items()}
+            for i in frame_indices]
 
 
 def _columns(fields: list[str], modality: str) -> list[int]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import polars as pl
 import torch
 from pydantic import Field
@@ -27,9 +26,8 @@ from kdpipe.pipeline.stage import (
 )
 from kdpipe.stages.checkpoints import save_checkpoint
 from kdpipe.stages.model_data import (
-    GroupReader,
-    crop,
     empty_targets,
+    read_group_frames,
     resolve_device,
     select_frames,
     sensor_map,
@@ -54,14 +52,13 @@ def load_train_frames(ingest_dir: Path, frames: pl.DataFrame, modalities: tuple[
                       targets: dict[str, Any], box_width: int = 7) -> list[TrainFrame]:
     """Cropped per-frame arrays for `frames`, read group by group."""
     empty = empty_targets(box_width)
-    sensors = {m: s for m, s in sensor_map(radar_sensor).items() if m in modalities}
+    sensors = sensor_map(radar_sensor, modalities)
     out = []
     for (source, scene), g in frames.group_by("source", "scene", maintain_order=True):
-        reader = GroupReader(ingest_dir, str(source), str(scene), sensors)
-        for fid, idx in zip(g["frame_id"], g["frame_index"], strict=True):
-            pts = {m: np.ascontiguousarray(crop(a, pc_range))
-                   for m, a in reader.frame(int(idx)).items()}
-            out.append(TrainFrame(str(fid), pts, targets.get(str(fid), empty)))
+        arrays = read_group_frames(ingest_dir, str(source), str(scene), g["frame_index"].to_list(),
+                                   sensors, pc_range)
+        out += [TrainFrame(str(fid), pts, targets.get(str(fid), empty))
+                for fid, pts in zip(g["frame_id"], arrays, strict=True)]
     return out
 
 

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
+from kdpipe.models.augment import random_flip_scale
 from kdpipe.pipeline.stage import StageConfig
 from kdpipe.stages.checkpoints import atomic_save
 from kdpipe.stages.model_data import Targets, batches, collate, target_tensors, to_device
@@ -55,8 +56,6 @@ def augment(frame: TrainFrame, rng: np.random.Generator, cfg: OptimConfig
             ) -> tuple[dict[str, np.ndarray], Targets]:
     """SCKD's flip (y -> -y; x stays forward, the VoD range is x in [0, 51.2]) and scaling,
     applied to targets and ignore regions alike."""
-    from kdpipe.models.augment import random_flip_scale
-
     t = frame.targets
     keys = list(frame.points)
     width = t.boxes.shape[1]                               # 7, or 9 with velocity
