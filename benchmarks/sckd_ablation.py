@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from kdpipe.api import run_workflow
+from kdpipe.config import toml_value
 
 ROWS = {  # name: (distill config, paper row)
     "ssod": ({"lrfd_weight": 0.0, "frfd_weight": 0.0}, "(b) SSOD only"),
@@ -29,17 +30,12 @@ ROWS = {  # name: (distill config, paper row)
 }
 
 
-def _v(x: Any) -> str:
-    return json.dumps(x) if not isinstance(x, dict) else \
-        "{ " + ", ".join(f"{k} = {_v(v)}" for k, v in x.items()) + " }"
-
-
 def _table(name: str, cfg: dict[str, Any], uses: str | None = None,
            ports: dict[str, str] | None = None) -> list[str]:
     lines = [f"[{name}]"]
     if uses:
-        lines += [f'uses = "{uses}"', f"ports = {_v(ports or {})}"]
-    lines += [f"{k} = {_v(v)}" for k, v in cfg.items()]
+        lines += [f'uses = "{uses}"', f"ports = {toml_value(ports or {})}"]
+    lines += [f"{k} = {toml_value(v)}" for k, v in cfg.items()]
     return lines
 
 
@@ -73,7 +69,7 @@ def workflow(path: Path, world: Path, args: argparse.Namespace, n_labeled: int,
     for stage, block in evals.values():
         stages.append(stage)
         lines += block
-    head = ["[workflow]", 'name = "sckd-ablation"', f"stages = {_v(stages)}", f"seed = {args.seed}"]
+    head = ["[workflow]", 'name = "sckd-ablation"', f"stages = {toml_value(stages)}", f"seed = {args.seed}"]
     path.write_text("\n".join(head + lines) + "\n")
     return path, {row: stage for row, (stage, _) in evals.items()}
 

@@ -14,6 +14,7 @@
 """
 from __future__ import annotations
 
+import json
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +42,17 @@ def parse_value(text: str) -> Any:
         return tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
         return text
+
+
+def toml_value(v: Any) -> str:
+    """A Python value as a TOML literal (the inverse of `parse_value`); None-valued keys of a
+    table are left out, TOML has no null."""
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{json.dumps(str(k))} = {toml_value(x)}"
+                                for k, x in v.items() if x is not None) + " }"
+    if isinstance(v, list | tuple):
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    return json.dumps(str(v) if isinstance(v, Path) else v)
 
 
 def apply_set(deltas: dict[str, dict[str, Any]], assignment: str) -> None:

@@ -119,3 +119,32 @@ root = "{raw}"
 delay_s = {delay_s}
 """)
     return path
+
+
+# A detector small enough to train for a few epochs inside a test (0.8 m pillars, 16 channels).
+TINY_DETECTOR: dict[str, Any] = {"pillar_size_m": 0.8, "encoder_channels": 16,
+                                 "backbone_filters": [16, 32], "upsample_filters": [16, 16],
+                                 "head_channels": 16}
+
+
+Roots = Path | str | list[Path] | tuple[Path, ...]
+
+
+def ingest_workflow(path: Path, roots: Roots, fmt: str = "vod", **extra: Any) -> Path:
+    """Write a one-stage `ingest` workflow for `roots` (extra keys: IngestConfig deltas)."""
+    from kdpipe.config import toml_value
+
+    roots = [roots] if isinstance(roots, Path | str) else list(roots)
+    lines = ["[workflow]", 'stages = ["ingest"]', "[ingest]", f"format = {toml_value(fmt)}",
+             f"roots = {toml_value([str(r) for r in roots])}",
+             *(f"{k} = {toml_value(v)}" for k, v in extra.items())]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def ingest_store(tmp: Path, roots: Roots, fmt: str = "vod", ws: str = "ws", **extra: Any) -> Path:
+    """Ingest `roots` through a one-stage workflow (sync executor); the artifact directory."""
+    from kdpipe.api import run_workflow
+
+    wf = ingest_workflow(tmp / f"wf_ingest_{fmt}_{ws}.toml", roots, fmt, **extra)
+    return Path(run_workflow(wf, str(tmp / ws), scheduler="sync")["stages"][0]["path"])

@@ -2,25 +2,21 @@
 loss, and a distill run's lineage reaches the raw files through pseudo-labels and the teacher."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 import torch
 
 from kdpipe.api import run_workflow
+from kdpipe.config import toml_value
 from kdpipe.models import create_model
 from kdpipe.models.distill import SCKDAdapters, feature_mse
 from kdpipe.pipeline import ancestry
 from kdpipe.pipeline.store import Workspace
+from kdpipe.testing import TINY_DETECTOR
 
-TINY = {"pillar_size_m": 0.8, "encoder_channels": 16, "backbone_filters": [16, 32],
-        "upsample_filters": [16, 16], "head_channels": 16}
+TINY = TINY_DETECTOR
 GT = torch.tensor([[10.3, 2.1, -1.0, 4.2, 1.8, 1.5, 0.3], [20.7, -5.2, -0.8, 0.8, 0.6, 1.7, -2.5]])
-
-
-def _toml(d: dict[str, object]) -> str:
-    return "{ " + ", ".join(f"{k} = {json.dumps(v)}" for k, v in d.items()) + " }"
 
 
 def test_feature_losses_zero_at_target_positive_otherwise() -> None:
@@ -84,7 +80,7 @@ format = "vod"
 roots = ["{vod_world}"]
 [teacher-train]
 max_frames = 8
-detector = {_toml(TINY)}
+detector = {toml_value(TINY)}
 [teacher-train.optim]
 epochs = 2
 [pseudo-label]

@@ -7,13 +7,10 @@ from pathlib import Path
 import pytest
 
 from kdpipe.api import run_workflow
+from kdpipe.config import toml_value
 from kdpipe.stages.synth import SynthConfig, write_nuscenes
 
 NUS_CLASSES = ["car", "pedestrian", "bicycle"]
-
-
-def _toml(d: dict[str, object]) -> str:
-    return "{ " + ", ".join(f"{k} = {json.dumps(v)}" for k, v in d.items()) + " }"
 
 
 @pytest.mark.slow
@@ -33,7 +30,7 @@ roots = ["{root}"]
 camera_channels = []
 [teacher-train]
 model = "radar-only"
-detector = {_toml(det)}
+detector = {toml_value(det)}
 [teacher-train.optim]
 epochs = 2
 [evaluate]

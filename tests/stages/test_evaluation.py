@@ -14,7 +14,6 @@ import numpy as np
 import polars as pl
 import pytest
 
-from kdpipe.api import run_workflow
 from kdpipe.schemas import boxes as bx
 from kdpipe.schemas.tables import BOXES, CALIBRATION, DETECTIONS, FRAMES, PSEUDO_LABELS, frame_table
 from kdpipe.stages.evaluation.kitti_export import (
@@ -32,6 +31,7 @@ from kdpipe.stages.evaluation.nuscenes_eval import (
 from kdpipe.stages.evaluation.vod_eval import CLASSES, evaluate_tables, score_vod
 from kdpipe.stages.formats.kitti import read_kitti_labels
 from kdpipe.stages.synth import SynthConfig, write_nuscenes, write_vod
+from kdpipe.testing import ingest_store as ingest
 
 BOX_COLS = ["x_ego_m", "y_ego_m", "z_ego_m", "length_m", "width_m", "height_m", "yaw_ego_rad"]
 AREAS = ("entire_area", "roi")
@@ -39,15 +39,6 @@ AREAS = ("entire_area", "roi")
 T_CAM_FROM_EGO = np.array([[0.0, -1, 0, 0], [0, 0, -1, 1.5], [1, 0, 0, 0], [0, 0, 0, 1]])
 P2 = np.array([[1495.0, 0, 968, 0], [0, 1495, 608, 0], [0, 0, 1, 0]])
 IMAGE_WH = (1936, 1216)
-
-
-def ingest(tmp: Path, root: Path, fmt: str, **extra: object) -> Path:
-    lines = ["[workflow]", 'stages = ["ingest"]', "[ingest]", f'format = "{fmt}"',
-             f"roots = {json.dumps([str(root)])}",
-             *(f"{k} = {json.dumps(v)}" for k, v in extra.items())]
-    (tmp / "wf.toml").write_text("\n".join(lines) + "\n")
-    rep = run_workflow(tmp / "wf.toml", str(tmp / "ws"), scheduler="sync")
-    return Path(rep["stages"][0]["path"])
 
 
 def read_ingest(art: Path) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:

@@ -11,10 +11,10 @@ import numpy as np
 import polars as pl
 import pytest
 
-from kdpipe.api import run_workflow
 from kdpipe.schemas.tables import PSEUDO_LABELS
 from kdpipe.stages.formats.kitti import read_kitti_labels
 from kdpipe.stages.synth import SynthConfig, write_nuscenes, write_vod
+from kdpipe.testing import ingest_store as ingest
 
 KDPIPE = [sys.executable, "-m", "kdpipe"]
 
@@ -22,15 +22,6 @@ KDPIPE = [sys.executable, "-m", "kdpipe"]
 def kd(*args: str | Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*KDPIPE, *map(str, args)], capture_output=True, text=True,
                           timeout=120, check=False)
-
-
-def ingest(tmp: Path, root: Path, fmt: str, **extra: object) -> Path:
-    lines = ["[workflow]", 'stages = ["ingest"]', "[ingest]", f'format = "{fmt}"',
-             f"roots = {json.dumps([str(root)])}",
-             *(f"{k} = {json.dumps(v)}" for k, v in extra.items())]
-    (tmp / "wf.toml").write_text("\n".join(lines) + "\n")
-    rep = run_workflow(tmp / "wf.toml", str(tmp / "ws"), scheduler="sync")
-    return Path(rep["stages"][0]["path"])
 
 
 @pytest.fixture(scope="module")

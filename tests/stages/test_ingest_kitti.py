@@ -3,7 +3,6 @@ VoD frames with a shuffled radar column map (checked against the VoD ingest of t
 and one reject per kind of bad input."""
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from kdpipe.schemas.tables import check_table
 from kdpipe.stages.formats.kitti import read_kitti_calib
 from kdpipe.stages.store_dataset import StoreDataset
 
-from kdpipe.api import run_workflow
+from kdpipe.testing import ingest_store
 
 KITTI = ("000000", "000001", "000002")
 VOD = ("00549", "01047", "01201")
@@ -26,18 +25,8 @@ COLUMN_MAP = {"x": 3, "y": 5, "z": 7, "rcs": 4, "v_r": 1, "v_r_comp": 8, "time":
 VOD_RADAR = ("x", "y", "z", "rcs", "v_r", "v_r_comp", "time")
 
 
-def _toml(v: Any) -> str:
-    if isinstance(v, dict):  # TOML inline table
-        return "{" + ", ".join(f"{json.dumps(k)} = {_toml(x)}" for k, x in v.items()) + "}"
-    return json.dumps(v)
-
-
 def ingest(tmp: Path, root: Path, fmt: str = "kitti-radar", ws: str = "ws", **extra: Any) -> Path:
-    lines = ["[workflow]", 'stages = ["ingest"]', "[ingest]", f'format = "{fmt}"',
-             f"roots = {json.dumps([str(root)])}", *(f"{k} = {_toml(v)}" for k, v in extra.items())]
-    wf = tmp / f"wf_{fmt}_{ws}.toml"
-    wf.write_text("\n".join(lines) + "\n")
-    return Path(run_workflow(wf, str(tmp / ws), scheduler="sync")["stages"][0]["path"])
+    return ingest_store(tmp, root, fmt, ws, **extra)
 
 
 def test_real_kitti_frames_lidar_only(tmp_path: Path, real: Path) -> None:

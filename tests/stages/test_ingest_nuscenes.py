@@ -24,6 +24,7 @@ from kdpipe.stages.ingest import IngestConfig
 from kdpipe.stages.ingest_common import GroupWriter, Storage
 from kdpipe.stages.store_dataset import StoreDataset
 from kdpipe.stages.synth import SynthConfig, write_nuscenes
+from kdpipe.testing import ingest_store
 from nuscenes.eval.common.utils import quaternion_yaw
 from nuscenes.eval.detection.utils import category_to_detection_name
 from nuscenes.nuscenes import NuScenes
@@ -31,7 +32,6 @@ from nuscenes.utils.data_classes import LidarPointCloud, RadarPointCloud
 from nuscenes.utils.geometry_utils import transform_matrix
 from pyquaternion import Quaternion
 
-from kdpipe.api import run_workflow
 from kdpipe.errors import KdpipeError
 
 V = "v1.0-mini"
@@ -45,18 +45,8 @@ DEVKIT_ROW = {n: i for i, n in enumerate(
      "ambig_state", "x_rms", "y_rms", "invalid_state", "pdh0", "vx_rms", "vy_rms"))}
 
 
-def _toml(v: Any) -> str:
-    if isinstance(v, dict):
-        return "{" + ", ".join(f"{k} = {_toml(x)}" for k, x in v.items() if x is not None) + "}"
-    return json.dumps(v)
-
-
 def ingest(tmp: Path, root: Path, ws: str = "ws", **extra: Any) -> Path:
-    lines = ["[workflow]", 'stages = ["ingest"]', "[ingest]", 'format = "nuscenes"',
-             f"roots = {json.dumps([str(root)])}", *(f"{k} = {_toml(v)}" for k, v in extra.items())]
-    wf = tmp / f"wf_{len(list(tmp.glob('wf_*.toml')))}.toml"
-    wf.write_text("\n".join(lines) + "\n")
-    return Path(run_workflow(wf, str(tmp / ws), scheduler="sync")["stages"][0]["path"])
+    return ingest_store(tmp, root, "nuscenes", ws, **extra)
 
 
 @pytest.fixture(scope="module")

@@ -20,22 +20,17 @@ from kdpipe.schemas import boxes as bx
 from kdpipe.schemas.tables import check_table
 from kdpipe.stages.formats.kitti import read_kitti_calib
 from kdpipe.stages.store_dataset import StoreDataset
+from kdpipe.testing import ingest_store, ingest_workflow
 
 FRAMES = ("00549", "01047", "01201")
 
 
 def workflow(tmp: Path, *roots: Path, **extra: object) -> Path:
-    lines = ["[workflow]", 'stages = ["ingest"]', "[ingest]", 'format = "vod"',
-             f"roots = {json.dumps([str(r) for r in roots])}"]
-    lines += [f"{k} = {json.dumps(v)}" for k, v in extra.items()]
-    p = tmp / "wf.toml"
-    p.write_text("\n".join(lines) + "\n")
-    return p
+    return ingest_workflow(tmp / "wf.toml", roots, "vod", **extra)
 
 
 def ingest(tmp: Path, *roots: Path, **extra: object) -> Path:
-    rep = run_workflow(workflow(tmp, *roots, **extra), str(tmp / "ws"), scheduler="sync")
-    return Path(rep["stages"][0]["path"])
+    return ingest_store(tmp, roots, "vod", **extra)
 
 
 def copy_vod(real: Path, dst: Path, frames: dict[str, str] | None = None) -> Path:

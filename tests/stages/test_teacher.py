@@ -9,16 +9,16 @@ import pytest
 import torch
 
 from kdpipe.api import run_workflow
+from kdpipe.config import toml_value
 from kdpipe.errors import ConfigError
 from kdpipe.models import create_model
 from kdpipe.schemas.tables import check_table
 from kdpipe.stages.checkpoints import load_model, read_checkpoint
 from kdpipe.stages.model_data import EMPTY, Targets
 from kdpipe.stages.train_loop import OptimConfig, TrainFrame, fit
+from kdpipe.testing import TINY_DETECTOR
 
-# A teacher small enough to train for a few epochs inside a test (0.8 m pillars, 16 channels).
-TINY = {"pillar_size_m": 0.8, "encoder_channels": 16, "backbone_filters": [16, 32],
-        "upsample_filters": [16, 16], "head_channels": 16}
+TINY = TINY_DETECTOR
 
 
 def _workflow(tmp: Path, world: Path, sigma: float = 0.1) -> Path:
@@ -32,7 +32,7 @@ format = "vod"
 roots = ["{world}"]
 [teacher-train]
 max_frames = 8
-detector = {_toml_table(TINY)}
+detector = {toml_value(TINY)}
 [teacher-train.optim]
 epochs = 4
 batch_size = 4
@@ -43,10 +43,6 @@ batch_size = 4
 sigma = {sigma}
 """)
     return p
-
-
-def _toml_table(d: dict[str, object]) -> str:
-    return "{ " + ", ".join(f"{k} = {json.dumps(v)}" for k, v in d.items()) + " }"
 
 
 @pytest.fixture(scope="module")
