@@ -92,10 +92,29 @@ DETECTION_FRAMES: dict[str, Any] = {
 # (ST3D's band between the negative and positive thresholds) mask the loss around them.
 PSEUDO_LABELS: dict[str, Any] = {**DETECTIONS, "state": pl.String}
 
+# Frames picked by `curate` from unlabeled logs, best first (rank 1), with why and where the raw
+# files are, so a labeling export needs nothing else.
+SELECTION: dict[str, Any] = {
+    "frame_id": pl.String,
+    "dataset": pl.String,
+    "source": pl.String,
+    "scene": pl.String,
+    "frame": pl.String,           # native id (VoD frame number, nuScenes sample token)
+    "split": pl.String,
+    "timestamp_us": pl.Int64,
+    "rank": pl.Int32,             # 1 = picked first
+    "score": pl.Float64,          # the strategy's score, higher = more wanted
+    "strategy": pl.String,
+    "reason": pl.String,          # human-readable: what made this frame score
+    "lidar_path": pl.String,
+    "radar_path": pl.String,
+    "image_path": pl.String,
+}
+
 SCHEMAS: dict[str, dict[str, Any]] = {
     "frames/1": FRAMES, "boxes/1": BOXES, "calibration/1": CALIBRATION, "rejects/1": REJECTS,
     "detections/1": DETECTIONS, "detection_frames/1": DETECTION_FRAMES,
-    "pseudo_labels/1": PSEUDO_LABELS,
+    "pseudo_labels/1": PSEUDO_LABELS, "selection/1": SELECTION,
 }
 
 

@@ -81,6 +81,10 @@ def _frames(ctx: StageContext[DistillConfig], ingest: Any, classes: Sequence[str
     if cfg.ssod:
         listed = pl.read_parquet(ctx.inputs["pseudo_label_frames"]).filter(
             pl.col("split").is_in(cfg.unlabeled_splits)).sort("frame_id")
+        if "selection" in ctx.inputs:  # `distill-selected`: a curate selection's frames only
+            from kdpipe.stages.curate import restrict_to_selection
+
+            listed = restrict_to_selection(listed, ctx.inputs["selection"])
         if cfg.max_unlabeled_frames:
             listed = listed.head(cfg.max_unlabeled_frames)
         frames = pl.read_parquet(ingest / "frames.parquet").join(
