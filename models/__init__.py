@@ -1,10 +1,11 @@
-"""kdpipe.models: BEV radar/LiDAR detectors (SCKD teacher, LiDAR-only, radar-only) by registry name.
+"""kdpipe.models: BEV radar/LiDAR detectors (SCKD teacher, LiDAR-only, radar-only) and the IMKD
+camera+radar student, by registry name.
 
     from kdpipe.models import create_model
     model = create_model("sckd-teacher", size="small")
     out = model(batch); losses = model.loss(out, targets); dets = model.decode(out)
 
-Importing the package registers every model (one import of ``detectors``, no lazy magic).
+Importing the package registers every model (``detectors`` and ``imkd``, no lazy magic).
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from .config import DetectorConfig
 from .decode import decode_boxes
 from .detectors import CenterPointDetector, SCKDTeacher, SingleModalityDetector
 from .fusion import AdaptiveFusion, modality_dropout_gate
+from .imkd import IMKDConfig, IMKDStudent
 from .iou import boxes_iou_3d, boxes_iou_bev, nms_bev
 from .registry import create_model, from_checkpoint, list_models, register_model, to_checkpoint
 from .targets import CenterTargets, build_targets
@@ -22,6 +24,8 @@ __all__ = [
     "CenterPointDetector",
     "CenterTargets",
     "DetectorConfig",
+    "IMKDConfig",
+    "IMKDStudent",
     "SCKDTeacher",
     "SingleModalityDetector",
     "augment",

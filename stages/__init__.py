@@ -17,6 +17,8 @@ BUILTIN: dict[str, str] = {
     "pseudo-label": "kdpipe.stages.pseudo_label:STAGE",
     "evaluate": "kdpipe.stages.evaluate:STAGE",
     "distill": "kdpipe.stages.distill:STAGE",
+    "imkd-weights": "kdpipe.stages.imkd_weights:STAGE",
+    "imkd-distill": "kdpipe.stages.imkd_distill:STAGE",
     "curate": "kdpipe.stages.curate:STAGE",
     "curate-frames": "kdpipe.stages.curate:FRAMES_STAGE",
     "distill-selected": "kdpipe.stages.distill_selected:STAGE",

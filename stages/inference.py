@@ -17,6 +17,7 @@ import torch
 
 from kdpipe.pipeline.stage import StageContext
 from kdpipe.schemas.tables import DETECTION_FRAMES, DETECTIONS
+from kdpipe.stages.camera_data import camera_channels
 from kdpipe.stages.checkpoints import load_model
 from kdpipe.stages.model_data import (
     collate,
@@ -88,7 +89,7 @@ def run_task(task: InferTask) -> str:
     pc_range = model.config.point_cloud_range_m
     arrays = read_group_frames(Path(task.ingest_dir), task.source, task.scene,
                                task.frame_indices, sensor_map(task.radar_sensor, model.modalities),
-                               pc_range)
+                               pc_range, camera_channels(model))
     frames_out = []
     with torch.inference_mode():
         for start in range(0, len(arrays), task.batch_size):

@@ -17,6 +17,7 @@ import polars as pl
 import torch
 
 from kdpipe.errors import ConfigError
+from kdpipe.stages.camera_data import collate_extras, read_group_cameras
 
 MODEL_FIELDS: dict[str, tuple[str, ...]] = {
     "lidar": ("x", "y", "z", "intensity"),
@@ -74,15 +75,21 @@ class GroupReader:
 
 
 def read_group_frames(ingest_dir: Path, source: str, scene: str, frame_indices: Sequence[int],
-                      sensors: Mapping[str, str], pc_range: Sequence[float]
-                      ) -> list[dict[str, np.ndarray]]:
+                      sensors: Mapping[str, str], pc_range: Sequence[float],
+                      cameras: Sequence[str] = ()) -> list[dict[str, np.ndarray]]:
     """Model inputs of some frames of one group, cropped to the range, in the order given.
 
     The one reader behind training, inference and the benchmark's bare-forward baseline.
+    `cameras`: store camera channels to add (`camera_data.read_group_cameras`), for camera models.
     """
     reader = GroupReader(ingest_dir, source, scene, sensors)
-    return [{m: crop(a, pc_range) for m, a in reader.frame(int(i)).items()}
-            for i in frame_indices]
+    out = [{m: crop(a, pc_range) for m, a in reader.frame(int(i)).items()}
+           for i in frame_indices]
+    if cameras:
+        for f, cam in zip(out, read_group_cameras(ingest_dir, source, scene, frame_indices,
+                                                  cameras), strict=True):
+            f.update(cam)
+    return out
 
 
 def _columns(fields: list[str], modality: str) -> list[int]:
@@ -150,15 +157,19 @@ EMPTY = empty_targets()
 
 def collate(frames: Sequence[Mapping[str, np.ndarray]], modalities: Sequence[str]
             ) -> dict[str, Any]:
-    """Per-frame arrays -> the model's batch: (N, 1 + C) tensors with the batch index first."""
+    """Per-frame arrays -> the model's batch: (N, 1 + C) tensors with the batch index first;
+    camera models also get (B, N_cam, ...) image and geometry tensors."""
     batch: dict[str, Any] = {"batch_size": len(frames)}
     for m in modalities:
+        if m not in MODEL_FIELDS:  # "camera": images and geometry, below
+            continue
         parts = []
         for i, f in enumerate(frames):
             p = f[m]
             parts.append(np.concatenate([np.full((len(p), 1), i, np.float32), p], axis=1))
         batch[m] = torch.from_numpy(np.concatenate(parts) if parts else
                                     np.zeros((0, 1 + len(MODEL_FIELDS[m])), np.float32))
+    batch.update(collate_extras(frames, modalities))  # camera tensors, per-frame BEV maps
     return batch
 
 

@@ -24,6 +24,7 @@ from kdpipe.pipeline.stage import (
     StageContext,
     ZarrArtifact,
 )
+from kdpipe.stages.camera_data import camera_channels
 from kdpipe.stages.checkpoints import save_checkpoint
 from kdpipe.stages.model_data import (
     empty_targets,
@@ -49,14 +50,15 @@ class TeacherTrainConfig(StageConfig):
 
 def load_train_frames(ingest_dir: Path, frames: pl.DataFrame, modalities: tuple[str, ...],
                       radar_sensor: str, pc_range: tuple[float, ...],
-                      targets: dict[str, Any], box_width: int = 7) -> list[TrainFrame]:
-    """Cropped per-frame arrays for `frames`, read group by group."""
+                      targets: dict[str, Any], box_width: int = 7,
+                      cameras: tuple[str, ...] = ()) -> list[TrainFrame]:
+    """Cropped per-frame arrays for `frames`, read group by group (+ `cameras` images)."""
     empty = empty_targets(box_width)
     sensors = sensor_map(radar_sensor, modalities)
     out = []
     for (source, scene), g in frames.group_by("source", "scene", maintain_order=True):
         arrays = read_group_frames(ingest_dir, str(source), str(scene), g["frame_index"].to_list(),
-                                   sensors, pc_range)
+                                   sensors, pc_range, cameras)
         out += [TrainFrame(str(fid), pts, targets.get(str(fid), empty))
                 for fid, pts in zip(g["frame_id"], arrays, strict=True)]
     return out
@@ -78,7 +80,8 @@ def run(ctx: StageContext[TeacherTrainConfig]) -> None:
     vel = model.config.with_velocity
     targets = targets_from_table(boxes, model.classes, with_velocity=vel)
     data = load_train_frames(ingest, frames, model.modalities, cfg.radar_sensor,
-                             model.config.point_cloud_range_m, targets, 9 if vel else 7)
+                             model.config.point_cloud_range_m, targets, 9 if vel else 7,
+                             camera_channels(model))
     model.to(device)
     log = fit(model, data, cfg.optim, workdir=ctx.workdir, seed=ctx.seed, device=device,
               progress=ctx.progress)

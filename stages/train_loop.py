@@ -19,8 +19,16 @@ from pydantic import Field
 
 from kdpipe.models.augment import random_flip_scale
 from kdpipe.pipeline.stage import StageConfig
+from kdpipe.stages.camera_data import augment_geometry
 from kdpipe.stages.checkpoints import atomic_save
-from kdpipe.stages.model_data import Targets, batches, collate, target_tensors, to_device
+from kdpipe.stages.model_data import (
+    MODEL_FIELDS,
+    Targets,
+    batches,
+    collate,
+    target_tensors,
+    to_device,
+)
 
 
 class OptimConfig(StageConfig):
@@ -39,7 +47,8 @@ class OptimConfig(StageConfig):
 @dataclass
 class TrainFrame:
     frame_id: str
-    points: dict[str, np.ndarray]         # modality -> (N, C) float32 ego, cropped to the range
+    points: dict[str, np.ndarray]         # modality -> (N, C) float32 ego, cropped to the range;
+    #                                       camera models: + camera_data.CAMERA_KEYS arrays
     targets: Targets
 
 
@@ -57,15 +66,23 @@ def augment(frame: TrainFrame, rng: np.random.Generator, cfg: OptimConfig
     """SCKD's flip (y -> -y; x stays forward, the VoD range is x in [0, 51.2]) and scaling,
     applied to targets and ignore regions alike."""
     t = frame.targets
-    keys = list(frame.points)
+    keys = [k for k in frame.points if k in MODEL_FIELDS]  # point clouds; the rest are extras
     width = t.boxes.shape[1]                               # 7, or 9 with velocity
     pad = np.zeros((len(t.ignore), width - 7), np.float32)
     both = np.concatenate([t.boxes, np.concatenate([t.ignore, pad], 1)])  # (n + m, width)
-    pts, both = random_flip_scale([frame.points[k] for k in keys], both, rng,
+    # The unit axes ride along as a 3-point cloud: the augmentation is linear about the ego
+    # origin, so their images are the columns of its matrix (what camera rays need).
+    probe = np.eye(3, dtype=np.float32)
+    pts, both = random_flip_scale([frame.points[k] for k in keys] + [probe], both, rng,
                                   flip_prob=0.5 if cfg.flip_y else 0.0,
                                   scale_range=cfg.scale_range)
+    aug = pts.pop()[:, :3].T                              # (3, 3): augmented = aug @ original
     n = len(t.boxes)
-    return dict(zip(keys, pts, strict=True)), Targets(both[:n], t.labels, both[n:, :7])
+    out = dict(zip(keys, pts, strict=True))
+    extras = {k: v for k, v in frame.points.items() if k not in MODEL_FIELDS}
+    if extras:  # camera images/geometry, BEV maps (IMKD)
+        out.update(augment_geometry(extras, aug))
+    return out, Targets(both[:n], t.labels, both[n:, :7])
 
 
 def fit(model: torch.nn.Module, frames: Sequence[TrainFrame], cfg: OptimConfig, *,

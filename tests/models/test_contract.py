@@ -29,9 +29,26 @@ def _points(n_per_frame: int, n_feat: int, batch: int, seed: int) -> torch.Tenso
     return torch.cat(rows)
 
 
+def _cameras(batch: int, seed: int, n_cam: int = 1, hw: tuple[int, int] = (32, 64)) -> dict:
+    """Camera inputs as the stages build them: (B, N, 3, H, W) uint8 images, K (B, N, 3, 3) of
+    that image, camera_to_ego (B, N, 4, 4) (optical frame: x right, y down, z forward)."""
+    g = torch.Generator().manual_seed(seed)
+    h, w = hw
+    k = torch.tensor([[w * 0.6, 0.0, w / 2], [0.0, w * 0.6, h / 2], [0.0, 0.0, 1.0]])
+    t = torch.eye(4)
+    t[:3, :3] = torch.tensor([[0.0, 0.0, 1.0], [-1.0, 0.0, 0.0], [0.0, -1.0, 0.0]])
+    t[:3, 3] = torch.tensor([1.5, 0.0, 1.5])
+    return {"camera": torch.randint(0, 256, (batch, n_cam, 3, h, w), generator=g,
+                                    dtype=torch.uint8),
+            "camera_intrinsics": k.expand(batch, n_cam, 3, 3).clone(),
+            "camera_to_ego": t.expand(batch, n_cam, 4, 4).clone()}
+
+
 def _batch(batch: int = B, n_lidar: int = 2000, n_radar: int = 100, seed: int = 0) -> dict:
+    """Every input any model reads; a model ignores the keys of modalities it does not use."""
     return {"lidar": _points(n_lidar, 4, batch, seed),
-            "radar": _points(n_radar, 6, batch, seed + 1), "batch_size": batch}
+            "radar": _points(n_radar, 6, batch, seed + 1), "batch_size": batch,
+            **_cameras(batch, seed + 2)}
 
 
 def _targets(batch: int = B) -> list[dict]:
@@ -47,7 +64,7 @@ def test_attributes_and_output_shapes(name: str) -> None:
     cfg = model.config
     assert isinstance(cfg, DetectorConfig) and model.name == name
     assert model.classes == cfg.classes
-    assert set(model.modalities) <= {"lidar", "radar"} and model.modalities
+    assert set(model.modalities) <= {"lidar", "radar", "camera"} and model.modalities
     out = model.eval()(_batch())
     w, h = cfg.grid_size
     ho, wo = h // cfg.out_stride, w // cfg.out_stride
@@ -122,6 +139,7 @@ def test_empty_point_clouds_and_targets(name: str) -> None:
     # One frame with points, one without; boxes only in the empty frame.
     batch = _batch(batch=1)
     batch["batch_size"] = 2
+    batch.update(_cameras(2, seed=0))  # images are per frame: an empty cloud still has them
     out = model(batch)
     tg = [{"boxes": torch.zeros(0, 7), "labels": torch.zeros(0, dtype=torch.long)}, _targets(1)[0]]
     assert torch.isfinite(model.loss(out, tg)["loss"])

@@ -1,0 +1,201 @@
+"""`imkd-distill`: train the IMKD camera+radar student from a frozen LiDAR teacher (METHODS.md A2).
+
+L_total = L_det (SSOD on the teacher's pseudo-labels and/or GT, as in `distill`)
+        + lambda_1 * L1  LiDAR -> radar:  weighted MSE(Adapter_1(F_R^S), F_L^T)
+        + lambda_2 * L2  LiDAR -> fused:  weighted MSE(Adapter_2(F_fused^S), F_L^T)
+        + lambda_3 * L3  intensity-guided fusion: the student's fusion gate is built
+                         (`intensity_gate`) and supervised by the LiDAR weight map (Bernoulli KL)
+Levels 1 and 2 weight every BEV cell by the `imkd-weights` map of the frame, warped by the
+frame's flip/scale augmentation so it stays on the augmented LiDAR. A weight of 0 switches a
+level off (level 3 off also removes the gate, so "no distillation" is a plain fusion student).
+The three levels follow the paper's description; the formulas are our reading (docs/IMKD.md).
+
+The teacher (any detector with a "lidar" feature tap: `lidar-only`, `sckd-teacher`) is frozen
+in eval mode and run on each augmented batch only when level 1 or 2 needs its features.
+Training data, the loop and the checkpoint are `distill`'s: `load_train_frames`, `fit`,
+`save_checkpoint`; the frame selection mirrors `distill` with camera channels added.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import torch
+from pydantic import Field, model_validator
+
+from kdpipe.errors import ConfigError
+from kdpipe.pipeline.stage import (
+    CheckpointArtifact,
+    ParquetArtifact,
+    Port,
+    Stage,
+    StageConfig,
+    StageContext,
+    ZarrArtifact,
+)
+from kdpipe.stages.camera_data import camera_channels
+from kdpipe.stages.checkpoints import load_model, save_checkpoint
+from kdpipe.stages.distill import student_config
+from kdpipe.stages.model_data import (
+    resolve_device,
+    select_frames,
+    targets_from_table,
+    tune_allocator,
+    worker_threads,
+)
+from kdpipe.stages.teacher_train import load_train_frames
+from kdpipe.stages.train_loop import OptimConfig, TrainFrame, fit
+
+
+class IMKDDistillConfig(StageConfig):
+    student: str = "imkd-student"
+    detector: dict[str, Any] = Field(default_factory=dict)  # IMKDConfig deltas (teacher grid)
+    ssod: bool = True                     # pseudo-label targets
+    gt: bool = True                       # ground truth ("LL<>2M": LiDAR *and labels* teach)
+    # lambda_1, lambda_2: the summed-over-channels feature error of a small LiDAR encoder is
+    # ~100x the detection loss at the start (measured), so 0.01 puts both on one scale.
+    level1_weight: float = Field(0.01, ge=0.0)  # LiDAR -> radar BEV, intensity-weighted
+    level2_weight: float = Field(0.01, ge=0.0)  # LiDAR -> fused camera+radar BEV, weighted
+    level3_weight: float = Field(1.0, ge=0.0)  # intensity-guided fusion gate (0: no gate)
+    adapter_kernel: int = Field(3, ge=1)
+    unlabeled_splits: list[str] = Field(default_factory=lambda: ["train"])
+    gt_splits: list[str] = Field(default_factory=lambda: ["train"])
+    max_unlabeled_frames: int | None = None
+    radar_sensor: str = "radar"
+    optim: OptimConfig = OptimConfig()
+
+    @model_validator(mode="after")
+    def _some_target(self) -> IMKDDistillConfig:
+        if not (self.ssod or self.gt):
+            raise ValueError("imkd-distill needs detection targets: set ssod and/or gt")
+        return self
+
+
+def _train_frames(ctx: StageContext[IMKDDistillConfig], ingest: Path, student: Any,
+                  modalities: tuple[str, ...]) -> list[TrainFrame]:
+    """`distill`'s selection (SSOD frames, then GT frames), with the student's cameras."""
+    cfg = ctx.config
+    vel = student.config.with_velocity
+    args = (modalities, cfg.radar_sensor, tuple(student.config.point_cloud_range_m))
+    cams = camera_channels(student)
+    out: list[TrainFrame] = []
+    if cfg.ssod:
+        listed = pl.read_parquet(ctx.inputs["pseudo_label_frames"]).filter(
+            pl.col("split").is_in(cfg.unlabeled_splits)).sort("frame_id")
+        if cfg.max_unlabeled_frames:
+            listed = listed.head(cfg.max_unlabeled_frames)
+        frames = pl.read_parquet(ingest / "frames.parquet").join(
+            listed.select("frame_id"), on="frame_id").sort("source", "scene", "frame_index")
+        targets = targets_from_table(pl.read_parquet(ctx.inputs["pseudo_labels"]),
+                                     student.classes, with_velocity=vel)
+        out += load_train_frames(ingest, frames, *args, targets, 9 if vel else 7, cams)
+    if cfg.gt:
+        frames = select_frames(ingest, cfg.gt_splits, labeled_only=True)
+        targets = targets_from_table(pl.read_parquet(ctx.inputs["boxes"]), student.classes,
+                                     with_velocity=vel)
+        out += load_train_frames(ingest, frames, *args, targets, 9 if vel else 7, cams)
+    if not out:
+        gt = cfg.gt_splits if cfg.gt else "off"
+        raise ConfigError(f"imkd-distill: no training frames (ssod splits "
+                          f"{cfg.unlabeled_splits}, gt splits {gt})")
+    return out
+
+
+def attach_weight_maps(ctx: StageContext[Any], frames: Sequence[TrainFrame],
+                       config: Any) -> None:
+    """Put each frame's weight map (1, H, W) beside its points; the grid must be the student's."""
+    from kdpipe.stages.imkd_weights import read_maps
+
+    maps = read_maps(ctx.inputs["weight_maps"], ctx.inputs["weight_frames"],
+                     sorted({f.frame_id for f in frames}))
+    x0, y0, _, x1, y1, _ = config.point_cloud_range_m
+    want = (round((y1 - y0) / config.pillar_size_m), round((x1 - x0) / config.pillar_size_m))
+    for f in frames:
+        m = maps.get(f.frame_id)
+        if m is None:
+            raise ConfigError(f"imkd-distill: frame {f.frame_id} has no weight map "
+                              "(imkd-weights.splits must cover the training frames)")
+        if m.shape[1:] != want:
+            raise ConfigError(f"imkd-distill: weight maps are {m.shape[1:]} cells, the student "
+                              f"grid {want}: set imkd-weights.point_cloud_range_m / cell_m to "
+                              f"{list(config.point_cloud_range_m)} / {config.pillar_size_m}")
+        f.points["weight_map"] = m[3:4]  # the combined weight channel
+
+
+def run(ctx: StageContext[IMKDDistillConfig]) -> None:
+    from kdpipe.models import create_model
+    from kdpipe.models.imkd import IMKDAdapters, intensity_kl
+    from kdpipe.stages.imkd_weights import warp_maps
+
+    cfg = ctx.config
+    torch.set_num_threads(worker_threads())
+    tune_allocator()
+    device = resolve_device(cfg.optim.device)
+    teacher, _ = load_model(ctx.inputs["teacher"], device)
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    torch.manual_seed(ctx.seed)
+    deltas = {"with_velocity": teacher.config.with_velocity,
+              "intensity_gate": cfg.level3_weight > 0, **cfg.detector}
+    student = create_model(cfg.student, **student_config(teacher, deltas)).to(device)
+    l1, l2, l3 = cfg.level1_weight > 0, cfg.level2_weight > 0, cfg.level3_weight > 0
+    if l3 and not getattr(student.config, "intensity_gate", False):
+        raise ConfigError("imkd-distill: level3_weight > 0 needs a student with intensity_gate")
+    ingest = ctx.inputs["points"].parent
+    modalities = tuple(dict.fromkeys((*(("lidar",) if l1 or l2 else ()), *student.modalities)))
+    data = _train_frames(ctx, ingest, student, modalities)
+    if l1 or l2 or l3:
+        attach_weight_maps(ctx, data, student.config)
+    c_s, c_t = student.config.encoder_channels, teacher.config.encoder_channels
+    adapters = IMKDAdapters(c_s, c_t, level1=l1, level2=l2, kernel=cfg.adapter_kernel).to(device)
+    pc_range = student.config.point_cloud_range_m
+
+    def loss_fn(model: torch.nn.Module, batch: dict[str, Any], targets: list[dict[str, Any]],
+                frames: Sequence[TrainFrame]) -> dict[str, torch.Tensor]:
+        out = model(batch)
+        det = model.loss(out, targets)
+        losses = {"loss_det": det["loss"], **{k: v for k, v in det.items() if k != "loss"}}
+        total = losses["loss_det"]
+        if l1 or l2 or l3:
+            w = warp_maps(batch["weight_map"], batch["aug_matrix"], pc_range)  # (B, 1, H, W)
+        if l1 or l2:
+            with torch.no_grad():                               # teacher: eval mode, frozen
+                f_lidar = teacher(batch)["features"]["lidar"]   # (B, C_t, H, W)
+            if l1:
+                losses["loss_level1"] = adapters.level1(out["features"]["radar"], f_lidar, w)
+                total = total + cfg.level1_weight * losses["loss_level1"]
+            if l2:
+                losses["loss_level2"] = adapters.level2(out["features"]["fusion"], f_lidar, w)
+                total = total + cfg.level2_weight * losses["loss_level2"]
+        if l3:
+            losses["loss_level3"] = intensity_kl(out["intensity_logit"], w)
+            total = total + cfg.level3_weight * losses["loss_level3"]
+        losses["loss"] = total
+        return losses
+
+    log = fit(student, data, cfg.optim, workdir=ctx.workdir, seed=ctx.seed, device=device,
+              loss_fn=loss_fn, progress=ctx.progress, trainable=[adapters],
+              modalities=modalities)
+    meta = {"stage": ctx.stage, "key": ctx.key, "config": cfg.model_dump(mode="json"),
+            "inputs": {k: str(v) for k, v in ctx.inputs.items()}, "train_frames": len(data),
+            "final": log[-1] if log else {}}
+    save_checkpoint(ctx.outputs["student"], student, meta)
+    pl.DataFrame(log).write_parquet(ctx.outputs["distill_log"], metadata=ctx.file_metadata())
+    (ctx.workdir / "train_state.pt").unlink(missing_ok=True)
+
+
+STAGE = Stage(
+    name="imkd-distill", config=IMKDDistillConfig, run=run, version=1,
+    inputs=(Port("teacher", CheckpointArtifact, "checkpoint/1"),
+            Port("points", ZarrArtifact, "points/1"), Port("frames", ParquetArtifact, "frames/1"),
+            Port("boxes", ParquetArtifact, "boxes/1"),
+            Port("pseudo_labels", ParquetArtifact, "pseudo_labels/1"),
+            Port("pseudo_label_frames", ParquetArtifact, "detection_frames/1"),
+            Port("weight_maps", ZarrArtifact, "imkd_weight_maps/1"),
+            Port("weight_frames", ParquetArtifact)),
+    outputs=(Port("student", CheckpointArtifact, "checkpoint/1"),
+             Port("distill_log", ParquetArtifact)),
+    description="frozen LiDAR teacher + pseudo-labels + weight maps -> IMKD camera+radar student",
+)
