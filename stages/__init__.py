@@ -17,6 +17,7 @@ BUILTIN: dict[str, str] = {
     "pseudo-label": "kdpipe.stages.pseudo_label:STAGE",
     "evaluate": "kdpipe.stages.evaluate:STAGE",
     "distill": "kdpipe.stages.distill:STAGE",
+    "audit": "kdpipe.stages.audit:STAGE",
     "imkd-weights": "kdpipe.stages.imkd_weights:STAGE",
     "imkd-distill": "kdpipe.stages.imkd_distill:STAGE",
     "curate": "kdpipe.stages.curate:STAGE",

@@ -1,0 +1,247 @@
+"""Audit metrics: detections matched to held-out ground truth, then curves, AP, calibration.
+
+Pure numpy (no plotting, no tables). Boxes come in as `BoxSet`s: frame index, class index,
+canonical (N, 7) ego boxes, the xy used for centre distances, and scores for detections.
+
+Matching (one pass, all frames and classes at once): detections are visited in descending
+score (ties: the later input row first, as nuscenes-devkit's `accumulate` sorts); each takes
+the best not-yet-taken ground truth of its own frame and class (highest IoU, or nearest centre)
+and is a true positive when that one is good enough (IoU >= the class threshold; distance <
+the threshold, strict, as the devkit). Greedy by score makes the matches of any score prefix
+the matches of the full run, so precision/recall at every threshold come from one cumulative
+sum. The loop runs over the rank of a detection inside its (frame, class) group: at one rank
+no two detections compete for the same ground truth, so each step is one vectorised argmin.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+Criterion = Literal["iou_bev", "iou_3d", "center_distance"]
+NUS_RECALL_POINTS = 101  # nuscenes-devkit DetectionMetricData.nelem
+
+
+@dataclass(frozen=True)
+class BoxSet:
+    """Boxes of many frames, as arrays (detections carry `score`)."""
+
+    frame: np.ndarray               # (N,) int64 frame index
+    cls: np.ndarray                 # (N,) int64 class index
+    boxes: np.ndarray               # (N, 7) x, y, z, l, w, h, yaw (ego)
+    xy: np.ndarray                  # (N, 2) centres for the distance criterion (ego or world)
+    score: np.ndarray | None = None  # (N,) detections only
+
+    def __len__(self) -> int:
+        return int(self.frame.shape[0])
+
+
+def gt_slots(gt_frame: np.ndarray, n_frames: int) -> np.ndarray:
+    """(F, Gmax) index of each frame's j-th ground-truth box, -1 where the frame has fewer."""
+    counts = np.bincount(gt_frame, minlength=n_frames)
+    slots = np.full((n_frames, int(counts.max(initial=0))), -1, dtype=np.int64)
+    order = np.argsort(gt_frame, kind="stable")
+    starts = np.cumsum(counts) - counts
+    slots[gt_frame[order], np.arange(order.size) - starts[gt_frame[order]]] = order
+    return slots
+
+
+def pair_cost(det: BoxSet, gt: BoxSet, slots: np.ndarray, criterion: Criterion) -> np.ndarray:
+    """(P, Gmax) cost of each detection against each ground-truth slot of its frame.
+
+    Lower is better: the centre distance (m), or minus the IoU. Slots that are empty or of
+    another class cost +inf.
+    """
+    cand = slots[det.frame]                                   # (P, Gmax)
+    valid = cand >= 0
+    g = np.where(valid, cand, 0)
+    valid &= gt.cls[g] == det.cls[:, None]
+    if criterion == "center_distance":
+        d = det.xy[:, None, :] - gt.xy[g]                     # (P, Gmax, 2)
+        cost = np.sqrt(d[..., 0] ** 2 + d[..., 1] ** 2)
+    else:
+        import torch
+
+        from kdpipe.models.iou import boxes_iou_3d, boxes_iou_bev
+
+        iou_fn = boxes_iou_bev if criterion == "iou_bev" else boxes_iou_3d
+        cost = np.zeros(cand.shape)
+        for f in np.unique(det.frame):
+            p = np.flatnonzero(det.frame == f)
+            row = slots[f][slots[f] >= 0]
+            if row.size:
+                iou = iou_fn(torch.from_numpy(det.boxes[p]), torch.from_numpy(gt.boxes[row]))
+                cost[p, :row.size] = -iou.numpy()
+    return np.where(valid, cost, np.inf)
+
+
+def score_order(score: np.ndarray) -> np.ndarray:
+    """Indices by descending score; ties: the later index first (the devkit's `sorted()[::-1]`)."""
+    idx = np.arange(score.size)
+    return np.lexsort((-idx, -score))
+
+
+def greedy_match(det: BoxSet, cost: np.ndarray, slots: np.ndarray, limit: np.ndarray,
+                 criterion: Criterion) -> np.ndarray:
+    """Greedy matching by descending score.
+
+    Args:
+        cost: (P, Gmax) from `pair_cost`.
+        limit: (P,) threshold per detection: the IoU it needs (IoU criteria) or the centre
+            distance it must stay under (metres).
+
+    Returns:
+        (P,) index of the matched ground-truth box, -1 for a false positive.
+    """
+    n = len(det)
+    matched = np.full(n, -1, dtype=np.int64)
+    if n == 0 or cost.shape[1] == 0:
+        return matched
+    assert det.score is not None
+    group = det.frame * (int(det.cls.max()) + 1) + det.cls
+    idx = np.arange(n)
+    order = np.lexsort((-idx, -det.score, group))             # by group, then as score_order
+    g_sorted = group[order]
+    first = np.r_[True, g_sorted[1:] != g_sorted[:-1]]
+    rank = idx - np.maximum.accumulate(np.where(first, idx, 0))  # rank inside its group
+    taken = np.zeros(slots.shape, dtype=bool)                  # (F, Gmax)
+    by_rank = order[np.argsort(rank, kind="stable")]
+    bounds = np.cumsum(np.bincount(rank))
+    for r, end in enumerate(bounds):
+        ps = by_rank[(bounds[r - 1] if r else 0):end]          # one detection per group
+        c = np.where(taken[det.frame[ps]], np.inf, cost[ps])   # (k, Gmax)
+        j = c.argmin(axis=1)
+        best = c[np.arange(ps.size), j]
+        ok = best < limit[ps] if criterion == "center_distance" else -best >= limit[ps]
+        ok &= np.isfinite(best)
+        fr = det.frame[ps[ok]]
+        taken[fr, j[ok]] = True
+        matched[ps[ok]] = slots[fr, j[ok]]
+    return matched
+
+
+@dataclass(frozen=True)
+class Curve:
+    """One class's detections in descending score with cumulative counts."""
+
+    score: np.ndarray     # (P,) descending
+    tp: np.ndarray        # (P,) cumulative true positives
+    fp: np.ndarray        # (P,) cumulative false positives
+    n_gt: int
+
+    @property
+    def precision(self) -> np.ndarray:
+        return self.tp / np.maximum(self.tp + self.fp, 1)
+
+    @property
+    def recall(self) -> np.ndarray:
+        return self.tp / max(self.n_gt, 1)
+
+
+def curve(score: np.ndarray, is_tp: np.ndarray, n_gt: int) -> Curve:
+    order = score_order(score)
+    t = is_tp[order].astype(np.float64)
+    return Curve(score[order], np.cumsum(t), np.cumsum(1.0 - t), int(n_gt))
+
+
+def ap_nuscenes(c: Curve, min_recall: float = 0.1, min_precision: float = 0.1) -> float:
+    """nuscenes-devkit AP: precision at 101 recall points (np.interp, 0 beyond the max recall),
+    recalls <= min_recall dropped, precision shifted by min_precision and renormalised."""
+    if c.n_gt == 0 or c.tp.size == 0 or c.tp[-1] == 0:
+        return 0.0  # the devkit's `no_predictions()`: zero precision everywhere
+    rec_interp = np.linspace(0, 1, NUS_RECALL_POINTS)
+    prec = np.interp(rec_interp, c.tp / float(c.n_gt), c.tp / (c.fp + c.tp), right=0)
+    prec = prec[round(100 * min_recall) + 1:] - min_precision
+    prec[prec < 0] = 0
+    return float(np.mean(prec)) / (1.0 - min_precision)
+
+
+def ap_all_points(c: Curve) -> float:
+    """Area under the precision envelope (VOC 2010+ / COCO-style all-point interpolation)."""
+    if c.n_gt == 0 or c.tp.size == 0:
+        return 0.0
+    rec = np.r_[0.0, c.recall, 1.0]
+    prec = np.r_[0.0, c.precision, 0.0]
+    prec = np.maximum.accumulate(prec[::-1])[::-1]            # best precision at recall >= r
+    step = np.flatnonzero(rec[1:] != rec[:-1])
+    return float(np.sum((rec[step + 1] - rec[step]) * prec[step + 1]))
+
+
+def thresholds_table(c: Curve) -> dict[str, np.ndarray]:
+    """Precision, recall, F1 and counts when keeping score >= t, for every distinct score t."""
+    last = np.r_[c.score[1:] != c.score[:-1], True] if c.score.size else np.zeros(0, bool)
+    tp, fp = c.tp[last], c.fp[last]
+    p = tp / np.maximum(tp + fp, 1)
+    r = tp / max(c.n_gt, 1)
+    f1 = np.where(p + r > 0, 2 * p * r / np.maximum(p + r, 1e-12), 0.0)
+    return {"threshold": c.score[last], "precision": p, "recall": r, "f1": f1,
+            "tp": tp, "fp": fp, "fn": c.n_gt - tp}
+
+
+def at_threshold(c: Curve, threshold: float) -> dict[str, float]:
+    """Counts and P/R/F1 keeping detections with score >= threshold."""
+    k = int(np.searchsorted(-c.score, -threshold, side="right"))  # how many have score >= t
+    tp = float(c.tp[k - 1]) if k else 0.0
+    fp = float(c.fp[k - 1]) if k else 0.0
+    p = tp / (tp + fp) if tp + fp else 0.0
+    r = tp / c.n_gt if c.n_gt else 0.0
+    return {"threshold": float(threshold), "tp": tp, "fp": fp, "fn": c.n_gt - tp,
+            "precision": p, "recall": r, "f1": 2 * p * r / (p + r) if p + r else 0.0}
+
+
+def recommend(c: Curve, precision_target: float | None = None
+              ) -> dict[str, dict[str, float] | None]:
+    """Thresholds worth using: the best F1 (the highest threshold among equal F1s: fewer boxes
+    for the same F1), and the lowest threshold whose precision reaches the target (the most
+    recall that still meets it); None where no threshold finds a true positive / meets it."""
+    tab = thresholds_table(c)
+    out: dict[str, dict[str, float] | None] = {"best_f1": None, "precision_target": None}
+    if tab["threshold"].size == 0 or tab["f1"].max() == 0:
+        return out  # no true positive at any threshold: nothing to recommend
+    out["best_f1"] = at_threshold(c, float(tab["threshold"][int(np.argmax(tab["f1"]))]))
+    if precision_target is not None:
+        ok = np.flatnonzero(tab["precision"] >= precision_target)
+        if ok.size:
+            out["precision_target"] = at_threshold(c, float(tab["threshold"][ok[-1]]))
+    return out
+
+
+def reliability(score: np.ndarray, is_tp: np.ndarray, n_bins: int = 10) -> dict[str, object]:
+    """Reliability diagram over equal-width score bins and the expected calibration error
+    ECE = sum_b n_b / N * |accuracy_b - mean score_b| (accuracy = share of true positives)."""
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    b = np.clip(np.searchsorted(edges, score, side="right") - 1, 0, n_bins - 1)  # 1.0 -> last
+    n = np.bincount(b, minlength=n_bins).astype(np.float64)
+    s = np.bincount(b, weights=score, minlength=n_bins)
+    a = np.bincount(b, weights=is_tp.astype(np.float64), minlength=n_bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        conf, acc = s / n, a / n
+    ece = float(np.sum(n[n > 0] / n.sum() * np.abs(acc[n > 0] - conf[n > 0]))) if n.sum() else 0.0
+    return {"edges": edges.tolist(), "count": n.astype(int).tolist(),
+            "mean_score": [None if k == 0 else float(v) for k, v in zip(n, conf, strict=True)],
+            "accuracy": [None if k == 0 else float(v) for k, v in zip(n, acc, strict=True)],
+            "ece": ece}
+
+
+def bin_index(values: np.ndarray, edges: Sequence[float]) -> np.ndarray:
+    """Bin of each value for bins [e0, e1), [e1, e2), ..., [e_last, inf); -1 below e0 or NaN."""
+    v = np.asarray(values, dtype=np.float64)
+    out = np.searchsorted(np.asarray(edges, dtype=np.float64), v, side="right") - 1
+    return np.where(np.isfinite(v), out, -1)
+
+
+def bin_names(edges: Sequence[float], unit: str = "", integer: bool = False) -> list[str]:
+    """'0-20 m', '40+ m'; integer bins read '1-2' for [1, 3)."""
+    names = []
+    for i, lo in enumerate(edges):
+        hi = edges[i + 1] if i + 1 < len(edges) else None
+        lo_s = f"{lo:g}"
+        if hi is None:
+            names.append(f"{lo_s}+{unit}")
+        elif integer and hi - lo == 1:
+            names.append(f"{lo_s}{unit}")
+        else:
+            names.append(f"{lo_s}-{(hi - 1) if integer else hi:g}{unit}")
+    return names
