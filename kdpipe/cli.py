@@ -171,6 +171,12 @@ def export_nuscenes(table: Table, ingest: Ingest,
         f"wrote {out_json}: {summary['n_samples']} samples, {summary['n_boxes']} boxes")
 
 
+from kdpipe import curate_cli, show  # noqa: E402  (light modules: typer at import time)
+
+app.command("curate")(curate_cli.curate)
+app.command("show")(show.show)
+
+
 def main() -> None:
     """Entry point: user errors are one line on stderr and a non-zero exit, never a traceback."""
     try:

@@ -113,6 +113,9 @@ def candidates(frames: pl.DataFrame, cfg: CurateConfig) -> pl.DataFrame:
         except pl.exceptions.InvalidOperationError:
             raise ConfigError(f"curate.where {text!r}: not a condition (it must be true or "
                               f"false for each frame)") from None
+        except pl.exceptions.ColumnNotFoundError:
+            raise ConfigError(f"curate.where {text!r}: unknown column (the frame table has "
+                              f"{', '.join(frames.columns)})") from None
         except pl.exceptions.PolarsError as e:
             raise ConfigError(f"curate.where {text!r}: {_first_line(e)}") from None
     return out
