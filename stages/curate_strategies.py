@@ -133,23 +133,24 @@ def _normalise(s: pl.Series) -> pl.Series:
 
 
 def mix(parts: Mapping[str, pl.DataFrame], weights: Mapping[str, float]) -> pl.DataFrame:
-    """Weighted mean of min-max normalised scores; the reason lists the largest terms."""
-    used = {k: w for k, w in sorted(weights.items()) if w > 0}
-    total = sum(used.values())
+    """Weighted mean of min-max normalised scores; the reason lists every term and the
+    largest term's own reason."""
+    used = {k: w / sum(weights.values()) for k, w in sorted(weights.items()) if w > 0}
     base = next(iter(parts.values())).select("frame_id")
     for name in used:
         p = parts[name]
         base = base.join(p.select("frame_id", pl.Series(name, _normalise(p["score"])),
                                   pl.col("reason").alias(f"{name}:why")), on="frame_id")
-    score = sum((pl.col(k) * (w / total) for k, w in used.items()), pl.lit(0.0))
-    rows = []
-    for r in base.with_columns(score=score).iter_rows(named=True):
-        terms = sorted(used, key=lambda k: (-r[k] * used[k], k))
-        top = terms[0]
-        rows.append({"frame_id": r["frame_id"], "score": r["score"],
-                     "reason": ", ".join(f"{k} {r[k]:.2f}" for k in terms)
-                     + f" ({top}: {r[top + ':why']})"})
-    return pl.DataFrame(rows, schema=SCORED)
+    terms = {k: pl.col(k) * w for k, w in used.items()}
+    top = pl.max_horizontal(*terms.values())
+    why = pl.lit(None, pl.String)
+    for k in reversed(list(used)):  # ties: the first strategy in name order names the reason
+        why = pl.when(terms[k] == top).then(pl.format(f"{k}: {{}}", pl.col(f"{k}:why"))) \
+            .otherwise(why)
+    listed = pl.concat_str([pl.format(f"{k} {{}}", pl.col(k).round(2)) for k in used],
+                           separator=", ")
+    return base.select("frame_id", score=pl.sum_horizontal(*terms.values()),
+                       reason=pl.format("{} ({})", listed, why))
 
 
 def pick(scored: pl.DataFrame, budget: int, seed: int) -> pl.DataFrame:
