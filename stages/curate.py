@@ -165,7 +165,9 @@ def make_selection(frames: pl.DataFrame, cfg: CurateConfig, dets: pl.DataFrame |
         "candidates": cands.height, "selected": sel.height,
         "per_scene": dict(sel.group_by("scene").len().sort("scene").iter_rows()),
     }
-    if sel.height < cfg.budget:
+    if not cands.height:
+        summary["note"] = "no frame passed the filters: the selection is empty"
+    elif sel.height < cfg.budget:
         summary["note"] = (f"only {cands.height} frame(s) passed the filters; selected all of "
                            f"them, {cfg.budget - sel.height} short of the budget")
     return sel, summary

@@ -56,6 +56,9 @@ def class_weights(counts: Mapping[str, int], classes: Iterable[str]) -> dict[str
 def rare_class(cands: pl.DataFrame, dets: pl.DataFrame, counts: Mapping[str, int],
                min_score: float) -> pl.DataFrame:
     d = _on(dets, cands).filter(pl.col("score") >= min_score)
+    none = f"no box with score >= {min_score}"
+    if d.is_empty():
+        return cands.select("frame_id", score=pl.lit(0.0), reason=pl.lit(none))
     weights = class_weights(counts, d["label"].unique().to_list())
     per_class = d.group_by("frame_id", "label").agg(n=pl.len()).with_columns(
         w=pl.col("label").replace_strict(weights, return_dtype=pl.Float64)
@@ -67,7 +70,7 @@ def rare_class(cands: pl.DataFrame, dets: pl.DataFrame, counts: Mapping[str, int
         .head(3).str.join(", "))
     return cands.select("frame_id").join(per, on="frame_id", how="left").select(
         "frame_id", score=pl.col("total").fill_null(0.0),
-        reason=pl.col("why").fill_null(f"no box with score >= {min_score}"))
+        reason=pl.col("why").fill_null(none))
 
 
 def radar_density(cands: pl.DataFrame) -> pl.DataFrame:

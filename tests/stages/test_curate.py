@@ -157,6 +157,17 @@ def test_budget_exact_or_all_candidates_with_the_shortfall_reported() -> None:
     assert "only 5 frame(s) passed" in str(summary["note"])
 
 
+def test_no_boxes_or_no_candidates_give_zero_scores_or_an_empty_selection() -> None:
+    none = _dets([])
+    for strategy in ("uncertainty", "rare-class"):
+        sel, _ = make_selection(FOUR, CurateConfig(strategy=strategy, budget=2), none, {})
+        assert sel.height == 2 and (sel["score"] == 0.0).all()
+    sel, _ = make_selection(FOUR, CurateConfig(strategy="mix", budget=2), none, {})
+    assert sel.height == 2  # diversity alone decides
+    sel, summary = make_selection(FOUR, CurateConfig(budget=2, where=["n_radar > 99"]), none)
+    assert sel.is_empty() and summary["selected"] == 0 and "empty" in str(summary["note"])
+
+
 def test_same_seed_same_selection_other_seed_other_ties() -> None:
     frames = _frames([(f"s/{i:02d}", "sc", 42) for i in range(30)])  # every score ties
     runs = {seed: _pick(frames, strategy="radar-density", budget=5, seed=seed) for seed in (0, 1)}
@@ -314,3 +325,14 @@ def test_cli_reruns_the_workflows_curate_with_overrides(curate_run, tmp_path: Pa
     out = json.loads(shown.stdout)
     assert out["detections"].endswith("detections.parquet") and png.stat().st_size > 10_000
     assert out["n_pred"] == dets.filter(pl.col("frame_id") == sel["frame_id"][0]).height > 0
+
+
+def test_candidates_the_teacher_never_saw_are_an_error(curate_run) -> None:  # type: ignore[no-untyped-def]
+    from typer.testing import CliRunner
+
+    from kdpipe.cli import app
+
+    ws, _, _, wf = curate_run
+    with pytest.raises(ConfigError, match="not run through the teacher"):
+        CliRunner().invoke(app, ["curate", "-w", str(wf), "--workspace", ws, "--set",
+                                 'curate.splits=["val"]'], catch_exceptions=False)
