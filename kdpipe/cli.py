@@ -176,6 +176,10 @@ from kdpipe import curate_cli, show  # noqa: E402  (light modules: typer at impo
 app.command("curate")(curate_cli.curate)
 app.command("show")(show.show)
 
+from kdpipe import audit_cli  # noqa: E402
+
+app.command("audit")(audit_cli.audit)
+
 
 def main() -> None:
     """Entry point: user errors are one line on stderr and a non-zero exit, never a traceback."""

@@ -168,28 +168,37 @@ def compute(cfg: AuditConfig, frames: pl.DataFrame, dets: pl.DataFrame, boxes: p
     return report, table, kept
 
 
-def run(ctx: StageContext[AuditConfig]) -> None:
+def write_outputs(cfg: AuditConfig, ingest: Path, frames: pl.DataFrame, dets: pl.DataFrame,
+                  boxes: pl.DataFrame, outputs: dict[str, Path],
+                  metadata: dict[str, str] | None = None) -> dict[str, Any]:
+    """Audit `dets` against `boxes` on `frames` and write the JSON, Parquet and HTML outputs
+    (paths under `outputs` by port name); returns the report."""
     from kdpipe.stages.audit_report import write_html
 
-    cfg = ctx.config
-    ingest = ctx.inputs["points"].parent
-    frames = audit_frames(pl.read_parquet(ctx.inputs["frames"]),
-                          pl.read_parquet(ctx.inputs["detection_frames"]), cfg.splits)
-    ids = frames["frame_id"].implode()
-    dets = pl.read_parquet(ctx.inputs["detections"]).filter(pl.col("frame_id").is_in(ids))
-    boxes = pl.read_parquet(ctx.inputs["boxes"]).filter(pl.col("frame_id").is_in(ids))
     report, table, kept = compute(cfg, frames, dets, boxes, det_radar_fn=lambda d: radar_counts(
         ingest, frames, d, cfg.radar_sensor))
     worst = table.with_columns(errors=pl.col("fp") + pl.col("fn")).filter(pl.col("errors") > 0) \
         .sort("errors", descending=True, maintain_order=True).head(cfg.n_worst)
     report.update(splits=cfg.splits, n_frames=frames.height, n_detections=dets.height,
                   worst_frames=worst.drop("errors").to_dicts(), config=cfg.model_dump(mode="json"))
-    ctx.outputs["audit_json"].write_text(json.dumps(report, indent=1, sort_keys=True))
-    table.write_parquet(ctx.outputs["audit_frames"], metadata=ctx.file_metadata())
+    outputs["audit_json"].write_text(json.dumps(report, indent=1, sort_keys=True))
+    table.write_parquet(outputs["audit_frames"], metadata=metadata)
     gt = boxes.filter(pl.col("label").is_in(report["protocol"]["classes"]))
-    write_html(ctx.outputs["audit_html"], report, ingest=ingest,
+    write_html(outputs["audit_html"], report, ingest=ingest,
                frames=frames.filter(pl.col("frame_id").is_in(worst["frame_id"].implode())),
                gt=gt, kept=kept, radar_sensor=cfg.radar_sensor)
+    return report
+
+
+def run(ctx: StageContext[AuditConfig]) -> None:
+    cfg = ctx.config
+    frames = audit_frames(pl.read_parquet(ctx.inputs["frames"]),
+                          pl.read_parquet(ctx.inputs["detection_frames"]), cfg.splits)
+    ids = frames["frame_id"].implode()
+    dets = pl.read_parquet(ctx.inputs["detections"]).filter(pl.col("frame_id").is_in(ids))
+    boxes = pl.read_parquet(ctx.inputs["boxes"]).filter(pl.col("frame_id").is_in(ids))
+    write_outputs(cfg, ctx.inputs["points"].parent, frames, dets, boxes, dict(ctx.outputs),
+                  ctx.file_metadata())
 
 
 STAGE = Stage(

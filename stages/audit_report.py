@@ -50,8 +50,10 @@ def fig_pr(report: dict[str, Any]) -> Figure:
         _mark(ax, c["marked"].get("class_threshold"), "recall", "precision", "s",
               "class threshold", "#cccccc")
         _mark(ax, c["recommended"]["best_f1"], "recall", "precision", "*", "best F1", color)
-        ax.set_xlim(0, 1.02)
-        ax.set_ylim(0, 1.02)
+        _mark(ax, c["recommended"]["precision_target"], "recall", "precision", "^",
+              "precision target", color)
+        ax.set_xlim(-0.02, 1.02)  # a curve lying on 0 stays visible
+        ax.set_ylim(-0.02, 1.02)
         ax.set_xlabel("recall")
         ax.set_ylabel("precision")
         ax.set_title(f"{name}: AP {c['ap']:.3f} ({c['n_gt']} GT)", fontsize=10)
@@ -73,7 +75,7 @@ def fig_f1(report: dict[str, Any], sigma: float, class_thresholds: dict[str, flo
         _mark(ax, c["recommended"]["best_f1"], "threshold", "f1", "*", None, color)  # type: ignore[arg-type]
     ax.axvline(sigma, color="black", ls="--", lw=1.0, label=f"sigma {sigma:g}")
     ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1.02)
+    ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel("score threshold (keep score >= t)")
     ax.set_ylabel("F1")
     ax.grid(alpha=0.3)

@@ -1,0 +1,173 @@
+"""`kdpipe audit`: run a workflow's audit stage (and whatever upstream is stale), summarise it,
+and optionally write the recommended thresholds back into a workflow file.
+
+A workflow without an `audit` stage gets one for this run (it needs a stage producing
+`detections`, i.e. `teacher-label`). The thresholds marked on the curves are the workflow's own
+`[pseudo-label] sigma / class_thresholds` unless `[audit]` sets them, so after
+`--write-thresholds` the next audit shows the new operating point.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from kdpipe.errors import ConfigError
+
+
+def _audit_stage(wf: Any) -> tuple[Any, str, bool]:
+    """(workflow with an audit stage, its name, whether it was added here)."""
+    from kdpipe.stages import load_stage
+    from kdpipe.stages.audit import AuditConfig
+
+    names = [s.name for s in wf.stages if issubclass(s.config, AuditConfig)]
+    if len(names) > 1:
+        raise ConfigError(f"{wf.path} has several audit stages ({', '.join(names)}); run one "
+                          f"with `kdpipe run`")
+    if names:
+        return wf, names[0], False
+    if not any(p.ref == "detections" for s in wf.stages for p in s.outputs):
+        raise ConfigError(f"{wf.path}: no stage produces `detections` (add teacher-label); "
+                          f"nothing to audit")
+    stage = load_stage("audit")
+    return replace(wf, stages=(*wf.stages, stage)), stage.name, True
+
+
+def run_audit(workflow: str | Path, workspace: str, *, overrides: Sequence[str] = (),
+              precision_target: float | None = None, scheduler: str | None = None,
+              force: bool = False, wait: bool = False,
+              log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run the audit stage with its stale upstream; the audit JSON plus where things are."""
+    from kdpipe.config import load_workflow
+    from kdpipe.pipeline.dag import build_plan, select
+    from kdpipe.pipeline.executor import make_executor
+    from kdpipe.pipeline.runner import execute
+    from kdpipe.pipeline.store import Workspace
+
+    wf, name, added = _audit_stage(load_workflow(workflow, list(overrides)))
+    delta = wf.deltas.setdefault(name, {})
+    # mark the thresholds this workflow's pseudo-label really uses, unless the audit sets its own
+    pseudo = wf.deltas.get("pseudo-label", {})
+    for k in ("sigma", "class_thresholds"):
+        if k in pseudo and k not in delta:
+            delta[k] = pseudo[k]
+    if precision_target is not None:
+        delta["precision_target"] = precision_target
+    ws = Workspace(workspace)
+    executor = make_executor(scheduler)
+    with ws.lock(wait=wait):
+        plan = build_plan(wf.stages, wf.deltas)
+
+        def on_stage(n: str, key: str) -> None:
+            if log:
+                log(f"running {n} ({key})")
+
+        results = execute(plan, ws, select(plan, [name]), executor=executor, seed=wf.seed,
+                          force=force, on_stage=on_stage)
+    res = results[-1]
+    report = json.loads(Path(res.outputs["audit_json"]).read_text())
+    return {"stage": name, "added_to_workflow": added, "status": res.status, "key": res.key,
+            "html": res.outputs["audit_html"], "json": res.outputs["audit_json"],
+            "frames": res.outputs["audit_frames"], "report": report}
+
+
+def write_thresholds(path: Path, thresholds: dict[str, float], stage: str = "pseudo-label"
+                     ) -> dict[str, float]:
+    """Merge `thresholds` into `[pseudo-label] class_thresholds` of a workflow file."""
+    import tomllib
+
+    from kdpipe.workflow_edit import set_stage_key
+
+    if not thresholds:
+        raise ConfigError("the audit recommends no threshold (no class has a true positive)")
+    doc = tomllib.loads(path.read_text()) if path.is_file() else None
+    if doc is None:
+        raise ConfigError(f"workflow file not found: {path}")
+    table = doc.get(stage) or doc.get(stage.replace("-", "_")) or {}
+    merged = {**table.get("class_thresholds", {}), **thresholds}
+    set_stage_key(path, stage, "class_thresholds", merged)
+    return merged
+
+
+def summary(rep: dict[str, Any]) -> dict[str, Any]:
+    """The `--json` output: headline numbers and paths (curves stay in the audit JSON file)."""
+    r = rep["report"]
+    out = {k: v for k, v in rep.items() if k != "report"}
+    out.update(mean_ap=r["mean_ap"], ece=r["calibration"]["ece"], protocol=r["protocol"],
+               recommended_thresholds=r["recommended_thresholds"], n_frames=r["n_frames"])
+    out["classes"] = {
+        name: {"ap": c["ap"], "n_gt": c["n_gt"], "n_det": c["n_det"],
+               "f1_at_sigma": c["marked"]["sigma"]["f1"], "f1_at_operating": c["operating"]["f1"],
+               "best_f1": (c["recommended"]["best_f1"] or {}).get("f1"),
+               "best_f1_threshold": (c["recommended"]["best_f1"] or {}).get("threshold"),
+               "ece": c["calibration"]["ece"]} for name, c in r["classes"].items()}
+    if "nuscenes" in r:
+        out["nuscenes"] = {k: r["nuscenes"][k] for k in ("mean_ap", "class_ap")}
+    return out
+
+
+def _print(rep: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    con = Console(soft_wrap=True)
+    r = rep["report"]
+    if rep["added_to_workflow"]:
+        con.print("(stage audit added to the workflow for this run)")
+    proto = r["protocol"]
+    con.print(f"audit {rep['status']} {rep['key']}: {r['n_frames']} frames of "
+              f"{', '.join(r['splits'])}, {r['n_detections']} detections, criterion "
+              f"{proto['criterion']}{' (nuScenes rules)' if proto['nuscenes_rules'] else ''}; "
+              f"mAP {r['mean_ap']:.4f}, ECE {r['calibration']['ece']:.3f}")
+    t = Table("class", "GT", "det", "AP", f"F1@sigma {r['config']['sigma']:g}", "F1@op",
+              "best F1", "recommended", "ECE")
+    for name, c in r["classes"].items():
+        best = c["recommended"]["best_f1"]
+        rec = r["recommended_thresholds"].get(name)
+        t.add_row(name, str(c["n_gt"]), str(c["n_det"]), f"{c['ap']:.3f}",
+                  f"{c['marked']['sigma']['f1']:.3f}", f"{c['operating']['f1']:.3f}",
+                  "-" if best is None else f"{best['f1']:.3f} @ {best['threshold']:.3f}",
+                  "-" if rec is None else f"{rec:.3f}", f"{c['calibration']['ece']:.3f}")
+    con.print(t)
+    if "thresholds_written" in rep:
+        con.print(f"wrote class_thresholds {rep['thresholds_written']} to {rep['workflow_out']}")
+    con.print(f"report: {rep['html']}")
+
+
+Opt = typer.Option
+
+
+def audit(
+    workflow: Annotated[Path, Opt("--workflow", "-w", help="workflow TOML file")],
+    workspace: Annotated[str, Opt("--workspace", help="workspace directory")] = "workspace",
+    set_: Annotated[list[str] | None, Opt("--set", help="STAGE.KEY=VALUE")] = None,
+    precision_target: Annotated[float | None, Opt(
+        help="recommend the lowest threshold reaching this precision (else best F1)",
+        min=0.0, max=1.0)] = None,
+    write_thresholds_to: Annotated[Path | None, Opt(
+        "--write-thresholds", help="write the recommended thresholds into this workflow's "
+        "[pseudo-label] class_thresholds")] = None,
+    scheduler: Annotated[str | None, Opt(help="sync | local[:N] | tcp://HOST:PORT")] = None,
+    force: Annotated[bool, Opt(help="re-run the audit even if cached")] = False,
+    as_json: Annotated[bool, Opt("--json", help="machine-readable output on stdout")] = False,
+) -> None:
+    """Audit pseudo-labels against held-out ground truth (PR/F1/AP, calibration, thresholds)."""
+    import sys
+
+    from rich.console import Console
+
+    err = Console(stderr=True, soft_wrap=True)
+    rep = run_audit(workflow, workspace, overrides=set_ or [], precision_target=precision_target,
+                    scheduler=scheduler, force=force, log=None if as_json else err.print)
+    if write_thresholds_to is not None:
+        rep["thresholds_written"] = write_thresholds(
+            write_thresholds_to, rep["report"]["recommended_thresholds"])
+        rep["workflow_out"] = str(write_thresholds_to)
+    if as_json:
+        sys.stdout.write(json.dumps(summary(rep), indent=1, default=str) + "\n")
+        return
+    _print(rep)
