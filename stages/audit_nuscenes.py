@@ -86,7 +86,8 @@ def centres_in_boxes(centres: np.ndarray, boxes: np.ndarray) -> np.ndarray:
 
 
 def _drop_in_bike_racks(df: pl.DataFrame, racks: pl.DataFrame) -> pl.DataFrame:
-    bikes = df["label"].is_in(["bicycle", "motorcycle"]) & df["frame_id"].is_in(racks["frame_id"])
+    bikes = df["label"].is_in(["bicycle", "motorcycle"]) \
+        & df["frame_id"].is_in(racks["frame_id"].unique().to_list())
     if not bikes.any():
         return df
     keep = np.ones(df.height, dtype=bool)
