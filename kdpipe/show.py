@@ -103,7 +103,8 @@ def o3d_geometries(lidar: Any, radar: Any, gt: Any, pred: Any) -> list[Any]:
 
 def render_frame(workspace: str, frame: str, out_png: Path | None = None, *,
                  detections: str | None = None, min_score: float = 0.1,
-                 range_m: tuple[float, float, float, float] | None = None) -> dict[str, Any]:
+                 range_m: tuple[float, float, float, float] | None = None,
+                 weights: bool = False) -> dict[str, Any]:
     """Write the PNG of one frame; the arrays and counts drawn (for --json and --open3d)."""
     import polars as pl
 
@@ -123,11 +124,19 @@ def render_frame(workspace: str, frame: str, out_png: Path | None = None, *,
             rows = rows.filter(pl.col("state") == "positive")
         pred, pred_labels = frame_boxes(rows, fid)
         scores = rows["score"].to_numpy()
-    rng = range_m or (AROUND_RANGE_M if row["dataset"] == "nuscenes" else VOD_RANGE_M)
+    wmap, wrange = None, None
+    if weights:  # IMKD weight map under the points, over its own grid
+        from kdpipe.stages.imkd_weights import frame_weight_map
+
+        wmap, wrange = frame_weight_map(ws, fid)
+        if range_m and tuple(range_m) != tuple(wrange):
+            raise KdpipeError(f"--weights draws the map over its own grid {wrange}; drop --range")
+    rng = range_m or wrange or (AROUND_RANGE_M if row["dataset"] == "nuscenes" else VOD_RANGE_M)
     png = Path(out_png) if out_png else Path(f"{fid.replace('/', '_')}.png")
     n_pred = 0 if pred is None else len(pred)
     render_bev(png, lidar_xyz_ego=lidar, radar_xyz_ego=radar, gt_boxes=gt, gt_labels=gt_labels,
                pred_boxes=pred, pred_scores=scores, pred_labels=pred_labels, range_m=rng,
+               weight_map=wmap,
                title=f"{fid}  split {row['split'] or '-'}, {row['scene']}: {len(lidar)} LiDAR, "
                      f"{len(radar)} radar pts, {len(gt)} GT"
                      + (f", {n_pred} det >= {min_score}" if detections else ""))
@@ -147,6 +156,8 @@ def show(
     range_: Annotated[str | None, typer.Option("--range", help="x0,y0,x1,y1 metres (ego)")] = None,
     open3d: Annotated[bool, typer.Option("--open3d", help="also open an open3d window "
                                          "(needs a display)")] = False,
+    weights: Annotated[bool, typer.Option("--weights", help="draw the frame's IMKD weight map "
+                                          "(imkd-weights) under the points")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
 ) -> None:
     """Render one frame's bird's-eye view (LiDAR, radar, GT, optional detections) to a PNG."""
@@ -160,7 +171,7 @@ def show(
             raise KdpipeError(f"--range {range_!r}: expected x0,y0,x1,y1 in metres") from None
         rng = (x0, y0, x1, y1)
     rep = render_frame(workspace, frame, out, detections=detections, min_score=min_score,
-                       range_m=rng)
+                       range_m=rng, weights=weights)
     arrays = rep.pop("_arrays")
     lines = [f"wrote {rep['png']} ({rep['frame_id']}: {rep['n_lidar']} LiDAR, {rep['n_radar']} "
              f"radar points, {rep['n_gt']} GT boxes"

@@ -187,3 +187,19 @@ STAGE = Stage(
              Port("weight_frames", ParquetArtifact)),
     description="ingested LiDAR -> per-frame BEV intensity/occupancy weight maps (IMKD prior)",
 )
+
+
+def frame_weight_map(ws: Any, frame_id: str) -> tuple[np.ndarray, tuple[float, ...]]:
+    """(H, W) weight channel of `frame_id` from the newest committed `imkd-weights` artifact that
+    has it, and its (x0, y0, x1, y1) range: what `kdpipe show FRAME --weights` draws."""
+    from kdpipe.errors import KdpipeError
+
+    recs = ws.committed("imkd-weights")
+    for rec in recs:  # newest first
+        art = Path(ws.artifact_dir("imkd-weights", rec["key"]))
+        maps = read_maps(art / "weight_maps.zarr", art / "weight_frames.parquet", [frame_id])
+        if frame_id in maps:
+            x0, y0, _, x1, y1, _ = rec["config"]["point_cloud_range_m"]
+            return maps[frame_id][CHANNELS.index("weight")], (x0, y0, x1, y1)
+    raise KdpipeError(f"--weights: no committed imkd-weights artifact has frame {frame_id} "
+                      f"({len(recs)} artifacts); run `kdpipe run imkd-weights` first")
