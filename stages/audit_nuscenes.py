@@ -64,7 +64,7 @@ def with_world_xy(df: pl.DataFrame, frames: pl.DataFrame) -> pl.DataFrame:
     if j.height == 0:
         return j.drop("t_world_from_ego").with_columns(
             x_world_m=pl.lit(0.0), y_world_m=pl.lit(0.0), ego_dist_m=pl.lit(0.0))
-    T = np.asarray(j["t_world_from_ego"].to_list(), dtype=np.float64).reshape(-1, 4, 4)
+    T = j["t_world_from_ego"].to_numpy().astype(np.float64).reshape(-1, 4, 4)  # (N, 4, 4)
     p = j.select("x_ego_m", "y_ego_m", "z_ego_m").to_numpy()        # (N, 3)
     rp = np.einsum("nij,nj->ni", T[:, :3, :3], p)                   # (N, 3) rotated only
     return j.drop("t_world_from_ego").with_columns(
@@ -73,29 +73,29 @@ def with_world_xy(df: pl.DataFrame, frames: pl.DataFrame) -> pl.DataFrame:
 
 
 def centres_in_boxes(centres: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    """(N, 3) points, (M, 7) boxes (same frame) -> (N,) inside any box, faces included."""
-    if boxes.shape[0] == 0 or centres.shape[0] == 0:
-        return np.zeros(centres.shape[0], dtype=bool)
-    d = centres[:, None, :] - boxes[None, :, :3]                    # (N, M, 3)
+    """(N, 3) points, (N, 7) boxes, row by row -> (N,) point i inside box i, faces included
+    (the devkit's `points_in_box`)."""
+    d = centres - boxes[:, :3]                                       # (N, 3)
     c, s = np.cos(boxes[:, 6]), np.sin(boxes[:, 6])
-    lx = c * d[..., 0] + s * d[..., 1]
-    ly = -s * d[..., 0] + c * d[..., 1]
-    inside = (np.abs(lx) <= boxes[:, 3] / 2) & (np.abs(ly) <= boxes[:, 4] / 2) \
-        & (np.abs(d[..., 2]) <= boxes[:, 5] / 2)
-    return inside.any(axis=1)
+    lx = c * d[:, 0] + s * d[:, 1]
+    ly = -s * d[:, 0] + c * d[:, 1]
+    return (np.abs(lx) <= boxes[:, 3] / 2) & (np.abs(ly) <= boxes[:, 4] / 2) \
+        & (np.abs(d[:, 2]) <= boxes[:, 5] / 2)
 
 
 def _drop_in_bike_racks(df: pl.DataFrame, racks: pl.DataFrame) -> pl.DataFrame:
-    bikes = df["label"].is_in(["bicycle", "motorcycle"]) \
-        & df["frame_id"].is_in(racks["frame_id"].unique().to_list())
-    if not bikes.any():
+    """Bicycles and motorcycles whose centre is in a rack of their frame, out (one join)."""
+    bikes = df.with_row_index("_row").filter(pl.col("label").is_in(["bicycle", "motorcycle"]))
+    pairs = bikes.select("_row", "frame_id", "x_ego_m", "y_ego_m", "z_ego_m").join(
+        racks.select("frame_id", *[pl.col(c).alias(f"r_{c}") for c in BOX_COLUMNS]),
+        on="frame_id")
+    if pairs.is_empty():
         return df
+    inside = centres_in_boxes(pairs.select("x_ego_m", "y_ego_m", "z_ego_m").to_numpy(),
+                              pairs.select([f"r_{c}" for c in BOX_COLUMNS]).to_numpy())
+    drop = np.unique(pairs["_row"].to_numpy()[inside])
     keep = np.ones(df.height, dtype=bool)
-    for (fid,), rk in racks.group_by("frame_id"):
-        rows = np.flatnonzero((bikes & (df["frame_id"] == fid)).to_numpy())
-        if rows.size:
-            c = df[rows].select("x_ego_m", "y_ego_m", "z_ego_m").to_numpy()
-            keep[rows] = ~centres_in_boxes(c, rk.select(BOX_COLUMNS).to_numpy())
+    keep[drop] = False
     return df.filter(pl.Series(keep))
 
 

@@ -77,7 +77,7 @@ def test_nuscenes_filters_range_points_and_bike_racks() -> None:
     assert rules.dist_ths_m == (0.5, 1.0, 2.0, 4.0)
     rack = np.array([[10.0, 0.0, 0.0, 2.0, 1.0, 1.0, np.pi / 2]])
     c = np.array([[10.0, 0.9, 0.0], [10.0, 1.1, 0.0], [10.4, 0.0, 0.5]])  # in, out, on faces
-    assert centres_in_boxes(c, rack).tolist() == [True, False, True]
+    assert centres_in_boxes(c, np.repeat(rack, 3, axis=0)).tolist() == [True, False, True]
     from kdpipe.stages.audit_nuscenes import apply_rules
 
     pose = [np.eye(4).reshape(-1).tolist()]
