@@ -175,3 +175,21 @@ def test_imkd_lineage_reaches_raw_files(imkd_run) -> None:  # type: ignore[no-un
     assert any(k.startswith("imkd-distill > teacher-train") for k in paths)
     raw = {Path(p).name for v in paths.values() for p in v}
     assert any(p.endswith(".pcd.bin") for p in raw) and any(p.endswith(".jpg") for p in raw)
+
+
+def test_show_draws_the_weight_map(imkd_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from PIL import Image
+
+    from kdpipe.errors import KdpipeError
+    from kdpipe.show import render_frame
+
+    ws, st = imkd_run
+    fid = pl.read_parquet(st["imkd-weights"]["outputs"]["weight_frames"])["frame_id"][0]
+    plain = render_frame(ws, fid, tmp_path / "plain.png")
+    shaded = render_frame(ws, fid, tmp_path / "weights.png", weights=True)
+    assert plain["frame_id"] == shaded["frame_id"] == fid
+    a = np.asarray(Image.open(tmp_path / "plain.png").convert("L"), dtype=np.float64)
+    b = np.asarray(Image.open(tmp_path / "weights.png").convert("L"), dtype=np.float64)
+    assert a.shape == b.shape and b.mean() < a.mean()  # the map darkens occupied cells
+    with pytest.raises(KdpipeError, match="own grid"):
+        render_frame(ws, fid, tmp_path / "x.png", weights=True, range_m=(0.0, -10.0, 20.0, 10.0))
