@@ -33,12 +33,7 @@ from kdpipe.pipeline.stage import (
     StageContext,
     ZarrArtifact,
 )
-from kdpipe.stages.audit_metrics import (
-    ap_nuscenes,
-    greedy_match,
-    gt_slots,
-    pair_cost,
-)
+from kdpipe.stages.audit_metrics import ap_nuscenes, candidates, greedy_match
 from kdpipe.stages.audit_nuscenes import apply_rules, box_sets, devkit_rules, nuscenes_map
 from kdpipe.stages.audit_summary import SummarySpec, frame_counts, summarise
 from kdpipe.stages.pseudo_label import PseudoLabelConfig
@@ -140,13 +135,11 @@ def compute(cfg: AuditConfig, frames: pl.DataFrame, dets: pl.DataFrame, boxes: p
     boxes = boxes.filter(pl.col("label").is_in(classes))
     frame_ids = frames["frame_id"].to_list()
     det, gt = box_sets(dets, boxes, frame_ids, classes, xy)
-    slots = gt_slots(gt.frame, len(frame_ids))
     crit = proto["criterion"]
-    cost = pair_cost(det, gt, slots, crit)
     per_class = np.array([cfg.distance_m if crit == "center_distance"
                           else cfg.iou_thresholds.get(c, cfg.default_iou) for c in classes])
-    matched = greedy_match(det, cost, slots, per_class[det.cls] if len(det) else per_class[:0],
-                           crit)
+    cand = candidates(det, gt, crit, cfg.distance_m)
+    matched = greedy_match(det, cand, len(gt), per_class[det.cls], crit)
     proto["match_threshold"] = dict(zip(classes, per_class.tolist(), strict=True))
     det_radar = det_radar_fn(dets) if det_radar_fn is not None else np.full(len(det), -1)
     spec = SummarySpec(classes, cfg.sigma, dict(cfg.class_thresholds), cfg.precision_target,

@@ -38,43 +38,77 @@ class BoxSet:
         return int(self.frame.shape[0])
 
 
-def gt_slots(gt_frame: np.ndarray, n_frames: int) -> np.ndarray:
-    """(F, Gmax) index of each frame's j-th ground-truth box, -1 where the frame has fewer."""
-    counts = np.bincount(gt_frame, minlength=n_frames)
-    slots = np.full((n_frames, int(counts.max(initial=0))), -1, dtype=np.int64)
-    order = np.argsort(gt_frame, kind="stable")
-    starts = np.cumsum(counts) - counts
-    slots[gt_frame[order], np.arange(order.size) - starts[gt_frame[order]]] = order
-    return slots
+@dataclass(frozen=True)
+class Candidates:
+    """Each detection's possible matches: same frame, same class, close enough to matter."""
+
+    gt: np.ndarray    # (P, K) ground-truth index, -1 padding
+    cost: np.ndarray  # (P, K) centre distance (m) or minus the IoU; +inf padding
 
 
-def pair_cost(det: BoxSet, gt: BoxSet, slots: np.ndarray, criterion: Criterion) -> np.ndarray:
-    """(P, Gmax) cost of each detection against each ground-truth slot of its frame.
+_PAIRS_PER_CHUNK = 1 << 22  # bounds the transient (pairs, 2) arrays of a large evaluation
 
-    Lower is better: the centre distance (m), or minus the IoU. Slots that are empty or of
-    another class cost +inf.
-    """
-    cand = slots[det.frame]                                   # (P, Gmax)
-    valid = cand >= 0
-    g = np.where(valid, cand, 0)
-    valid &= gt.cls[g] == det.cls[:, None]
+
+def _group_pairs(det: BoxSet, gt: BoxSet) -> tuple[np.ndarray, np.ndarray]:
+    """Every (detection, ground truth) pair of the same frame and class, in chunks' order."""
+    n_cls = int(max(det.cls.max(initial=0), gt.cls.max(initial=0))) + 1
+    g_key = gt.frame * n_cls + gt.cls
+    g_order = np.argsort(g_key, kind="stable")                # same group: input order
+    sorted_key = g_key[g_order]
+    d_key = det.frame * n_cls + det.cls
+    lo = np.searchsorted(sorted_key, d_key, side="left")
+    n = np.searchsorted(sorted_key, d_key, side="right") - lo  # (P,) candidates of each
+    p = np.repeat(np.arange(len(det)), n)
+    start = np.repeat(np.cumsum(n) - n, n)
+    return p, g_order[np.repeat(lo, n) + np.arange(p.size) - start]
+
+
+def _pack(p: np.ndarray, g: np.ndarray, cost: np.ndarray, n_det: int) -> Candidates:
+    """Pairs (sorted by p) -> padded (P, K) arrays."""
+    n = np.bincount(p, minlength=n_det)
+    k = int(n.max(initial=0))
+    slot = np.arange(p.size) - np.repeat(np.cumsum(n) - n, n)
+    gt_idx = np.full((n_det, k), -1, dtype=np.int64)
+    c = np.full((n_det, k), np.inf)
+    gt_idx[p, slot], c[p, slot] = g, cost
+    return Candidates(gt_idx, c)
+
+
+def candidates(det: BoxSet, gt: BoxSet, criterion: Criterion, max_distance_m: float = np.inf
+               ) -> Candidates:
+    """Pairs that can match: same frame and class, centre distance < `max_distance_m` (the
+    largest threshold that will be used) or IoU > 0. A pair beyond that can never be the
+    match, and a nearer untaken one always wins over it, so dropping it changes nothing."""
+    if len(det) == 0 or len(gt) == 0:
+        return Candidates(np.full((len(det), 0), -1, np.int64), np.zeros((len(det), 0)))
     if criterion == "center_distance":
-        d = det.xy[:, None, :] - gt.xy[g]                     # (P, Gmax, 2)
-        cost = np.sqrt(d[..., 0] ** 2 + d[..., 1] ** 2)
-    else:
-        import torch
+        ps, gs, cs = [], [], []
+        step = max(1, _PAIRS_PER_CHUNK // len(gt))
+        for a in range(0, len(det), step):
+            sub = BoxSet(det.frame[a:a + step], det.cls[a:a + step], det.boxes[a:a + step],
+                         det.xy[a:a + step])
+            p, g = _group_pairs(sub, gt)
+            d = np.hypot(*(sub.xy[p] - gt.xy[g]).T)
+            keep = d < max_distance_m
+            ps.append(p[keep] + a)
+            gs.append(g[keep])
+            cs.append(d[keep])
+        return _pack(np.concatenate(ps), np.concatenate(gs), np.concatenate(cs), len(det))
+    import torch
 
-        from kdpipe.models.iou import boxes_iou_3d, boxes_iou_bev
+    from kdpipe.models.iou import boxes_iou_3d, boxes_iou_bev
 
-        iou_fn = boxes_iou_bev if criterion == "iou_bev" else boxes_iou_3d
-        cost = np.zeros(cand.shape)
-        for f in np.unique(det.frame):
-            p = np.flatnonzero(det.frame == f)
-            row = slots[f][slots[f] >= 0]
-            if row.size:
-                iou = iou_fn(torch.from_numpy(det.boxes[p]), torch.from_numpy(gt.boxes[row]))
-                cost[p, :row.size] = -iou.numpy()
-    return np.where(valid, cost, np.inf)
+    iou_fn = boxes_iou_bev if criterion == "iou_bev" else boxes_iou_3d
+    p, g = _group_pairs(det, gt)
+    iou = np.zeros(p.size)
+    for f in np.unique(det.frame[p]):  # one IoU matrix per frame (classes mixed, then picked)
+        m = det.frame[p] == f
+        dp, dg = np.unique(p[m], return_inverse=True)
+        gp, gg = np.unique(g[m], return_inverse=True)
+        mat = iou_fn(torch.from_numpy(det.boxes[dp]), torch.from_numpy(gt.boxes[gp])).numpy()
+        iou[m] = mat[dg, gg]
+    keep = iou > 0
+    return _pack(p[keep], g[keep], -iou[keep], len(det))
 
 
 def score_order(score: np.ndarray) -> np.ndarray:
@@ -83,12 +117,13 @@ def score_order(score: np.ndarray) -> np.ndarray:
     return np.lexsort((-idx, -score))
 
 
-def greedy_match(det: BoxSet, cost: np.ndarray, slots: np.ndarray, limit: np.ndarray,
+def greedy_match(det: BoxSet, cand: Candidates, n_gt: int, limit: np.ndarray,
                  criterion: Criterion) -> np.ndarray:
     """Greedy matching by descending score.
 
     Args:
-        cost: (P, Gmax) from `pair_cost`.
+        cand: from `candidates`.
+        n_gt: number of ground-truth boxes.
         limit: (P,) threshold per detection: the IoU it needs (IoU criteria) or the centre
             distance it must stay under (metres).
 
@@ -97,7 +132,7 @@ def greedy_match(det: BoxSet, cost: np.ndarray, slots: np.ndarray, limit: np.nda
     """
     n = len(det)
     matched = np.full(n, -1, dtype=np.int64)
-    if n == 0 or cost.shape[1] == 0:
+    if n == 0 or cand.gt.shape[1] == 0:
         return matched
     assert det.score is not None
     group = det.frame * (int(det.cls.max()) + 1) + det.cls
@@ -106,19 +141,19 @@ def greedy_match(det: BoxSet, cost: np.ndarray, slots: np.ndarray, limit: np.nda
     g_sorted = group[order]
     first = np.r_[True, g_sorted[1:] != g_sorted[:-1]]
     rank = idx - np.maximum.accumulate(np.where(first, idx, 0))  # rank inside its group
-    taken = np.zeros(slots.shape, dtype=bool)                  # (F, Gmax)
+    taken = np.zeros(n_gt + 1, dtype=bool)                     # last slot: the -1 padding
     by_rank = order[np.argsort(rank, kind="stable")]
     bounds = np.cumsum(np.bincount(rank))
     for r, end in enumerate(bounds):
         ps = by_rank[(bounds[r - 1] if r else 0):end]          # one detection per group
-        c = np.where(taken[det.frame[ps]], np.inf, cost[ps])   # (k, Gmax)
+        c = np.where(taken[cand.gt[ps]], np.inf, cand.cost[ps])  # (k, K)
         j = c.argmin(axis=1)
         best = c[np.arange(ps.size), j]
         ok = best < limit[ps] if criterion == "center_distance" else -best >= limit[ps]
         ok &= np.isfinite(best)
-        fr = det.frame[ps[ok]]
-        taken[fr, j[ok]] = True
-        matched[ps[ok]] = slots[fr, j[ok]]
+        g = cand.gt[ps[ok], j[ok]]
+        taken[g] = True
+        matched[ps[ok]] = g
     return matched
 
 

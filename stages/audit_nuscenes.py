@@ -26,10 +26,9 @@ import polars as pl
 from kdpipe.stages.audit_metrics import (
     BoxSet,
     ap_nuscenes,
+    candidates,
     curve,
     greedy_match,
-    gt_slots,
-    pair_cost,
 )
 
 BOX_COLUMNS = ["x_ego_m", "y_ego_m", "z_ego_m", "length_m", "width_m", "height_m", "yaw_ego_rad"]
@@ -156,12 +155,11 @@ def nuscenes_map(dets: pl.DataFrame, gts: pl.DataFrame, frames: pl.DataFrame,
     d, g = apply_rules(dets, gts, frames, rules)
     det, gt = box_sets(d, g, frames["frame_id"].to_list(), rules.class_names,
                        ("x_world_m", "y_world_m"))
-    slots = gt_slots(gt.frame, frames.height)
-    cost = pair_cost(det, gt, slots, "center_distance")
+    cand = candidates(det, gt, "center_distance", max(rules.dist_ths_m))
     n_gt = np.bincount(gt.cls, minlength=len(rules.class_names))
     ap: dict[str, dict[str, float]] = {c: {} for c in rules.class_names}
     for th in rules.dist_ths_m:
-        matched = greedy_match(det, cost, slots, np.full(len(det), th), "center_distance")
+        matched = greedy_match(det, cand, len(gt), np.full(len(det), th), "center_distance")
         for k, name in enumerate(rules.class_names):
             m = det.cls == k
             assert det.score is not None

@@ -11,10 +11,9 @@ from kdpipe.stages.audit_metrics import (
     ap_nuscenes,
     at_threshold,
     bin_names,
+    candidates,
     curve,
     greedy_match,
-    gt_slots,
-    pair_cost,
     recommend,
     reliability,
     thresholds_table,
@@ -34,12 +33,12 @@ def _set(frame: list[int], cls: list[int], xy: list[tuple[float, float]],
                   boxes[:, :2].copy(), None if score is None else np.asarray(score, np.float64))
 
 
-def _match(det: BoxSet, gt: BoxSet, n_frames: int, crit: str, limit: float | list[float]
+def _match(det: BoxSet, gt: BoxSet, crit: str, limit: float | list[float]
            ) -> np.ndarray:
-    slots = gt_slots(gt.frame, n_frames)
-    cost = pair_cost(det, gt, slots, crit)  # type: ignore[arg-type]
     lim = np.broadcast_to(np.asarray(limit, np.float64), (len(det),)).copy()
-    return greedy_match(det, cost, slots, lim, crit)  # type: ignore[arg-type]
+    cand = candidates(det, gt, crit, float(lim.max()) if crit == "center_distance"  # type: ignore[arg-type]
+                      else np.inf)
+    return greedy_match(det, cand, len(gt), lim, crit)  # type: ignore[arg-type]
 
 
 # 3 GT (two in frame 0, one in frame 1), 4 detections: TP, FP (nothing near), TP, duplicate.
@@ -49,7 +48,7 @@ DET = _set([0, 0, 1, 0], [0, 0, 0, 0], [(10.2, 0), (30, 0), (15, 5.3), (10.1, 0)
 
 
 def test_hand_case_precision_recall_f1_ap() -> None:
-    matched = _match(DET, GT, 2, "center_distance", 1.0)
+    matched = _match(DET, GT, "center_distance", 1.0)
     assert matched.tolist() == [0, -1, 2, -1]  # the duplicate finds GT 0 taken, GT 1 too far
     c = curve(DET.score, matched >= 0, 3)  # type: ignore[arg-type]
     assert np.allclose(c.precision, [1, 1 / 2, 2 / 3, 1 / 2])
@@ -99,24 +98,24 @@ def test_iou_matching_per_class_thresholds_and_greedy_by_score() -> None:
     det = _set([0, 0, 0], [0, 1, 0], [(10.5, 0), (5.3, 5), (5, 5)], [0.9, 0.8, 0.7])
     det.boxes[1:, 3:6] = (0.8, 0.8, 1.7)
     lim = np.array([0.5, 0.25])[det.cls]
-    assert _match(det, gt, 1, "iou_bev", lim).tolist() == [0, 1, -1]
+    assert _match(det, gt, "iou_bev", lim).tolist() == [0, 1, -1]
     # the same car 1.5 m off: IoU 5/11 < 0.5, but enough for a 0.25 class
     far = _set([0], [0], [(11.5, 0)], [0.9])
-    assert _match(far, gt, 1, "iou_bev", 0.5).tolist() == [-1]
-    assert _match(far, gt, 1, "iou_bev", 0.25).tolist() == [0]
+    assert _match(far, gt, "iou_bev", 0.5).tolist() == [-1]
+    assert _match(far, gt, "iou_bev", 0.25).tolist() == [0]
     # 3D: the same BEV overlap but half the height overlapping -> IoU drops below 0.5
     up = _set([0], [0], [(10.5, 0)], [0.9], z=0.75)
-    assert _match(up, gt, 1, "iou_3d", 0.5).tolist() == [-1]
-    assert _match(up, gt, 1, "iou_bev", 0.5).tolist() == [0]
+    assert _match(up, gt, "iou_3d", 0.5).tolist() == [-1]
+    assert _match(up, gt, "iou_bev", 0.5).tolist() == [0]
     # greedy by score: the higher score takes the GT even though the other overlaps more
     two = _set([0, 0], [0, 0], [(11.0, 0), (10.1, 0)], [0.9, 0.6])
-    assert _match(two, gt, 1, "iou_bev", 0.5).tolist() == [0, -1]
+    assert _match(two, gt, "iou_bev", 0.5).tolist() == [0, -1]
 
 
 def test_bands_place_true_positives_with_their_ground_truth() -> None:
     gt = _set([0, 0], [0, 0], [(19.5, 0), (30, 0)])
     det = _set([0, 0], [0, 0], [(20.5, 0), (50, 0)], [0.9, 0.8])  # TP across the 20 m edge; FP
-    matched = _match(det, gt, 1, "center_distance", 2.0)
+    matched = _match(det, gt, "center_distance", 2.0)
     assert matched.tolist() == [0, -1]
     spec = SummarySpec(("Car",), sigma=0.1, distance_bands_m=(0.0, 20.0, 40.0),
                        radar_bins=(0, 1, 3, 6))
@@ -180,9 +179,29 @@ def test_center_distance_ap_equals_devkit_accumulate_on_random_cases() -> None:
         det = BoxSet(d[:, 0].astype(int), d[:, 1].astype(int), np.zeros((len(d), 7)), d[:, 2:4],
                      d[:, 4])
         for th in (0.5, 1.0, 2.0, 4.0):
-            matched = _match(det, gt, 25, "center_distance", th)
+            matched = _match(det, gt, "center_distance", th)
             for k, name in enumerate(names):
                 want = calc_ap(accumulate(gts, dets, name, center_distance, th), 0.1, 0.1)
                 m = det.cls == k
                 got = ap_nuscenes(curve(d[m, 4], matched[m] >= 0, int(np.sum(gt.cls == k))))
                 assert got == pytest.approx(want, abs=1e-12), (trial, th, name)
+
+
+def test_candidates_in_chunks_equal_one_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kdpipe.stages import audit_metrics
+
+    rng = np.random.default_rng(3)
+    gt = BoxSet(rng.integers(0, 5, 60), rng.integers(0, 3, 60), np.zeros((60, 7)),
+                rng.uniform(-20, 20, (60, 2)))
+    det = BoxSet(rng.integers(0, 5, 90), rng.integers(0, 3, 90), np.zeros((90, 7)),
+                 rng.uniform(-20, 20, (90, 2)), rng.uniform(size=90))
+    whole = candidates(det, gt, "center_distance", 8.0)
+    monkeypatch.setattr(audit_metrics, "_PAIRS_PER_CHUNK", 100)  # 1 detection a chunk
+    parts = candidates(det, gt, "center_distance", 8.0)
+    assert np.array_equal(whole.gt, parts.gt) and np.array_equal(whole.cost, parts.cost)
+    assert whole.gt.shape[1] > 1 and np.isfinite(whole.cost).any()
+    # every kept pair is same frame, same class, within the cutoff
+    p, k = np.nonzero(whole.gt >= 0)
+    g = whole.gt[p, k]
+    assert (det.frame[p] == gt.frame[g]).all() and (det.cls[p] == gt.cls[g]).all()
+    assert (np.hypot(*(det.xy[p] - gt.xy[g]).T) < 8.0).all()
