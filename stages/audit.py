@@ -83,18 +83,29 @@ def audit_frames(frames: pl.DataFrame, det_frames: pl.DataFrame, splits: list[st
 
 def radar_counts(ingest: Path, frames: pl.DataFrame, dets: pl.DataFrame, sensor: str
                  ) -> np.ndarray:
-    """Radar points inside each detection box (the rule ingest uses for `num_radar_pts`)."""
+    """Radar points inside each detection box (the rule ingest uses for `num_radar_pts`);
+    -1 where the store has no such radar sensor for the frame."""
     from kdpipe.schemas.boxes import points_in_boxes
-    from kdpipe.stages.model_data import BOX_COLUMNS, GroupReader
+    from kdpipe.stages.model_data import BOX_COLUMNS
+    from kdpipe.stages.store_dataset import StoreDataset
 
-    out = np.zeros(dets.height, dtype=np.int64)
-    rows = dets.with_row_index("_i").join(frames.select("frame_id", "source", "scene",
-                                                        "frame_index"), on="frame_id")
-    for (source, scene), g in rows.group_by("source", "scene"):
-        reader = GroupReader(ingest, str(source), str(scene), {"radar": sensor})
-        for (fi,), fg in g.group_by("frame_index"):
-            xyz = reader.frame(int(fi))["radar"][:, :3]  # (M, 3) ego
-            out[fg["_i"].to_numpy()] = points_in_boxes(xyz, fg.select(BOX_COLUMNS).to_numpy())
+    out = np.full(dets.height, -1, dtype=np.int64)
+    rows = dets.with_row_index("_i").join(frames.select("frame_id", "source", "scene"),
+                                          on="frame_id")
+    groups = rows.select("source", "scene").unique()
+    have = groups.filter(pl.Series([(ingest / "points.zarr" / s / g / sensor).is_dir()
+                                    for s, g in groups.iter_rows()], dtype=pl.Boolean))
+    rows = rows.join(have, on=["source", "scene"])
+    if rows.is_empty():
+        return out
+    by_frame = {k[0]: g for k, g in rows.group_by("frame_id")}
+    ds = StoreDataset(ingest, sensors=(sensor,), with_boxes=False,
+                      where=pl.col("frame_id").is_in(list(by_frame)))
+    for i in range(len(ds)):  # one contiguous slice per frame (x, y, z are the first fields)
+        item = ds[i]
+        g = by_frame[item["frame_id"]]
+        out[g["_i"].to_numpy()] = points_in_boxes(np.asarray(item[sensor])[:, :3],
+                                                  g.select(BOX_COLUMNS).to_numpy())
     return out
 
 

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from kdpipe.api import run_workflow
 from kdpipe.bev import frame_points
 from kdpipe.config import load_workflow, toml_value
-from kdpipe.stages.audit import AuditConfig, compute
+from kdpipe.stages.audit import AuditConfig, compute, radar_counts
 from kdpipe.testing import TINY_DETECTOR
 
 
@@ -107,6 +107,15 @@ def test_audit_numbers_with_known_detections(audit_run) -> None:  # type: ignore
     rep2, table2, _ = compute(AuditConfig(), frames, moved, gt)
     assert all(c["ap"] == 0.0 for c in rep2["classes"].values())
     assert table2["fp"].sum() == table2["fn"].sum() == gt.height
+    # false positives' radar points are counted from the store by ingest's own rule: on the
+    # ground-truth boxes the counts are exactly `num_radar_pts`
+    counts = radar_counts(ingest, frames, dets, "radar")
+    assert counts.tolist() == gt["num_radar_pts"].to_list() and counts.max() > 0
+    rep3, _, _ = compute(AuditConfig(), frames, moved, gt,
+                         det_radar_fn=lambda d: radar_counts(ingest, frames, d, "radar"))
+    car = rep3["by_radar_points"]["Car"]
+    assert all(r["precision"] == 0.0 for r in car if r["n_det"])  # known, all FP
+    assert sum(r["n_det"] for r in car) == int((gt["label"] == "Car").sum())
 
 
 def test_frame_points_reads_one_frame(audit_run) -> None:  # type: ignore[no-untyped-def]
