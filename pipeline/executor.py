@@ -81,9 +81,20 @@ class DaskExecutor:
                     where = self.address or self.scheduler_file
                     raise ConfigError(f"cannot reach dask scheduler {where}: {e}") from None
             else:
-                self._cluster = LocalCluster(
-                    n_workers=self.n_workers or machine_cores(), threads_per_worker=1,
-                    processes=True, dashboard_address=None, silence_logs=logging.ERROR)
+                import dask
+
+                # Dask's nannies write `pre-spawn-environ` (OMP_NUM_THREADS=1, ...) into *this*
+                # process's os.environ before every spawn, so torch in the driver would train
+                # with 1 thread after a cluster started and with all cores when none did: a
+                # resumed run (ingest cached, no cluster) gave other teacher weights than an
+                # uninterrupted one (crash drill, issue 8). Hand the same variables to the
+                # workers through `env` instead, which is applied inside the child only.
+                spawn_env = dask.config.get("distributed.nanny.pre-spawn-environ") or {}
+                with dask.config.set({"distributed.nanny.pre-spawn-environ": {}}):
+                    self._cluster = LocalCluster(
+                        n_workers=self.n_workers or machine_cores(), threads_per_worker=1,
+                        processes=True, dashboard_address=None, silence_logs=logging.ERROR,
+                        env={k: str(v) for k, v in spawn_env.items() if v is not None})
                 self._client = Client(self._cluster)
         return self._client
 

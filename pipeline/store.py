@@ -97,6 +97,9 @@ class Workspace:
             tmp.parent.mkdir(parents=True, exist_ok=True)
             self.fs.get(src, str(tmp), recursive=True)
             os.replace(tmp, dst)
+        rec = dst.parent / LINEAGE  # beside the copy, so loaders can check its digest
+        if not rec.exists():
+            self.fs.get(f"{self.artifact_dir(stage, key)}/{LINEAGE}", str(rec))
         return dst
 
     # -- publishing ----------------------------------------------------------------------

@@ -25,7 +25,7 @@ from kdpipe.pipeline.stage import (
     ZarrArtifact,
 )
 from kdpipe.stages.camera_data import camera_channels
-from kdpipe.stages.checkpoints import save_checkpoint
+from kdpipe.stages.checkpoints import input_refs, save_checkpoint
 from kdpipe.stages.model_data import (
     empty_targets,
     read_group_frames,
@@ -86,7 +86,7 @@ def run(ctx: StageContext[TeacherTrainConfig]) -> None:
     log = fit(model, data, cfg.optim, workdir=ctx.workdir, seed=ctx.seed, device=device,
               progress=ctx.progress)
     meta = {"stage": ctx.stage, "key": ctx.key, "config": cfg.model_dump(mode="json"),
-            "inputs": {k: str(v) for k, v in ctx.inputs.items()},
+            "inputs": input_refs(ctx.inputs),
             "train_frames": len(data), "final": log[-1] if log else {}}
     save_checkpoint(ctx.outputs["teacher"], model, meta)
     pl.DataFrame(log).write_parquet(ctx.outputs["train_log"], metadata=ctx.file_metadata())

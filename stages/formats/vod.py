@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import numpy.typing as npt
+
 from kdpipe.stages.formats.bins import read_float32_bin, read_text, safe_join
 from kdpipe.stages.formats.errors import FormatError
 
@@ -183,8 +184,8 @@ class VodLayout:
         def at(folder: Path, suffix: str) -> Path:
             return safe_join(root, (folder / f"{frame_id}{suffix}").relative_to(root))
 
-        image_dir = self.sensor_dir("lidar", "image_2")
-        images = [image_dir / f"{frame_id}{ext}" for ext in (".jpg", ".png")]
+        # every file goes through safe_join: a symlink out of the root is refused, not read
+        images = [at(self.sensor_dir("lidar", "image_2"), ext) for ext in (".jpg", ".png")]
         image = next((p for p in images if p.is_file()), None)
         acc = {n: self.accumulated_radar_dir(n) for n in (3, 5)}  # type: ignore[arg-type]
         return VodFramePaths(
@@ -196,6 +197,6 @@ class VodLayout:
             radar_calib=at(self.sensor_dir("radar", "calib"), ".txt"),
             pose=at(self.sensor_dir("lidar", "pose"), ".json"),
             image=image,
-            radar_3scans_bin=(acc[3] / f"{frame_id}.bin") if acc[3] else None,
-            radar_5scans_bin=(acc[5] / f"{frame_id}.bin") if acc[5] else None,
+            radar_3scans_bin=at(acc[3], ".bin") if acc[3] else None,
+            radar_5scans_bin=at(acc[5], ".bin") if acc[5] else None,
         )
