@@ -150,7 +150,7 @@ def audit(
         min=0.0, max=1.0)] = None,
     write_thresholds_to: Annotated[Path | None, Opt(
         "--write-thresholds", help="write the recommended thresholds into this workflow's "
-        "[pseudo-label] class_thresholds")] = None,
+        "pseudo-label.class_thresholds")] = None,
     scheduler: Annotated[str | None, Opt(help="sync | local[:N] | tcp://HOST:PORT")] = None,
     force: Annotated[bool, Opt(help="re-run the audit even if cached")] = False,
     as_json: Annotated[bool, Opt("--json", help="machine-readable output on stdout")] = False,
