@@ -115,7 +115,8 @@ def render_frame(workspace: str, frame: str, out_png: Path | None = None, *,
     art, row = find_frame(ws, frame)
     fid = row["frame_id"]
     lidar, radar = frame_points(art, row)
-    gt, gt_labels = frame_boxes(pl.read_parquet(art / "boxes.parquet"), fid)
+    boxes = pl.read_parquet(art / "boxes.parquet")  # classes outside the label map: native name
+    gt, gt_labels = frame_boxes(boxes.with_columns(label=pl.coalesce("label", "class_name")), fid)
     pred, pred_labels, scores, det_from = None, None, None, None
     if detections:
         det_from, table = detection_table(ws, detections)
@@ -137,7 +138,7 @@ def render_frame(workspace: str, frame: str, out_png: Path | None = None, *,
     render_bev(png, lidar_xyz_ego=lidar, radar_xyz_ego=radar, gt_boxes=gt, gt_labels=gt_labels,
                pred_boxes=pred, pred_scores=scores, pred_labels=pred_labels, range_m=rng,
                weight_map=wmap,
-               title=f"{fid}  split {row['split'] or '-'}, {row['scene']}: {len(lidar)} LiDAR, "
+               title=f"{fid}\nsplit {row['split'] or '-'}, {row['scene']}: {len(lidar)} LiDAR, "
                      f"{len(radar)} radar pts, {len(gt)} GT"
                      + (f", {n_pred} det >= {min_score}" if detections else ""))
     return {"frame_id": fid, "png": str(png), "ingest": str(art), "n_lidar": len(lidar),

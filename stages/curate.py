@@ -150,7 +150,8 @@ def score_frames(cands: pl.DataFrame, cfg: CurateConfig, dets: pl.DataFrame | No
 
 
 def make_selection(frames: pl.DataFrame, cfg: CurateConfig, dets: pl.DataFrame | None = None,
-           counts: dict[str, int] | None = None) -> tuple[pl.DataFrame, dict[str, object]]:
+                   counts: dict[str, int] | None = None
+                   ) -> tuple[pl.DataFrame, dict[str, object]]:
     """The selection table and its summary (the whole stage minus file I/O)."""
     cands = candidates(frames, cfg)
     scored = score_frames(cands, cfg, dets, counts or {}) if cands.height else \
