@@ -181,12 +181,19 @@ from kdpipe import audit_cli  # noqa: E402
 app.command("audit")(audit_cli.audit)
 
 
+def _one_line(e: object) -> str:
+    """A message as one line (Dask's and devkits' messages span several), markup escaped."""
+    from rich.markup import escape
+
+    return escape(" ".join(str(e).split()))
+
+
 def main() -> None:
     """Entry point: user errors are one line on stderr and a non-zero exit, never a traceback."""
     try:
         app()
     except KdpipeError as e:
-        err.print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
+        err.print(f"[red]error:[/] {_one_line(e)}", highlight=False, soft_wrap=True)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         err.print("[red]interrupted[/]")
@@ -194,7 +201,15 @@ def main() -> None:
     except Exception as e:  # a bug, not bad input: still one line unless asked for more
         if os.environ.get("KDPIPE_DEBUG"):
             raise
-        err.print(f"[red]internal error:[/] {type(e).__name__}: {e} (KDPIPE_DEBUG=1 for a traceback)",
+        from kdpipe.pipeline.store import ENVIRONMENT_ERRNOS
+
+        if isinstance(e, OSError) and e.errno in ENVIRONMENT_ERRNOS:  # disk full, permissions
+            where = f": {e.filename}" if e.filename else ""
+            err.print(f"[red]error:[/] {_one_line(os.strerror(e.errno or 0) + where)}",
+                      highlight=False, soft_wrap=True)
+            sys.exit(2)
+        err.print(f"[red]internal error:[/] {type(e).__name__}: {_one_line(e)} "
+                  "(KDPIPE_DEBUG=1 for a traceback)",
                   highlight=False, soft_wrap=True)
         sys.exit(1)
 

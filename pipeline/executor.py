@@ -91,9 +91,12 @@ class DaskExecutor:
                 # workers through `env` instead, which is applied inside the child only.
                 spawn_env = dask.config.get("distributed.nanny.pre-spawn-environ") or {}
                 with dask.config.set({"distributed.nanny.pre-spawn-environ": {}}):
+                    # Logs at CRITICAL: a failed task is re-raised here and reported as one
+                    # line; the workers' "Compute Failed" tracebacks would only repeat it. A
+                    # random HTTP port: a busy :8787 (another cluster) printed a warning.
                     self._cluster = LocalCluster(
                         n_workers=self.n_workers or machine_cores(), threads_per_worker=1,
-                        processes=True, dashboard_address=None, silence_logs=logging.ERROR,
+                        processes=True, dashboard_address=":0", silence_logs=logging.CRITICAL,
                         env={k: str(v) for k, v in spawn_env.items() if v is not None})
                 self._client = Client(self._cluster)
         return self._client

@@ -1,10 +1,12 @@
 """Run a plan against a workspace: skip what is committed, run the rest, publish, record lineage."""
 from __future__ import annotations
 
+import os
 import time
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from kdpipe.errors import KdpipeError, PlanError, StageError
@@ -13,7 +15,7 @@ from kdpipe.pipeline.dag import Plan
 from kdpipe.pipeline.executor import Executor, SyncExecutor
 from kdpipe.pipeline.hashing import digest_path
 from kdpipe.pipeline.stage import ProgressFn, StageContext
-from kdpipe.pipeline.store import Workspace
+from kdpipe.pipeline.store import ENVIRONMENT_ERRNOS, Workspace
 
 
 @dataclass
@@ -94,9 +96,16 @@ def _run_stage(plan: Plan, ws: Workspace, n: str, ex: Executor, seed: int,
                                           facets={"error": f"{type(e).__name__}: {e}"}))
         if isinstance(e, KdpipeError) or not isinstance(e, Exception):
             raise
+        if isinstance(e, OSError) and e.errno in ENVIRONMENT_ERRNOS:  # disk full, permissions
+            where = f": {e.filename}" if e.filename else ""
+            raise StageError(f"stage '{n}' failed: {os.strerror(e.errno)}{where} (the work done "
+                             f"so far is kept; fix this and run again to resume)") from e
         log = ws.local_root / "logs" / f"{run_id}.log"
-        log.parent.mkdir(parents=True, exist_ok=True)
-        log.write_text(traceback.format_exc())
+        try:  # best effort: the traceback must not hide the stage's own error
+            log.parent.mkdir(parents=True, exist_ok=True)
+            log.write_text(traceback.format_exc())
+        except OSError:
+            log = Path("(not written)")
         raise StageError(f"stage '{n}' failed: {type(e).__name__}: {e} (traceback: {log})") from e
     in_lineage = {}
     for p, src in node.upstream.items():

@@ -33,6 +33,9 @@ from kdpipe.errors import WorkspaceBusyError
 
 LINEAGE = "_lineage.json"
 PARTIAL = ".partial"
+# OSErrors caused by the machine, not by kdpipe: reported as one line, exit 2 (errno names).
+ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM,
+                                errno.EROFS})
 
 
 class Workspace:

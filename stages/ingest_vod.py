@@ -7,7 +7,7 @@ the two calib files (T_ego_from_radar = inv(T_cam_from_lidar) @ T_cam_from_radar
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,17 +37,33 @@ class VodTask:
     workdir: str
     zarr_root: str
     storage: Storage
+    duplicates: dict[str, FormatError] = field(default_factory=dict)  # frame -> its reject
 
 
-def plan_vod(root: Path, source: str, block_frames: int) -> tuple[list[tuple[str, list[str]]], dict[str, str]]:
-    """Groups of consecutive frame ids (block = frame number // block_frames) and splits."""
+def plan_vod(root: Path, source: str, block_frames: int
+             ) -> tuple[list[tuple[str, list[str]]], dict[str, str], dict[str, FormatError]]:
+    """Groups of consecutive frame ids (block = frame number // block_frames), splits, and the
+    frames to reject as duplicates (listed in two splits, or one number spelled twice)."""
     layout = VodLayout(root)
-    ids = sorted(set(layout.frame_ids("lidar")) | set(layout.frame_ids("radar")))
+    label_ids = sorted(p.stem for p in layout.sensor_dir("lidar", "label_2").glob("*.txt"))
+    # a label file without point files is a frame too: rejected as missing, never dropped
+    ids = sorted(set(layout.frame_ids("lidar")) | set(layout.frame_ids("radar"))
+                 | {i for i in label_ids if i.isdigit()})
     split_of: dict[str, str] = {}
+    dups: dict[str, FormatError] = {}
     for name in SPLITS:
-        for fid in layout.read_split(name) or []:
-            split_of.setdefault(fid, name)
-    return block_groups(ids, block_frames), split_of
+        listed = layout.read_split(name) or []
+        for fid in listed:
+            if split_of.setdefault(fid, name) != name:
+                dups[fid] = FormatError(layout.split_file(name) or name, "duplicate",
+                                        f"frame {fid} is listed in splits {split_of[fid]} and "
+                                        f"{name}; which one is meant is unknown.")
+    first: dict[int, str] = {}
+    for fid in ids:  # "549" and "00549" name one frame number: keep the first spelling
+        if first.setdefault(int(fid), fid) != fid:
+            dups[fid] = FormatError(layout.frame(fid).lidar_bin, "duplicate",
+                                    f"frame ids {first[int(fid)]} and {fid} are the same number.")
+    return block_groups(ids, block_frames), split_of, dups
 
 
 def ingest_vod_group(task: VodTask) -> dict[str, Any]:
@@ -61,6 +77,8 @@ def ingest_vod_group(task: VodTask) -> dict[str, Any]:
         w.declare(sensor, *SENSOR_FIELDS["vod_radar"][:2], native_frame="radar")
     for fid in task.frames:
         try:
+            if fid in task.duplicates:
+                raise task.duplicates[fid]
             _frame(w, layout, fid, task.split_of.get(fid, ""), has_acc, log)
         except FormatError as e:
             w.reject(fid, e.path, e.check, e.reason)
@@ -154,9 +172,10 @@ def _image_size(path: Path | None) -> tuple[int | None, int | None]:
 
 def make_tasks(cfg: Any, source: str, root: Path, workdir: Path, zarr_root: Path,
                storage: Storage) -> list[VodTask]:
-    groups, split_of = plan_vod(root, source, cfg.block_frames)
+    groups, split_of, dups = plan_vod(root, source, cfg.block_frames)
     return [VodTask(str(root), source, scene, tuple(ids), {f: split_of[f] for f in ids if f in split_of},
-                    str(workdir), str(zarr_root), storage) for scene, ids in groups]
+                    str(workdir), str(zarr_root), storage, {f: dups[f] for f in ids if f in dups})
+            for scene, ids in groups]
 
 
 run_task = ingest_vod_group

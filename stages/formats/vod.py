@@ -66,6 +66,17 @@ def _pose_objects(path: str | Path, text: str) -> dict[str, object]:
     return merged
 
 
+def _finite_number(v: object) -> bool:
+    """A JSON number that fits a finite float64 (JSON integers are unbounded in Python: a
+    400-digit one made `math.isfinite` raise OverflowError; found by hypothesis)."""
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        return False
+    try:
+        return math.isfinite(v)
+    except OverflowError:
+        return False
+
+
 def read_vod_pose(path: str | Path) -> dict[str, npt.NDArray[np.float64]]:
     """Parse ``pose/<frame>.json``.
 
@@ -87,8 +98,7 @@ def read_vod_pose(path: str | Path) -> dict[str, npt.NDArray[np.float64]]:
     for key in POSE_KEYS:
         values = objects.get(key)
         if not isinstance(values, list) or len(values) != 16 or not all(  # noqa: PLR2004
-            isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
-            for v in values
+            map(_finite_number, values)
         ):
             raise FormatError(path, "pose", f"{key} missing or not a list of 16 finite numbers.")
         matrix = np.array(values, dtype=np.float64).reshape(4, 4)
@@ -158,6 +168,11 @@ class VodLayout:
         if not folder.is_dir():
             return []
         return sorted(p.stem for p in folder.glob("*.bin") if _FRAME_ID.match(p.stem))
+
+    def split_file(self, name: str) -> Path | None:
+        """``{lidar,radar}/ImageSets/<name>.txt``, the first that exists."""
+        paths = (Path(self.root) / s / "ImageSets" / f"{name}.txt" for s in ("lidar", "radar"))
+        return next((p for p in paths if p.is_file()), None)
 
     def read_split(self, name: str) -> list[str] | None:
         """Frame ids from ``{lidar,radar}/ImageSets/<name>.txt`` (first found), else ``None``.
