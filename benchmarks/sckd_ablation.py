@@ -70,7 +70,9 @@ def workflow(path: Path, world: Path, args: argparse.Namespace, n_labeled: int,
     for name, (cfg, row) in ROWS.items():
         stage = f"distill-{name}"
         stages.append(stage)
-        epochs = args.epochs if cfg.get("gt") else student_epochs
+        # GT rows train on labeled + unlabeled frames: same frame-steps as the others.
+        epochs = (max(1, round(args.epochs * n_labeled / (n_labeled + n_unlabeled)))
+                  if cfg.get("gt") else student_epochs)
         lines += _table(stage, {**cfg, "optim": {**optim, "epochs": epochs}}, "distill",
                         {"student": f"{name}_student", "distill_log": f"{name}_log"})
         evals[row] = _eval(name, f"{name}_student")
