@@ -111,6 +111,9 @@ class Workspace:
         final = self.artifact_dir(stage, key)
         if self.fs.exists(final) and not self.is_committed(stage, key):
             self.fs.rm(final, recursive=True)
+        if self.is_local:  # an old copy retired by `--force` when the run was killed
+            for old in Path(final).parent.glob(f"{Path(final).name}.replaced-*"):
+                shutil.rmtree(old, ignore_errors=True)
         wd = self.work_dir(stage, key)
         wd.mkdir(parents=True, exist_ok=True)
         return wd

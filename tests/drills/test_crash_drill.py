@@ -7,6 +7,7 @@ version is `python benchmarks/crash_drill.py` (docs/BENCHMARKS.md).
 """
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -30,3 +31,21 @@ def test_kills_at_four_moments_leave_every_artifact_identical(tmp_path: Path) ->
     assert rep["chains"] == 1 and rep["artifacts_compared"] == 13  # 5 stages' output ports
     assert rep["mismatches"] == [] and rep["leftovers"] == []
     assert rep["lock_held_after_kill"] == 0
+
+
+def test_a_copy_retired_by_force_is_removed_by_the_next_run(tmp_path: Path) -> None:
+    """A kill between retiring the old artifact (`--force`) and deleting it left
+    `<key>.replaced-<pid>/` behind for good; the next run of the stage removes it."""
+    from kdpipe.api import run_workflow
+    from kdpipe.drills import leftovers
+    from kdpipe.testing import toy_workflow, write_raw
+
+    write_raw(tmp_path / "raw", 8)
+    wf = toy_workflow(tmp_path / "wf.toml", tmp_path / "raw")
+    rep = run_workflow(wf, str(tmp_path / "ws"), scheduler="sync")
+    final = Path(rep["stages"][0]["path"])
+    stale = final.with_name(final.name + ".replaced-12345")
+    shutil.copytree(final, stale)  # as a killed `--force` publish leaves it
+    run_workflow(wf, str(tmp_path / "ws"), ["toy-source"], only=["toy-source"], force=True,
+                 scheduler="sync")
+    assert not stale.exists() and leftovers(tmp_path / "ws") == []
