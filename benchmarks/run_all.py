@@ -79,29 +79,37 @@ def machine() -> dict[str, Any]:
 def run_one(name: str, args: list[str], tmp: Path, quick: list[str]) -> dict[str, Any]:
     cmd = [sys.executable, str(REPO / "benchmarks" / f"{name}.py"),
            *[a.replace("{tmp}", str(tmp)) for a in args], *quick]
-    t0 = time.perf_counter()
+    t0, load0 = time.perf_counter(), os.getloadavg()[0]
     res = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, check=False)
     wall = round(time.perf_counter() - t0, 1)
+    # the 1-minute load average around the run: other jobs on the machine skew timings
+    load = f"{load0:.1f}-{os.getloadavg()[0]:.1f}"
     doc = last_json(res.stdout)
     if res.returncode != 0 or doc is None:
         tail = " ".join((res.stderr or res.stdout).strip().splitlines()[-3:])
         return {"_status": "failed", "_command": " ".join(cmd[1:]), "_wall_s": wall,
-                "_error": f"exit {res.returncode}: {tail[-400:]}"}
+                "_error": f"exit {res.returncode}: {tail[-400:]}", "_load_avg": load}
     return {**doc, "_status": "this run", "_command": " ".join(cmd[1:]), "_wall_s": wall,
-            "_date": time.strftime("%Y-%m-%d")}
+            "_date": time.strftime("%Y-%m-%d"), "_load_avg": load}
 
 
 def render(results: dict[str, dict[str, Any]], mach: dict[str, Any], notes: list[str]) -> str:
     lines = [BEGIN, "## All figures (`python benchmarks/run_all.py`)", "",
              f"Machine: {mach['cpus']} CPU cores ({mach['cpu_model']}), {mach['ram_gib']} GiB "
-             f"RAM, GPU: {mach['gpu']}, Python {mach['python']}; run_all date {mach['date']}.", "",
+             f"RAM, GPU: {mach['gpu']}, Python {mach['python']}; run_all date {mach['date']}. "
+             "The source column says which figures this run measured and which come from JSON an "
+             "earlier run saved, with the machine's 1-minute load average before-after each "
+             "benchmark: on a shared machine a load above the core count slows the timed runs "
+             "and their baselines unevenly.", "",
              "| benchmark | figure | measured | baseline (same run) | goal (DESIGN.md) | met "
              "| source |", "|---|---|---|---|---|---|---|"]
     for name in sorted(results):
         doc = results[name]
         src = doc.get("_status", "")
-        if src != "this run":
-            src = f"{src} ({doc.get('_date', '?')})" if src.startswith("reused") else src
+        if src.startswith("reused"):
+            src = f"{src}, measured {doc.get('_date', '?')}"
+        if doc.get("_load_avg"):
+            src += f", load {doc['_load_avg']}"
         if doc.get("_status") == "failed":
             lines.append(f"| {name} | - | failed: {doc['_error']} | - | - | - | this run |")
             continue

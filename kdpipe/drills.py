@@ -6,10 +6,11 @@ and `tests/drills/test_crash_drill.py` use it:
 
 1. an uninterrupted reference run of a small SCKD workflow (ingest, teacher-train, teacher-label,
    pseudo-label, distill; tiny models, a few epochs so the per-epoch `train_state.pt` path runs);
-2. chains: in a fresh workspace, start `kdpipe run` as a subprocess, wait until a seeded target
-   stage has started in *this* process (its START event), sleep a seeded fraction of that stage's
-   reference duration (or wait for its next `train_state.pt` checkpoint) and SIGKILL it; repeat
-   on the same workspace, then run to completion;
+2. chains: in a fresh workspace, draw a few kill targets (seeded, weighted, put in pipeline
+   order); for each, start `kdpipe run` as a subprocess, wait until the target stage has started
+   in *this* process (its START event), sleep a seeded fraction of that stage's reference
+   duration (or wait for its first finished unit / next `train_state.pt` checkpoint) and
+   SIGKILL it; the next target resumes the same workspace; then run to completion;
 3. after each chain: every artifact file's sha256 and every lineage output digest equal the
    reference's, no `.partial`/`.tmp` leftovers, and the lock was free at once after every kill.
 """
@@ -247,16 +248,18 @@ def crash_drill(tmp: Path, world: Path, *, kills: int, seed: int = 0, scheduler:
         "lock_held_after_kill": 0, "reference_run_s": round(ref_s, 1),
         "reference_stage_s": {k: round(v, 2) for k, v in seconds.items()}, "kill_log": []}
     chain = 0
-    while report["kills"] < kills:
+    order = ["startup", *STAGES]
+    while report["kills"] < kills and chain < 4 * kills:  # (bounded if kills keep missing)
         ws = tmp / f"chain{chain:03d}"
-        for _ in range(kills_per_chain):
-            open_targets = [t for t in TARGETS if t == "startup"
-                            or not committed(ws, t.partition("@")[0])]
-            if targets:
-                target = targets[report["kills"] % len(targets)]
-            else:
-                target = rng.choices(open_targets, [TARGETS[t] for t in open_targets])[0]
+        if targets:
+            plan = [targets[(report["kills"] + i) % len(targets)] for i in range(kills_per_chain)]
+        else:  # drawn by weight, then run in pipeline order so every stage gets its share
+            plan = sorted(rng.choices(list(TARGETS), list(TARGETS.values()), k=kills_per_chain),
+                          key=lambda t: order.index(t.partition("@")[0]))
+        for target in plan:
             stage = target.partition("@")[0]
+            if stage != "startup" and committed(ws, stage):
+                continue  # an earlier kill of this chain landed after it finished
             span = 2.0 if stage == "startup" else 1.2 * seconds.get(stage, 1.0)
             delay = rng.uniform(0, 0.05) if "@" in target else rng.uniform(0, span)
             rec = kill_once(wf, ws, scheduler, target, delay)
