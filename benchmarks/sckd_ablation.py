@@ -67,18 +67,19 @@ def workflow(path: Path, world: Path, args: argparse.Namespace, n_labeled: int,
              *_table("pseudo-label", {"sigma": 0.1})]
     evals = {"(a) GT only (radar baseline)": _eval("radar", "radar_model"),
              "teacher (LiDAR + radar)": ("evaluate", ["[evaluate]"])}
-    for name, (cfg, row) in ROWS.items():
-        stage = f"distill-{name}"
+    for stage, block in evals.values():
         stages.append(stage)
+        lines += block
+    for name, (cfg, row) in ROWS.items():  # each student scored right after it trains
+        stage = f"distill-{name}"
         # GT rows train on labeled + unlabeled frames: same frame-steps as the others.
         epochs = (max(1, round(args.epochs * n_labeled / (n_labeled + n_unlabeled)))
                   if cfg.get("gt") else student_epochs)
         lines += _table(stage, {**cfg, "optim": {**optim, "epochs": epochs}}, "distill",
                         {"student": f"{name}_student", "distill_log": f"{name}_log"})
         evals[row] = _eval(name, f"{name}_student")
-    for stage, block in evals.values():
-        stages.append(stage)
-        lines += block
+        stages += [stage, evals[row][0]]
+        lines += evals[row][1]
     head = ["[workflow]", 'name = "sckd-ablation"', f"stages = {toml_value(stages)}",
             f"seed = {args.seed}"]
     path.write_text("\n".join(head + lines) + "\n")
