@@ -36,7 +36,7 @@ from kdpipe.pipeline.stage import (
     ZarrArtifact,
 )
 from kdpipe.stages.camera_data import camera_channels
-from kdpipe.stages.checkpoints import load_model, save_checkpoint
+from kdpipe.stages.checkpoints import input_refs, load_model, save_checkpoint
 from kdpipe.stages.distill import student_config
 from kdpipe.stages.model_data import (
     resolve_device,
@@ -179,7 +179,7 @@ def run(ctx: StageContext[IMKDDistillConfig]) -> None:
               loss_fn=loss_fn, progress=ctx.progress, trainable=[adapters],
               modalities=modalities)
     meta = {"stage": ctx.stage, "key": ctx.key, "config": cfg.model_dump(mode="json"),
-            "inputs": {k: str(v) for k, v in ctx.inputs.items()}, "train_frames": len(data),
+            "inputs": input_refs(ctx.inputs), "train_frames": len(data),
             "final": log[-1] if log else {}}
     save_checkpoint(ctx.outputs["student"], student, meta)
     pl.DataFrame(log).write_parquet(ctx.outputs["distill_log"], metadata=ctx.file_metadata())
