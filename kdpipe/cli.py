@@ -55,8 +55,10 @@ def run(
     ran = [r for r in report["stages"] if r["status"] == "ran"]
     if not ran:
         out.print(f"nothing to do: {len(report['stages'])} stage(s) up to date")
+    width = max((len(r["stage"]) for r in report["stages"]), default=14)
     for r in report["stages"]:
-        out.print(f"{r['stage']:<14} {r['status']:<7} {r['key']}  {r['seconds']:.1f}s  {r['path']}")
+        out.print(f"{r['stage']:<{width}} {r['status']:<7} {r['key']}  {r['seconds']:.1f}s  "
+                  f"{r['path']}")
 
 
 @app.command()
