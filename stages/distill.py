@@ -72,9 +72,11 @@ def student_config(teacher: torch.nn.Module, deltas: dict[str, Any]) -> dict[str
             **deltas}
 
 
-def _frames(ctx: StageContext[DistillConfig], ingest: Any, classes: Sequence[str],
-            pc_range: Sequence[float], vel: bool, modalities: tuple[str, ...]
-            ) -> list[TrainFrame]:
+def training_frames(ctx: StageContext[Any], ingest: Any, classes: Sequence[str],
+                    pc_range: Sequence[float], vel: bool, modalities: tuple[str, ...],
+                    cameras: tuple[str, ...] = ()) -> list[TrainFrame]:
+    """SSOD frames (pseudo-labels), then GT frames; shared by `distill` and `imkd-distill`,
+    whose configs carry the same selection fields."""
     cfg = ctx.config
     width = 9 if vel else 7
     out: list[TrainFrame] = []
@@ -92,18 +94,19 @@ def _frames(ctx: StageContext[DistillConfig], ingest: Any, classes: Sequence[str
         targets = targets_from_table(pl.read_parquet(ctx.inputs["pseudo_labels"]), classes,
                                      with_velocity=vel)
         out += load_train_frames(ingest, frames, modalities, cfg.radar_sensor,
-                                 tuple(pc_range), targets, width)
+                                 tuple(pc_range), targets, width, cameras)
     if cfg.gt:
         frames = select_frames(ingest, cfg.gt_splits, labeled_only=True)
         targets = targets_from_table(pl.read_parquet(ctx.inputs["boxes"]), classes,
                                      with_velocity=vel)
         out += load_train_frames(ingest, frames, modalities, cfg.radar_sensor,
-                                 tuple(pc_range), targets, width)
+                                 tuple(pc_range), targets, width, cameras)
     if not out:
         from kdpipe.errors import ConfigError
 
-        raise ConfigError(f"distill: no training frames (ssod splits {cfg.unlabeled_splits}, "
-                          f"gt splits {cfg.gt_splits if cfg.gt else 'off'})")
+        gt = cfg.gt_splits if cfg.gt else "off"
+        raise ConfigError(f"{ctx.stage}: no training frames (ssod splits "
+                          f"{cfg.unlabeled_splits}, gt splits {gt})")
     return out
 
 
@@ -124,8 +127,8 @@ def run(ctx: StageContext[DistillConfig]) -> None:
     feature_kd = cfg.lrfd_weight > 0 or cfg.frfd_weight > 0
     # The teacher's LiDAR is read and batched only when a feature term needs the teacher.
     modalities = ("lidar", "radar") if feature_kd else tuple(student.modalities)
-    data = _frames(ctx, ingest, student.classes, student.config.point_cloud_range_m,
-                   student.config.with_velocity, modalities)
+    data = training_frames(ctx, ingest, student.classes, student.config.point_cloud_range_m,
+                           student.config.with_velocity, modalities)
     c_s = student.config.encoder_channels
     c_l = teacher.config.encoder_channels
     adapters = SCKDAdapters(c_s, c_l, 2 * c_l, lrfd=cfg.lrfd_weight > 0,

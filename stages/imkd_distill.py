@@ -18,7 +18,6 @@ Training data, the loop and the checkpoint are `distill`'s: `load_train_frames`,
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -37,15 +36,12 @@ from kdpipe.pipeline.stage import (
 )
 from kdpipe.stages.camera_data import camera_channels
 from kdpipe.stages.checkpoints import input_refs, load_model, save_checkpoint
-from kdpipe.stages.distill import student_config
+from kdpipe.stages.distill import student_config, training_frames
 from kdpipe.stages.model_data import (
     resolve_device,
-    select_frames,
-    targets_from_table,
     tune_allocator,
     worker_threads,
 )
-from kdpipe.stages.teacher_train import load_train_frames
 from kdpipe.stages.train_loop import OptimConfig, TrainFrame, fit
 
 
@@ -71,36 +67,6 @@ class IMKDDistillConfig(StageConfig):
         if not (self.ssod or self.gt):
             raise ValueError("imkd-distill needs detection targets: set ssod and/or gt")
         return self
-
-
-def _train_frames(ctx: StageContext[IMKDDistillConfig], ingest: Path, student: Any,
-                  modalities: tuple[str, ...]) -> list[TrainFrame]:
-    """`distill`'s selection (SSOD frames, then GT frames), with the student's cameras."""
-    cfg = ctx.config
-    vel = student.config.with_velocity
-    args = (modalities, cfg.radar_sensor, tuple(student.config.point_cloud_range_m))
-    cams = camera_channels(student)
-    out: list[TrainFrame] = []
-    if cfg.ssod:
-        listed = pl.read_parquet(ctx.inputs["pseudo_label_frames"]).filter(
-            pl.col("split").is_in(cfg.unlabeled_splits)).sort("frame_id")
-        if cfg.max_unlabeled_frames:
-            listed = listed.head(cfg.max_unlabeled_frames)
-        frames = pl.read_parquet(ingest / "frames.parquet").join(
-            listed.select("frame_id"), on="frame_id").sort("source", "scene", "frame_index")
-        targets = targets_from_table(pl.read_parquet(ctx.inputs["pseudo_labels"]),
-                                     student.classes, with_velocity=vel)
-        out += load_train_frames(ingest, frames, *args, targets, 9 if vel else 7, cams)
-    if cfg.gt:
-        frames = select_frames(ingest, cfg.gt_splits, labeled_only=True)
-        targets = targets_from_table(pl.read_parquet(ctx.inputs["boxes"]), student.classes,
-                                     with_velocity=vel)
-        out += load_train_frames(ingest, frames, *args, targets, 9 if vel else 7, cams)
-    if not out:
-        gt = cfg.gt_splits if cfg.gt else "off"
-        raise ConfigError(f"imkd-distill: no training frames (ssod splits "
-                          f"{cfg.unlabeled_splits}, gt splits {gt})")
-    return out
 
 
 def attach_weight_maps(ctx: StageContext[Any], frames: Sequence[TrainFrame],
@@ -145,7 +111,8 @@ def run(ctx: StageContext[IMKDDistillConfig]) -> None:
         raise ConfigError("imkd-distill: level3_weight > 0 needs a student with intensity_gate")
     ingest = ctx.inputs["points"].parent
     modalities = tuple(dict.fromkeys((*(("lidar",) if l1 or l2 else ()), *student.modalities)))
-    data = _train_frames(ctx, ingest, student, modalities)
+    data = training_frames(ctx, ingest, student.classes, student.config.point_cloud_range_m,
+                           student.config.with_velocity, modalities, camera_channels(student))
     if l1 or l2 or l3:
         attach_weight_maps(ctx, data, student.config)
     c_s, c_t = student.config.encoder_channels, teacher.config.encoder_channels
