@@ -54,6 +54,12 @@ class JsonArtifact(Artifact):
     kind, suffix, is_dir = "json", ".json", False
 
 
+class HtmlArtifact(Artifact):
+    """One self-contained HTML page (reports)."""
+
+    kind, suffix, is_dir = "html", ".html", False
+
+
 class DirArtifact(Artifact):
     """A directory of files (reports, exported label folders)."""
 

@@ -24,7 +24,7 @@ from pydantic import Field
 
 from kdpipe.errors import ConfigError
 from kdpipe.pipeline.stage import (
-    Artifact,
+    HtmlArtifact,
     JsonArtifact,
     ParquetArtifact,
     Port,
@@ -40,12 +40,6 @@ from kdpipe.stages.pseudo_label import PseudoLabelConfig
 
 _PSEUDO = PseudoLabelConfig()  # the thresholds marked on the curves default to pseudo-label's
 VOD_IOU = {"Car": 0.5, "Pedestrian": 0.25, "Cyclist": 0.25}
-
-
-class HtmlArtifact(Artifact):
-    """One self-contained HTML page."""
-
-    kind, suffix, is_dir = "html", ".html", False
 
 
 class AuditConfig(StageConfig):
