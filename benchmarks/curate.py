@@ -23,7 +23,7 @@ import numpy as np
 import polars as pl
 
 from kdpipe.schemas.tables import DETECTIONS, FRAMES
-from kdpipe.stages.curate import CurateConfig, make_selection
+from kdpipe.stages.curate.stage import CurateConfig, make_selection
 
 
 def tables(n_frames: int, n_boxes: int, seed: int) -> tuple[pl.DataFrame, pl.DataFrame]:

@@ -118,7 +118,7 @@ def main() -> None:
     t0 = time.perf_counter()
     world = args.out / f"nus_{args.scenes}x{args.samples}_{args.seed}"
     if not (world / "synth_scenes.json").exists():
-        from kdpipe.stages.synth import SynthConfig, write_nuscenes
+        from kdpipe.datasets.synth import SynthConfig, write_nuscenes
 
         write_nuscenes(world, args.scenes, seed=args.seed, cfg=SynthConfig(
             nus_samples_per_scene=args.samples, image_scale=0.25, nus_cameras=tuple(CAMERAS)))

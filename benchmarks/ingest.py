@@ -104,7 +104,7 @@ def fromfile_loop(files: list[list[Path]]) -> float:
 
 
 def training_reads(art: Path, files: list[list[Path]], fmt: str, seed: int = 0) -> tuple[float, float]:
-    from kdpipe.stages.store_dataset import StoreDataset
+    from kdpipe.datasets.store_dataset import StoreDataset
 
     ds = StoreDataset(art, sensors=("lidar", "radar"), with_boxes=False)
     order = list(range(len(ds)))
@@ -133,11 +133,11 @@ def peak_rss_kb(wf: Path, ws: Path) -> int:
 
 def make_world(fmt: str, out: Path, frames: int, scenes: int, seed: int) -> None:
     if fmt == "vod":
-        from kdpipe.stages.synth.vod_writer import write_vod
+        from kdpipe.datasets.synth.vod_writer import write_vod
 
         write_vod(out, frames, seed)
     else:
-        from kdpipe.stages.synth import write_nuscenes
+        from kdpipe.datasets.synth import write_nuscenes
 
         write_nuscenes(out, scenes, seed)
 

@@ -150,7 +150,7 @@ def main() -> None:
     t0 = time.perf_counter()
     world = args.out / f"vod_{args.frames}_{args.seed}"
     if not (world / "lidar" / "ImageSets" / "full.txt").exists():
-        from kdpipe.stages.synth import write_vod
+        from kdpipe.datasets.synth import write_vod
 
         write_vod(world, args.frames, seed=args.seed)
     sets = world / "lidar" / "ImageSets"

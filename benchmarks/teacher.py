@@ -25,9 +25,9 @@ import polars as pl
 import torch
 
 from kdpipe.api import run_workflow
-from kdpipe.stages.checkpoints import load_model
-from kdpipe.stages.inference import detection_frame
-from kdpipe.stages.model_data import collate, read_group_frames, select_frames, sensor_map
+from kdpipe.runtime.checkpoints import load_model
+from kdpipe.runtime.inference import detection_frame
+from kdpipe.runtime.model_data import collate, read_group_frames, select_frames, sensor_map
 
 MODELS = {"teacher": "sckd-teacher", "lidar": "lidar-only", "radar": "radar-only"}
 
@@ -99,7 +99,7 @@ def main() -> None:
     args = ap.parse_args()
     world = args.out / f"vod_{args.frames}_{args.seed}"
     if not (world / "lidar" / "ImageSets" / "full.txt").exists():
-        from kdpipe.stages.synth import write_vod
+        from kdpipe.datasets.synth import write_vod
 
         write_vod(world, args.frames, seed=args.seed)
     ws = str(args.out / "ws")

@@ -16,13 +16,13 @@ from typing import Annotated, Any
 
 import typer
 
-from kdpipe.errors import ConfigError
+from kdpipe.pipeline.errors import ConfigError
 
 
 def _audit_stage(wf: Any) -> tuple[Any, str, bool]:
     """(workflow with an audit stage, its name, whether it was added here)."""
     from kdpipe.stages import load_stage
-    from kdpipe.stages.audit import AuditConfig
+    from kdpipe.stages.audit.stage import AuditConfig
 
     names = [s.name for s in wf.stages if issubclass(s.config, AuditConfig)]
     if len(names) > 1:

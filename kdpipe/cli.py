@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from kdpipe.errors import KdpipeError
+from kdpipe.pipeline.errors import KdpipeError
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
                   help="Cross-modality knowledge distillation pipeline for radar detectors.")
@@ -116,7 +116,7 @@ def lineage(target: Annotated[str, typer.Argument(help="artifact path, STAGE/KEY
 def synth_vod(out_dir: Path, frames: Annotated[int, typer.Option(min=1)] = 64,
               seed: int = 0, as_json: Json = False) -> None:
     """A synthetic View-of-Delft world (LiDAR, 4D radar, camera, labels, calib, poses)."""
-    from kdpipe.stages.synth import write_vod
+    from kdpipe.datasets.synth import write_vod
 
     summary = write_vod(out_dir, frames, seed)
     _emit_json(summary) if as_json else out.print(f"wrote {out_dir}: {summary}")
@@ -126,7 +126,7 @@ def synth_vod(out_dir: Path, frames: Annotated[int, typer.Option(min=1)] = 64,
 def synth_nuscenes(out_dir: Path, scenes: Annotated[int, typer.Option(min=1)] = 2,
                    seed: int = 0, as_json: Json = False) -> None:
     """A synthetic nuScenes v1.0-mini world (tables, LIDAR_TOP, 5 radars, cameras)."""
-    from kdpipe.stages.synth import write_nuscenes
+    from kdpipe.datasets.synth import write_nuscenes
 
     summary = write_nuscenes(out_dir, scenes, seed)
     _emit_json(summary) if as_json else out.print(f"wrote {out_dir}: {summary}")

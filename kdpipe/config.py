@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kdpipe.errors import ConfigError
+from kdpipe.pipeline.errors import ConfigError
 from kdpipe.pipeline.stage import instance
 from kdpipe.stages import canonical_name, load_stage
 

@@ -15,13 +15,13 @@ from typing import Annotated, Any
 
 import typer
 
-from kdpipe.errors import ConfigError
+from kdpipe.pipeline.errors import ConfigError
 
 
 def _curate_stage(wf: Any, wanted: str | None) -> tuple[Any, str, bool]:
     """(workflow with a curate stage, its name, whether it was added here)."""
     from kdpipe.stages import canonical_name, load_stage
-    from kdpipe.stages.curate import CurateConfig
+    from kdpipe.stages.curate.stage import CurateConfig
 
     names = [s.name for s in wf.stages if issubclass(s.config, CurateConfig)]
     if wanted:

@@ -29,7 +29,7 @@ from typing import Any
 import polars as pl
 
 from kdpipe.schemas.tables import check_table
-from kdpipe.stages.evaluation.kitti_export import ExportError
+from kdpipe.evaluation.kitti_export import ExportError
 
 FORMATS = ("kitti", "nuscenes", "csv")
 LINK_MODES = ("hardlink", "symlink", "copy")
@@ -109,7 +109,7 @@ def _place(src: Path, dst: Path, files: str) -> str:
 
 def _vod_files(row: dict[str, Any], stem: str, out: Path) -> list[tuple[str, Path, Path]]:
     """(kind, raw file, skeleton path) for one VoD frame; raw paths from the VoD layout."""
-    from kdpipe.stages.formats.vod import VodLayout
+    from kdpipe.datasets.formats.vod import VodLayout
 
     lidar = Path(row["lidar_path"])
     src = VodLayout(lidar.parents[3]).frame(row["frame"])

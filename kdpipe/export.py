@@ -1,7 +1,7 @@
 """`kdpipe export`: a box table plus its ingest artifact -> official evaluation formats.
 
 The calls behind the CLI: they read the table and the ingest's frames/calibration, choose the
-frame list and hand over to ``kdpipe.stages.evaluation``. Every input problem raises
+frame list and hand over to ``kdpipe.evaluation``. Every input problem raises
 ``ExportError`` (a ``KdpipeError``: one line on stderr, exit code 2).
 """
 from __future__ import annotations
@@ -11,8 +11,8 @@ from typing import Any
 
 import polars as pl
 
-from kdpipe.stages.evaluation.kitti_export import ExportError, table_kind, write_kitti_predictions
-from kdpipe.stages.evaluation.nuscenes_eval import write_submission
+from kdpipe.evaluation.kitti_export import ExportError, table_kind, write_kitti_predictions
+from kdpipe.evaluation.nuscenes_eval import write_submission
 
 
 def _read(path: Path, what: str) -> pl.DataFrame:

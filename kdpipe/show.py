@@ -4,7 +4,7 @@ The frame is looked up in the workspace's committed ingest artifacts, newest fir
 `frame_id` (`vod/00549`) or, when unique, its native id (`00549`, a nuScenes sample token).
 `--detections` overlays a box table: a stage name (its newest committed artifact's first table
 with scores: teacher-label's detections, pseudo-label's positive pseudo-labels, evaluate's
-predictions) or a Parquet path. Drawing is `kdpipe.bev.render_bev`; `--open3d` also opens an
+predictions) or a Parquet path. Drawing is `kdpipe.stages.audit.bev.render_bev`; `--open3d` also opens an
 open3d window where a display exists.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Annotated, Any
 
 import typer
 
-from kdpipe.errors import KdpipeError
+from kdpipe.pipeline.errors import KdpipeError
 
 VOD_RANGE_M = (0.0, -25.6, 51.2, 25.6)        # x0, y0, x1, y1: VoD's annotated area ahead
 AROUND_RANGE_M = (-51.2, -51.2, 51.2, 51.2)   # nuScenes: all around the car
@@ -80,7 +80,7 @@ def o3d_geometries(lidar: Any, radar: Any, gt: Any, pred: Any) -> list[Any]:
     import numpy as np
     import open3d as o3d
 
-    from kdpipe.bev import GT_COLOR, LIDAR_COLOR, PRED_COLOR, RADAR_COLOR
+    from kdpipe.stages.audit.bev import GT_COLOR, LIDAR_COLOR, PRED_COLOR, RADAR_COLOR
     from kdpipe.schemas.boxes import box_corners
 
     def rgb(hex_color: str) -> list[float]:
@@ -108,7 +108,7 @@ def render_frame(workspace: str, frame: str, out_png: Path | None = None, *,
     """Write the PNG of one frame; the arrays and counts drawn (for --json and --open3d)."""
     import polars as pl
 
-    from kdpipe.bev import frame_boxes, frame_points, render_bev
+    from kdpipe.stages.audit.bev import frame_boxes, frame_points, render_bev
     from kdpipe.pipeline.store import Workspace
 
     ws = Workspace(workspace)

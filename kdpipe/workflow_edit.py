@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from kdpipe.config import toml_value
-from kdpipe.errors import ConfigError
+from kdpipe.pipeline.errors import ConfigError
 
 _HEADER = re.compile(r"^\s*\[\s*([^\[\]]+?)\s*\]\s*(#.*)?$")   # [table] (not [[array]])
 _ANY_HEADER = re.compile(r"^\s*\[")

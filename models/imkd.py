@@ -32,7 +32,7 @@ from .detectors import CenterPointDetector, _encoder
 from .distill import FeatureAdapter
 from .registry import register_model
 
-# Keys the stages put into a batch for camera models (see kdpipe.stages.camera_data).
+# Keys the stages put into a batch for camera models (see kdpipe.runtime.camera_data).
 CAMERA_KEYS = ("camera", "camera_intrinsics", "camera_to_ego")
 
 

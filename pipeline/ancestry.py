@@ -6,7 +6,7 @@ from typing import Any
 
 import polars as pl
 
-from kdpipe.errors import KdpipeError
+from kdpipe.pipeline.errors import KdpipeError
 from kdpipe.pipeline.lineage import SOURCES_TABLE
 from kdpipe.pipeline.store import Workspace
 

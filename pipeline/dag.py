@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from kdpipe.errors import ConfigError, PlanError
+from kdpipe.pipeline.errors import ConfigError, PlanError
 from kdpipe.pipeline.hashing import fingerprint_tree, stage_key
 from kdpipe.pipeline.stage import Port, Stage, StageConfig
 

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from kdpipe.errors import ConfigError
+from kdpipe.pipeline.errors import ConfigError
 
 
 class Executor(Protocol):

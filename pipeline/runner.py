@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kdpipe.errors import KdpipeError, PlanError, StageError
+from kdpipe.pipeline.errors import KdpipeError, PlanError, StageError
 from kdpipe.pipeline import lineage
 from kdpipe.pipeline.dag import Plan
 from kdpipe.pipeline.executor import Executor, SyncExecutor

@@ -92,7 +92,7 @@ def instance(stage: Stage[Any], name: str, ports: Mapping[str, str]) -> Stage[An
     known = {p.name for p in (*stage.inputs, *stage.outputs)}
     unknown = sorted(set(ports) - known)
     if unknown:
-        from kdpipe.errors import ConfigError
+        from kdpipe.pipeline.errors import ConfigError
 
         raise ConfigError(f"[{name}] ports: stage '{stage.name}' has no port(s) "
                           f"{', '.join(unknown)} (it has: {', '.join(sorted(known))})")

@@ -29,7 +29,7 @@ from typing import Any
 
 import fsspec
 
-from kdpipe.errors import WorkspaceBusyError
+from kdpipe.pipeline.errors import WorkspaceBusyError
 
 LINEAGE = "_lineage.json"
 PARTIAL = ".partial"

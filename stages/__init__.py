@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from kdpipe.errors import ConfigError
+from kdpipe.pipeline.errors import ConfigError
 
 BUILTIN: dict[str, str] = {
     "ingest": "kdpipe.stages.ingest:STAGE",
@@ -22,7 +22,7 @@ BUILTIN: dict[str, str] = {
     "imkd-distill": "kdpipe.stages.imkd_distill:STAGE",
     "curate": "kdpipe.stages.curate:STAGE",
     "curate-frames": "kdpipe.stages.curate:FRAMES_STAGE",
-    "distill-selected": "kdpipe.stages.distill_selected:STAGE",
+    "distill-selected": "kdpipe.stages.distill:SELECTED_STAGE",
 }
 
 

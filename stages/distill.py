@@ -15,6 +15,7 @@ forward is measured at about a third of the student's forward+backward (docs/RES
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import polars as pl
@@ -30,8 +31,8 @@ from kdpipe.pipeline.stage import (
     StageContext,
     ZarrArtifact,
 )
-from kdpipe.stages.checkpoints import input_refs, load_model, save_checkpoint
-from kdpipe.stages.model_data import (
+from kdpipe.runtime.checkpoints import input_refs, load_model, save_checkpoint
+from kdpipe.runtime.model_data import (
     resolve_device,
     select_frames,
     targets_from_table,
@@ -39,7 +40,7 @@ from kdpipe.stages.model_data import (
     worker_threads,
 )
 from kdpipe.stages.teacher_train import load_train_frames
-from kdpipe.stages.train_loop import OptimConfig, TrainFrame, fit
+from kdpipe.runtime.train_loop import OptimConfig, TrainFrame, fit
 
 
 class DistillConfig(StageConfig):
@@ -84,7 +85,7 @@ def training_frames(ctx: StageContext[Any], ingest: Any, classes: Sequence[str],
         listed = pl.read_parquet(ctx.inputs["pseudo_label_frames"]).filter(
             pl.col("split").is_in(cfg.unlabeled_splits)).sort("frame_id")
         if "selection" in ctx.inputs:  # `distill-selected`: a curate selection's frames only
-            from kdpipe.stages.curate import restrict_to_selection
+            from kdpipe.stages.curate.stage import restrict_to_selection
 
             listed = restrict_to_selection(listed, ctx.inputs["selection"])
         if cfg.max_unlabeled_frames:
@@ -102,7 +103,7 @@ def training_frames(ctx: StageContext[Any], ingest: Any, classes: Sequence[str],
         out += load_train_frames(ingest, frames, modalities, cfg.radar_sensor,
                                  tuple(pc_range), targets, width, cameras)
     if not out:
-        from kdpipe.errors import ConfigError
+        from kdpipe.pipeline.errors import ConfigError
 
         gt = cfg.gt_splits if cfg.gt else "off"
         raise ConfigError(f"{ctx.stage}: no training frames (ssod splits "
@@ -175,4 +176,15 @@ STAGE = Stage(
     outputs=(Port("student", CheckpointArtifact, "checkpoint/1"),
              Port("distill_log", ParquetArtifact)),
     description="frozen teacher + pseudo-labels -> SCKD radar-only student (SSOD, LRFD, FRFD)",
+)
+
+
+# `distill-selected`: the same stage with one more input, a `curate` selection; its SSOD frames
+# are the selected unlabeled frames only (each must have pseudo-labels). Ports cannot be optional
+# (an unbound port would silently change what trains), so the variant is a second stage:
+#     [workflow] stages = [..., "pseudo-label", "curate", "distill-selected"]
+SELECTED_STAGE = replace(
+    STAGE, name="distill-selected",
+    inputs=(*STAGE.inputs, Port("selection", ParquetArtifact, "selection/1")),
+    description="distill on the frames of a curate selection (SSOD term) only",
 )

@@ -19,7 +19,7 @@ from typing import Any, Literal
 import polars as pl
 from pydantic import Field
 
-from kdpipe.errors import ConfigError
+from kdpipe.pipeline.errors import ConfigError
 from kdpipe.pipeline.stage import (
     CheckpointArtifact,
     JsonArtifact,
@@ -30,8 +30,8 @@ from kdpipe.pipeline.stage import (
     StageContext,
     ZarrArtifact,
 )
-from kdpipe.stages.inference import cleanup_parts, infer
-from kdpipe.stages.model_data import select_frames
+from kdpipe.runtime.inference import cleanup_parts, infer
+from kdpipe.runtime.model_data import select_frames
 
 
 class EvaluateConfig(StageConfig):
@@ -62,13 +62,13 @@ def score(dets: pl.DataFrame, frames: pl.DataFrame, ingest_dir: Path, cfg: Evalu
         bench = "nuscenes" if kinds == {"nuscenes"} else "vod"
     frame_ids = frames["frame_id"].to_list()
     if bench == "vod":
-        from kdpipe.stages.evaluation.vod_eval import evaluate_tables
+        from kdpipe.evaluation.vod_eval import evaluate_tables
 
         boxes = pl.read_parquet(ingest_dir / "boxes.parquet")
         calib = pl.read_parquet(ingest_dir / "calibration.parquet")
         return {"benchmark": "vod", **evaluate_tables(dets, boxes, frames, calib, frame_ids,
                                                       workdir / "vod_eval")}
-    from kdpipe.stages.evaluation.nuscenes_eval import score_nuscenes, write_submission
+    from kdpipe.evaluation.nuscenes_eval import score_nuscenes, write_submission
 
     icfg = _ingest_config(ingest_dir)
     roots = icfg.get("roots") or []

@@ -24,7 +24,7 @@ import polars as pl
 import torch
 from pydantic import Field, model_validator
 
-from kdpipe.errors import ConfigError
+from kdpipe.pipeline.errors import ConfigError
 from kdpipe.pipeline.stage import (
     CheckpointArtifact,
     ParquetArtifact,
@@ -34,15 +34,15 @@ from kdpipe.pipeline.stage import (
     StageContext,
     ZarrArtifact,
 )
-from kdpipe.stages.camera_data import camera_channels
-from kdpipe.stages.checkpoints import input_refs, load_model, save_checkpoint
+from kdpipe.runtime.camera_data import camera_channels
+from kdpipe.runtime.checkpoints import input_refs, load_model, save_checkpoint
 from kdpipe.stages.distill import student_config, training_frames
-from kdpipe.stages.model_data import (
+from kdpipe.runtime.model_data import (
     resolve_device,
     tune_allocator,
     worker_threads,
 )
-from kdpipe.stages.train_loop import OptimConfig, TrainFrame, fit
+from kdpipe.runtime.train_loop import OptimConfig, TrainFrame, fit
 
 
 class IMKDDistillConfig(StageConfig):

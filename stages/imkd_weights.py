@@ -97,7 +97,7 @@ class _Task:
 def _scene(task: _Task) -> list[dict[str, Any]]:
     import zarr
 
-    from kdpipe.stages.model_data import GroupReader
+    from kdpipe.runtime.model_data import GroupReader
 
     reader = GroupReader(Path(task.ingest_dir), task.source, task.scene, {"lidar": "lidar"})
     maps, rows = [], []
@@ -192,7 +192,7 @@ STAGE = Stage(
 def frame_weight_map(ws: Any, frame_id: str) -> tuple[np.ndarray, tuple[float, ...]]:
     """(H, W) weight channel of `frame_id` from the newest committed `imkd-weights` artifact that
     has it, and its (x0, y0, x1, y1) range: what `kdpipe show FRAME --weights` draws."""
-    from kdpipe.errors import KdpipeError
+    from kdpipe.pipeline.errors import KdpipeError
 
     recs = ws.committed("imkd-weights")
     for rec in recs:  # newest first

@@ -12,9 +12,9 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from kdpipe.errors import ConfigError
+from kdpipe.pipeline.errors import ConfigError
 from kdpipe.pipeline.stage import ParquetArtifact, Port, Stage, StageConfig, StageContext, ZarrArtifact
-from kdpipe.stages.ingest_common import Storage, assemble
+from kdpipe.datasets.common import Storage, assemble
 
 
 class RadarFilter(StageConfig):
@@ -69,9 +69,9 @@ def _sources(cfg: IngestConfig) -> list[tuple[str, Path]]:
 def _format_module(fmt: str) -> Any:
     import importlib
 
-    return importlib.import_module({"vod": "kdpipe.stages.ingest_vod",
-                                    "nuscenes": "kdpipe.stages.ingest_nuscenes",
-                                    "kitti-radar": "kdpipe.stages.ingest_kitti_radar"}[fmt])
+    return importlib.import_module({"vod": "kdpipe.datasets.vod",
+                                    "nuscenes": "kdpipe.datasets.nuscenes",
+                                    "kitti-radar": "kdpipe.datasets.kitti_radar"}[fmt])
 
 
 def run(ctx: StageContext[IngestConfig]) -> None:

@@ -18,8 +18,8 @@ from kdpipe.pipeline.stage import (
     StageContext,
     ZarrArtifact,
 )
-from kdpipe.stages.inference import cleanup_parts, infer
-from kdpipe.stages.model_data import select_frames
+from kdpipe.runtime.inference import cleanup_parts, infer
+from kdpipe.runtime.model_data import select_frames
 
 
 class TeacherLabelConfig(StageConfig):

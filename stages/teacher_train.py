@@ -24,9 +24,9 @@ from kdpipe.pipeline.stage import (
     StageContext,
     ZarrArtifact,
 )
-from kdpipe.stages.camera_data import camera_channels
-from kdpipe.stages.checkpoints import input_refs, save_checkpoint
-from kdpipe.stages.model_data import (
+from kdpipe.runtime.camera_data import camera_channels
+from kdpipe.runtime.checkpoints import input_refs, save_checkpoint
+from kdpipe.runtime.model_data import (
     empty_targets,
     read_group_frames,
     resolve_device,
@@ -36,7 +36,7 @@ from kdpipe.stages.model_data import (
     tune_allocator,
     worker_threads,
 )
-from kdpipe.stages.train_loop import OptimConfig, TrainFrame, fit
+from kdpipe.runtime.train_loop import OptimConfig, TrainFrame, fit
 
 
 class TeacherTrainConfig(StageConfig):

@@ -34,7 +34,7 @@ def real() -> Path:
 @pytest.fixture(scope="session")
 def vod_world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small synthetic VoD world (one 40-frame scene: train, val and unlabeled frames)."""
-    from kdpipe.stages.synth import write_vod
+    from kdpipe.datasets.synth import write_vod
 
     out = tmp_path_factory.mktemp("vod_world") / "vod_synth"
     write_vod(out, 40, seed=3)

@@ -1,4 +1,4 @@
-"""kdpipe.bev: the bird's-eye view draws points and boxes where they are, x forward up."""
+"""kdpipe.stages.audit.bev: the bird's-eye view draws points and boxes where they are, x forward up."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,7 +9,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
 
-from kdpipe.bev import GT_COLOR, PRED_COLOR, frame_boxes, render_bev
+from kdpipe.stages.audit.bev import GT_COLOR, PRED_COLOR, frame_boxes, render_bev
 
 
 def _pixel(fig: Figure, ax: object, x_ego: float, y_ego: float) -> np.ndarray:

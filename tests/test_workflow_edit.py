@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from kdpipe.errors import ConfigError
+from kdpipe.pipeline.errors import ConfigError
 from kdpipe.workflow_edit import set_stage_key
 
 BASE = """# my workflow

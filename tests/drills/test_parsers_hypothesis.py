@@ -19,15 +19,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kdpipe.stages.formats import (
+from kdpipe.datasets.formats import (
     FormatError,
     read_kitti_calib,
     read_kitti_labels,
     read_radar_pcd,
     read_vod_pose,
 )
-from kdpipe.stages.formats.kitti import DONT_CARE
-from kdpipe.stages.formats.vod import POSE_KEYS
+from kdpipe.datasets.formats.kitti import DONT_CARE
+from kdpipe.datasets.formats.vod import POSE_KEYS
 
 SETTINGS = settings(max_examples=int(os.environ.get("KDPIPE_HYPOTHESIS_EXAMPLES", "250")),
                     deadline=None, derandomize=True,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from kdpipe.local_dask import LocalDask, local_dask
+from kdpipe.testing.local_dask import LocalDask, local_dask
 from kdpipe.testing import toy_workflow, write_raw
 
 pytestmark = pytest.mark.cluster

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from kdpipe.config import toml_value
-from kdpipe.drills import artifact_digests, lineage_digests
-from kdpipe.local_dask import loaded_models, local_dask
+from kdpipe.testing.drills import artifact_digests, lineage_digests
+from kdpipe.testing.local_dask import loaded_models, local_dask
 from kdpipe.testing import TINY_DETECTOR
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from kdpipe.errors import ConfigError, PlanError
+from kdpipe.pipeline.errors import ConfigError, PlanError
 from kdpipe.pipeline.dag import build_plan, select
 from kdpipe.pipeline.stage import (
     JsonArtifact,

@@ -14,9 +14,9 @@ import pytest
 from typer.testing import CliRunner
 
 from kdpipe.api import run_workflow
-from kdpipe.bev import frame_points
+from kdpipe.stages.audit.bev import frame_points
 from kdpipe.config import load_workflow, toml_value
-from kdpipe.stages.audit import AuditConfig, compute, radar_counts
+from kdpipe.stages.audit.stage import AuditConfig, compute, radar_counts
 from kdpipe.testing import TINY_DETECTOR
 
 
@@ -185,7 +185,7 @@ def test_stage_report_renders_in_headless_chromium(audit_run, tmp_path: Path) ->
 def test_report_with_true_positives_renders_its_curves(audit_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """The one-epoch teacher finds nothing, so its curves are single points; noisy ground
     truth plus clutter as detections gives every plot coloured curves to find on the page."""
-    from kdpipe.stages.audit import write_outputs
+    from kdpipe.stages.audit.stage import write_outputs
 
     _, _, st = audit_run
     ingest = Path(st["ingest"]["path"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kdpipe.stages.audit_metrics import (
+from kdpipe.stages.audit.metrics import (
     BoxSet,
     ap_all_points,
     ap_nuscenes,
@@ -18,7 +18,7 @@ from kdpipe.stages.audit_metrics import (
     reliability,
     thresholds_table,
 )
-from kdpipe.stages.audit_summary import SummarySpec, frame_counts, summarise
+from kdpipe.stages.audit.summary import SummarySpec, frame_counts, summarise
 
 
 def _set(frame: list[int], cls: list[int], xy: list[tuple[float, float]],
@@ -188,7 +188,7 @@ def test_center_distance_ap_equals_devkit_accumulate_on_random_cases() -> None:
 
 
 def test_candidates_in_chunks_equal_one_pass(monkeypatch: pytest.MonkeyPatch) -> None:
-    from kdpipe.stages import audit_metrics
+    from kdpipe.stages.audit import metrics as audit_metrics
 
     rng = np.random.default_rng(3)
     gt = BoxSet(rng.integers(0, 5, 60), rng.integers(0, 3, 60), np.zeros((60, 7)),

@@ -8,10 +8,10 @@ import polars as pl
 import pytest
 
 from kdpipe.schemas.tables import DETECTIONS
-from kdpipe.stages.audit import AuditConfig, compute
-from kdpipe.stages.audit_nuscenes import centres_in_boxes, devkit_rules
-from kdpipe.stages.evaluation.nuscenes_eval import score_nuscenes, write_submission
-from kdpipe.stages.synth import SynthConfig, write_nuscenes
+from kdpipe.stages.audit.stage import AuditConfig, compute
+from kdpipe.stages.audit.nuscenes import centres_in_boxes, devkit_rules
+from kdpipe.evaluation.nuscenes_eval import score_nuscenes, write_submission
+from kdpipe.datasets.synth import SynthConfig, write_nuscenes
 from kdpipe.testing import ingest_store
 
 
@@ -78,7 +78,7 @@ def test_nuscenes_filters_range_points_and_bike_racks() -> None:
     rack = np.array([[10.0, 0.0, 0.0, 2.0, 1.0, 1.0, np.pi / 2]])
     c = np.array([[10.0, 0.9, 0.0], [10.0, 1.1, 0.0], [10.4, 0.0, 0.5]])  # in, out, on faces
     assert centres_in_boxes(c, np.repeat(rack, 3, axis=0)).tolist() == [True, False, True]
-    from kdpipe.stages.audit_nuscenes import apply_rules
+    from kdpipe.stages.audit.nuscenes import apply_rules
 
     pose = [np.eye(4).reshape(-1).tolist()]
     frames = pl.DataFrame({"frame_id": ["f"], "t_world_from_ego": pose}, schema={

@@ -10,19 +10,19 @@ import pytest
 
 from kdpipe.api import run_workflow
 from kdpipe.config import toml_value
-from kdpipe.errors import ConfigError
+from kdpipe.pipeline.errors import ConfigError
 from kdpipe.pipeline import ancestry
 from kdpipe.pipeline.dag import validate_config
 from kdpipe.pipeline.store import Workspace
 from kdpipe.schemas.tables import BOXES, DETECTIONS, FRAMES, check_table, frame_table
 from kdpipe.stages import load_stage
-from kdpipe.stages.curate import (
+from kdpipe.stages.curate.stage import (
     CurateConfig,
     candidates,
     make_selection,
     restrict_to_selection,
 )
-from kdpipe.stages.curate_strategies import class_weights, spread_order
+from kdpipe.stages.curate.strategies import class_weights, spread_order
 from kdpipe.testing import TINY_DETECTOR, ingest_store
 
 
@@ -178,7 +178,7 @@ def test_same_seed_same_selection_other_seed_other_ties() -> None:
 
 
 def test_labeled_class_counts_come_from_the_labeled_splits() -> None:
-    from kdpipe.stages.curate import class_counts
+    from kdpipe.stages.curate.stage import class_counts
 
     frames = pl.concat([_frames([("s/t1", "x", 1), ("s/t2", "x", 1)], split="train"),
                         _frames([("s/v1", "y", 1)], split="val")])
@@ -301,7 +301,7 @@ def test_cli_reruns_the_workflows_curate_with_overrides(curate_run, tmp_path: Pa
     from typer.testing import CliRunner
 
     from kdpipe.cli import app
-    from kdpipe.stages.curate import class_counts
+    from kdpipe.stages.curate.stage import class_counts
 
     ws, st, _, wf = curate_run
     res = CliRunner().invoke(app, ["curate", "-w", str(wf), "--workspace", ws, "--strategy",

@@ -8,7 +8,7 @@ import pytest
 
 from kdpipe.api import run_workflow
 from kdpipe.config import toml_value
-from kdpipe.stages.synth import SynthConfig, write_nuscenes
+from kdpipe.datasets.synth import SynthConfig, write_nuscenes
 
 NUS_CLASSES = ["car", "pedestrian", "bicycle"]
 

@@ -16,21 +16,21 @@ import pytest
 
 from kdpipe.schemas import boxes as bx
 from kdpipe.schemas.tables import BOXES, CALIBRATION, DETECTIONS, FRAMES, PSEUDO_LABELS, frame_table
-from kdpipe.stages.evaluation.kitti_export import (
+from kdpipe.evaluation.kitti_export import (
     ExportError,
     kitti_stems,
     read_frame_map,
     write_kitti_ground_truth,
     write_kitti_predictions,
 )
-from kdpipe.stages.evaluation.nuscenes_eval import (
+from kdpipe.evaluation.nuscenes_eval import (
     default_attribute,
     score_nuscenes,
     write_submission,
 )
-from kdpipe.stages.evaluation.vod_eval import CLASSES, evaluate_tables, score_vod
-from kdpipe.stages.formats.kitti import read_kitti_labels
-from kdpipe.stages.synth import SynthConfig, write_nuscenes, write_vod
+from kdpipe.evaluation.vod_eval import CLASSES, evaluate_tables, score_vod
+from kdpipe.datasets.formats.kitti import read_kitti_labels
+from kdpipe.datasets.synth import SynthConfig, write_nuscenes, write_vod
 from kdpipe.testing import ingest_store as ingest
 
 BOX_COLS = ["x_ego_m", "y_ego_m", "z_ego_m", "length_m", "width_m", "height_m", "yaw_ego_rad"]

@@ -12,8 +12,8 @@ import polars as pl
 import pytest
 
 from kdpipe.schemas.tables import PSEUDO_LABELS
-from kdpipe.stages.formats.kitti import read_kitti_labels
-from kdpipe.stages.synth import SynthConfig, write_nuscenes, write_vod
+from kdpipe.datasets.formats.kitti import read_kitti_labels
+from kdpipe.datasets.synth import SynthConfig, write_nuscenes, write_vod
 from kdpipe.testing import ingest_store as ingest
 
 KDPIPE = [sys.executable, "-m", "kdpipe"]

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
-from kdpipe.stages.formats import (
+from kdpipe.datasets.formats import (
     CHECKS,
     RADAR_PCD_DTYPE,
     FormatError,

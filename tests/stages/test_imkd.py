@@ -17,8 +17,8 @@ from kdpipe.config import toml_value
 from kdpipe.pipeline import ancestry
 from kdpipe.pipeline.store import Workspace
 from kdpipe.stages.imkd_weights import WeightMapConfig, bev_maps, read_maps, warp_maps
-from kdpipe.stages.model_data import Targets, collate
-from kdpipe.stages.train_loop import OptimConfig, TrainFrame, augment
+from kdpipe.runtime.model_data import Targets, collate
+from kdpipe.runtime.train_loop import OptimConfig, TrainFrame, augment
 
 GRID = WeightMapConfig(point_cloud_range_m=(0.0, -2.0, -3.0, 4.0, 2.0, 2.0), cell_m=1.0,
                        occupancy_ref_points=2.0, floor=0.1, alpha=0.5, intensity_scale=100.0)
@@ -94,7 +94,7 @@ DET = {"point_cloud_range_m": [-51.2, -51.2, -5.0, 51.2, 51.2, 3.0], "pillar_siz
 
 @pytest.fixture(scope="module")
 def imkd_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict]:
-    from kdpipe.stages.synth import SynthConfig, write_nuscenes
+    from kdpipe.datasets.synth import SynthConfig, write_nuscenes
 
     tmp = tmp_path_factory.mktemp("imkd")
     root = tmp / "nus"
@@ -180,7 +180,7 @@ def test_imkd_lineage_reaches_raw_files(imkd_run) -> None:  # type: ignore[no-un
 def test_show_draws_the_weight_map(imkd_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     from PIL import Image
 
-    from kdpipe.errors import KdpipeError
+    from kdpipe.pipeline.errors import KdpipeError
     from kdpipe.show import render_frame
 
     ws, st = imkd_run

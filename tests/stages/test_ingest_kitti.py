@@ -12,8 +12,8 @@ import polars as pl
 import pytest
 import zarr
 from kdpipe.schemas.tables import check_table
-from kdpipe.stages.formats.kitti import read_kitti_calib
-from kdpipe.stages.store_dataset import StoreDataset
+from kdpipe.datasets.formats.kitti import read_kitti_calib
+from kdpipe.datasets.store_dataset import StoreDataset
 
 from kdpipe.testing import ingest_store
 

@@ -18,12 +18,12 @@ import polars as pl
 import pytest
 import zarr
 from kdpipe.schemas.tables import check_table
-from kdpipe.stages import ingest_nuscenes as nus
-from kdpipe.stages import ingest_nuscenes_io as nio
+from kdpipe.datasets import nuscenes as nus
+from kdpipe.datasets import nuscenes_io as nio
 from kdpipe.stages.ingest import IngestConfig
-from kdpipe.stages.ingest_common import GroupWriter, Storage
-from kdpipe.stages.store_dataset import StoreDataset
-from kdpipe.stages.synth import SynthConfig, write_nuscenes
+from kdpipe.datasets.common import GroupWriter, Storage
+from kdpipe.datasets.store_dataset import StoreDataset
+from kdpipe.datasets.synth import SynthConfig, write_nuscenes
 from kdpipe.testing import ingest_store
 from nuscenes.eval.common.utils import quaternion_yaw
 from nuscenes.eval.detection.utils import category_to_detection_name
@@ -32,7 +32,7 @@ from nuscenes.utils.data_classes import LidarPointCloud, RadarPointCloud
 from nuscenes.utils.geometry_utils import transform_matrix
 from pyquaternion import Quaternion
 
-from kdpipe.errors import KdpipeError
+from kdpipe.pipeline.errors import KdpipeError
 
 V = "v1.0-mini"
 RADARS = nio.RADARS

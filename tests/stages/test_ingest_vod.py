@@ -18,8 +18,8 @@ import torch
 from kdpipe.api import run_workflow
 from kdpipe.schemas import boxes as bx
 from kdpipe.schemas.tables import check_table
-from kdpipe.stages.formats.kitti import read_kitti_calib
-from kdpipe.stages.store_dataset import StoreDataset
+from kdpipe.datasets.formats.kitti import read_kitti_calib
+from kdpipe.datasets.store_dataset import StoreDataset
 from kdpipe.testing import ingest_store, ingest_workflow
 
 FRAMES = ("00549", "01047", "01201")
@@ -189,7 +189,7 @@ def test_synthetic_vod_world_matches_the_official_devkit(tmp_path: Path) -> None
     from vod.configuration import KittiLocations
     from vod.frame import FrameDataLoader
 
-    from kdpipe.stages.synth import write_vod
+    from kdpipe.datasets.synth import write_vod
 
     root = tmp_path / "synth"
     write_vod(root, 6, seed=3)

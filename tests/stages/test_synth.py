@@ -13,15 +13,15 @@ from kdpipe.schemas.boxes import (
     nuscenes_global_to_ego,
     points_in_boxes,
 )
-from kdpipe.stages.formats.kitti import read_kitti_labels
-from kdpipe.stages.formats.pcd import read_radar_pcd
-from kdpipe.stages.synth import SynthConfig, write_nuscenes, write_vod
-from kdpipe.stages.synth.geometry import frame_rng, invert, yaw_pose
-from kdpipe.stages.synth.lidar import VOD_ELEVATIONS_DEG, LidarSpec, scan_lidar
-from kdpipe.stages.synth.nuscenes_writer import SAMPLE_PERIOD_S, nuscenes_scene
-from kdpipe.stages.synth.radar import KIND_GROUND, RadarSpec, scan_radar
-from kdpipe.stages.synth.raycast import boxes_in_frame
-from kdpipe.stages.synth.world import CAR, make_scene
+from kdpipe.datasets.formats.kitti import read_kitti_labels
+from kdpipe.datasets.formats.pcd import read_radar_pcd
+from kdpipe.datasets.synth import SynthConfig, write_nuscenes, write_vod
+from kdpipe.datasets.synth.geometry import frame_rng, invert, yaw_pose
+from kdpipe.datasets.synth.lidar import VOD_ELEVATIONS_DEG, LidarSpec, scan_lidar
+from kdpipe.datasets.synth.nuscenes_writer import SAMPLE_PERIOD_S, nuscenes_scene
+from kdpipe.datasets.synth.radar import KIND_GROUND, RadarSpec, scan_radar
+from kdpipe.datasets.synth.raycast import boxes_in_frame
+from kdpipe.datasets.synth.world import CAR, make_scene
 from nuscenes import NuScenes
 from nuscenes.eval.common.config import config_factory
 from nuscenes.eval.detection.evaluate import DetectionEval

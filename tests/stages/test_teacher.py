@@ -10,12 +10,12 @@ import torch
 
 from kdpipe.api import run_workflow
 from kdpipe.config import toml_value
-from kdpipe.errors import ConfigError
+from kdpipe.pipeline.errors import ConfigError
 from kdpipe.models import create_model
 from kdpipe.schemas.tables import check_table
-from kdpipe.stages.checkpoints import load_model, read_checkpoint
-from kdpipe.stages.model_data import EMPTY, Targets
-from kdpipe.stages.train_loop import OptimConfig, TrainFrame, fit
+from kdpipe.runtime.checkpoints import load_model, read_checkpoint
+from kdpipe.runtime.model_data import EMPTY, Targets
+from kdpipe.runtime.train_loop import OptimConfig, TrainFrame, fit
 from kdpipe.testing import TINY_DETECTOR
 
 TINY = TINY_DETECTOR

@@ -1,0 +1,128 @@
+"""Headerless float32 point-cloud ``.bin`` files (KITTI, VoD, nuScenes LiDAR) and safe paths.
+
+A ``.bin`` is ``N * n_fields`` little-endian float32 values, row-major, no header: KITTI/VoD
+LiDAR ``(x, y, z, reflectance)``, VoD radar ``(x, y, z, RCS, v_r, v_r_compensated, time)``,
+nuScenes LiDAR ``(x, y, z, intensity, ring_index)``.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+from kdpipe.datasets.formats.errors import Check, FormatError
+
+_F32_LE = np.dtype("<f4")
+
+
+def read_float32_bin(path: str | Path, n_fields: int) -> npt.NDArray[np.float32]:
+    """Read a headerless little-endian float32 point file.
+
+    Args:
+        path: The ``.bin`` file.
+        n_fields: Values per point (4 for KITTI/VoD LiDAR, 5 nuScenes LiDAR, 7 VoD radar).
+
+    Returns:
+        ``(N, n_fields)`` float32 array, N >= 1, native byte order.
+
+    Raises:
+        FormatError: ``path`` (missing/unreadable), ``empty`` (zero bytes), ``size`` (length not a
+            multiple of ``4 * n_fields`` bytes, i.e. a truncated or mis-typed file), ``finite``
+            (NaN/inf in x, y or z).
+    """
+    if n_fields < 1:
+        raise ValueError(f"n_fields must be >= 1, got {n_fields}")
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise FormatError(path, "path", f"cannot read file ({exc.strerror or exc}).") from exc
+    stride = 4 * n_fields
+    if len(raw) == 0:
+        raise FormatError(path, "empty", "file is zero bytes long.")
+    if len(raw) % stride:
+        raise FormatError(
+            path, "size",
+            f"{len(raw)} bytes is not a multiple of {stride} ({n_fields} float32 per point); "
+            "file is truncated or has another layout.",
+        )
+    points = np.frombuffer(raw, dtype=_F32_LE).reshape(-1, n_fields).astype(np.float32)
+    check_finite_xyz(path, points)
+    return points
+
+
+def check_finite_xyz(path: str | Path, points: npt.NDArray[np.floating]) -> None:
+    """Raise ``FormatError("finite")`` if any of the first three columns is NaN/inf.
+
+    Args:
+        path: File the points came from (for the message).
+        points: ``(N, C)`` points, x, y, z first.
+    """
+    xyz = points[:, : min(3, points.shape[1])]
+    bad = ~np.isfinite(xyz).all(axis=1)
+    if bad.any():
+        first = int(np.flatnonzero(bad)[0])
+        raise FormatError(
+            path, "finite",
+            f"{int(bad.sum())} point(s) have non-finite x/y/z (first at row {first}).",
+        )
+
+
+def write_float32_bin(path: str | Path, points: npt.ArrayLike) -> None:
+    """Write ``(N, C)`` points as a headerless little-endian float32 ``.bin`` (inverse of read)."""
+    arr = np.ascontiguousarray(np.asarray(points), dtype=_F32_LE)
+    if arr.ndim != 2:  # noqa: PLR2004
+        raise ValueError(f"points must be (N, C), got shape {arr.shape}")
+    Path(path).write_bytes(arr.tobytes())
+
+
+def read_text(path: str | Path, check: Check) -> str:
+    """Read a small text file (labels, calib, pose) as UTF-8.
+
+    Args:
+        path: The file.
+        check: The check to blame when the bytes are not UTF-8 (a content problem, e.g. "label").
+
+    Raises:
+        FormatError: ``path`` if it cannot be read, ``check`` if it is not UTF-8.
+    """
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise FormatError(path, "path", f"cannot read file ({exc.strerror or exc}).") from exc
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise FormatError(path, check, f"not UTF-8 text (byte {exc.start}).") from exc
+
+
+def safe_join(root: str | Path, relative: str | os.PathLike[str]) -> Path:
+    """Join a file name taken from a dataset table onto the dataset root, refusing escapes.
+
+    Dataset tables (nuScenes ``sample_data.filename``, VoD split files) are untrusted input: a
+    name like ``../../etc/passwd``, an absolute path or a symlink pointing outside would make
+    ingest read (and hash, and copy) files that are not part of the dataset.
+
+    Args:
+        root: Dataset root directory.
+        relative: Relative file name from the table (POSIX separators).
+
+    Returns:
+        The resolved absolute path (symlinks followed), guaranteed inside ``root``.
+
+    Raises:
+        FormatError: ``path`` if the name is empty, absolute, contains NUL, or resolves outside
+            the resolved root.
+    """
+    rel = os.fspath(relative)
+    if not rel or "\x00" in rel:
+        raise FormatError(rel, "path", "file name is empty or contains NUL.")
+    if os.path.isabs(rel) or rel.startswith(("\\", "~")) or (len(rel) > 1 and rel[1] == ":"):
+        raise FormatError(rel, "path", f"file name must be relative to the dataset root {root}.")
+    root_resolved = Path(root).resolve()
+    # resolve(strict=False) follows every symlink that exists, so a link inside the tree that
+    # points outside it is caught the same way as a literal `..`.
+    target = (root_resolved / rel).resolve()
+    if not target.is_relative_to(root_resolved):
+        raise FormatError(rel, "path", f"file name resolves to {target}, outside root {root}.")
+    return target

@@ -1,0 +1,181 @@
+"""View-of-Delft ingest: one task per block of consecutive frames (VoD has no scene ids).
+
+Reads LiDAR (N x 4), radar (N x 7: x, y, z, RCS, v_r, v_r_compensated, time) single and
+accumulated scans (both folder spellings), calib, pose (JSON lines), labels (15 or 16 columns)
+and the image by reference. Points are stored in the ego (= LiDAR) frame; radar->ego comes from
+the two calib files (T_ego_from_radar = inv(T_cam_from_lidar) @ T_cam_from_radar).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kdpipe.schemas import boxes as bx
+from kdpipe.datasets.formats.errors import FormatError
+from kdpipe.datasets.formats.kitti import DONT_CARE, read_kitti_calib, read_kitti_labels
+from kdpipe.datasets.formats.vod import VodLayout, read_vod_lidar, read_vod_pose, read_vod_radar
+from kdpipe.datasets.common import SENSOR_FIELDS, FileLog, GroupWriter, Storage, block_groups
+
+VOD_CLASSES = frozenset({
+    "Car", "Pedestrian", "Cyclist", "rider", "bicycle", "bicycle_rack", "human_depiction",
+    "moped_scooter", "motor", "truck", "ride_other", "vehicle_other", "ride_uncertain", DONT_CARE,
+})
+SPLITS = ("train", "val", "unlabeled", "test")
+RADAR_SENSORS = {"radar": None, "radar_3": 3, "radar_5": 5}
+
+
+@dataclass(frozen=True)
+class VodTask:
+    root: str
+    source: str
+    scene: str
+    frames: tuple[str, ...]
+    split_of: dict[str, str]
+    workdir: str
+    zarr_root: str
+    storage: Storage
+    duplicates: dict[str, FormatError] = field(default_factory=dict)  # frame -> its reject
+
+
+def plan_vod(root: Path, source: str, block_frames: int
+             ) -> tuple[list[tuple[str, list[str]]], dict[str, str], dict[str, FormatError]]:
+    """Groups of consecutive frame ids (block = frame number // block_frames), splits, and the
+    frames to reject as duplicates (listed in two splits, or one number spelled twice)."""
+    layout = VodLayout(root)
+    label_ids = sorted(p.stem for p in layout.sensor_dir("lidar", "label_2").glob("*.txt"))
+    # a label file without point files is a frame too: rejected as missing, never dropped
+    ids = sorted(set(layout.frame_ids("lidar")) | set(layout.frame_ids("radar"))
+                 | {i for i in label_ids if i.isdigit()})
+    split_of: dict[str, str] = {}
+    dups: dict[str, FormatError] = {}
+    for name in SPLITS:
+        listed = layout.read_split(name) or []
+        for fid in listed:
+            if split_of.setdefault(fid, name) != name:
+                dups[fid] = FormatError(layout.split_file(name) or name, "duplicate",
+                                        f"frame {fid} is listed in splits {split_of[fid]} and "
+                                        f"{name}; which one is meant is unknown.")
+    first: dict[int, str] = {}
+    for fid in ids:  # "549" and "00549" name one frame number: keep the first spelling
+        if first.setdefault(int(fid), fid) != fid:
+            dups[fid] = FormatError(layout.frame(fid).lidar_bin, "duplicate",
+                                    f"frame ids {first[int(fid)]} and {fid} are the same number.")
+    return block_groups(ids, block_frames), split_of, dups
+
+
+def ingest_vod_group(task: VodTask) -> dict[str, Any]:
+    w = GroupWriter(Path(task.workdir), task.source, task.scene, task.storage)
+    if w.done():
+        return {"scene": task.scene, "resumed": True}
+    layout, log = VodLayout(Path(task.root)), w.log
+    has_acc = {s: layout.accumulated_radar_dir(n) is not None for s, n in RADAR_SENSORS.items() if n}
+    w.declare("lidar", *SENSOR_FIELDS["lidar"][:2], native_frame="lidar")
+    for sensor in ["radar", *[s for s, ok in has_acc.items() if ok]]:
+        w.declare(sensor, *SENSOR_FIELDS["vod_radar"][:2], native_frame="radar")
+    for fid in task.frames:
+        try:
+            if fid in task.duplicates:
+                raise task.duplicates[fid]
+            _frame(w, layout, fid, task.split_of.get(fid, ""), has_acc, log)
+        except FormatError as e:
+            w.reject(fid, e.path, e.check, e.reason)
+    w.write(Path(task.zarr_root))
+    return {"scene": task.scene, "resumed": False}
+
+
+def _need(path: Path | None, what: str) -> Path:
+    if path is None or not path.is_file():
+        raise FormatError(str(path), "missing" if path else "path", f"{what} file is missing.")
+    return path
+
+
+def _frame(w: GroupWriter, layout: VodLayout, fid: str, split: str, has_acc: dict[str, bool],
+           log: FileLog) -> None:
+    p = layout.frame(fid)
+    lidar = read_vod_lidar(_need(p.lidar_bin, "LiDAR"))                       # (N, 4)
+    radars = {"radar": read_vod_radar(_need(p.radar_bin, "radar"))}           # (M, 7)
+    for sensor, acc_path in (("radar_3", p.radar_3scans_bin), ("radar_5", p.radar_5scans_bin)):
+        if has_acc.get(sensor):
+            radars[sensor] = read_vod_radar(_need(acc_path, f"{sensor} accumulated radar"))
+    cal_l = read_kitti_calib(_need(p.lidar_calib, "LiDAR calib"))
+    cal_r = read_kitti_calib(_need(p.radar_calib, "radar calib"))
+    pose = read_vod_pose(_need(p.pose, "pose"))
+    t_cam_from_lidar = cal_l["T_rect_from_velo"]
+    t_ego_from_radar = np.linalg.inv(t_cam_from_lidar) @ cal_r["T_rect_from_velo"]
+    for cloud in radars.values():  # radar frame -> ego frame, in place on xyz
+        cloud[:, :3] = bx.transform_points(t_ego_from_radar, cloud[:, :3])
+    boxes: list[dict[str, Any]] = []
+    if p.label.is_file():
+        boxes = _boxes(read_kitti_labels(p.label, VOD_CLASSES), t_cam_from_lidar, lidar, radars["radar"])
+        log.add(p.label)
+    image_sha = None
+    if p.image is not None:
+        log.add(p.image)
+        image_sha = log.rows[-1]["sha256"]
+    for f in (p.lidar_bin, p.radar_bin, p.lidar_calib, p.radar_calib, p.pose):
+        log.add(f)
+    for sensor, f in (("radar_3", p.radar_3scans_bin), ("radar_5", p.radar_5scans_bin)):
+        if sensor in radars and f is not None:
+            log.add(f)
+    # odometry frame <- camera <- ego: poses map odom into the camera frame
+    t_world_from_ego = np.linalg.inv(pose["odomToCamera"]) @ t_cam_from_lidar
+    width, height = _image_size(p.image)
+    calib = [
+        {"sensor": "lidar", "t_ego_from_sensor": np.eye(4).ravel().tolist()},
+        {"sensor": "radar", "t_ego_from_sensor": t_ego_from_radar.ravel().tolist()},
+        {"sensor": "camera", "t_ego_from_sensor": np.linalg.inv(t_cam_from_lidar).ravel().tolist(),
+         "intrinsics": cal_l["P2"].ravel().tolist(), "image_width_px": width,
+         "image_height_px": height},
+    ]
+    row = {"dataset": "vod", "frame": fid, "split": split,
+           "labeled": bool(p.label.is_file()) and split != "unlabeled", "timestamp_us": None,
+           "n_lidar": len(lidar), "n_radar": len(radars["radar"]),
+           "t_world_from_ego": t_world_from_ego.ravel().tolist(), "lidar_path": str(p.lidar_bin),
+           "radar_path": str(p.radar_bin), "image_path": str(p.image) if p.image else None,
+           "image_sha256": image_sha}
+    w.add_frame(row, {"lidar": lidar, **radars}, boxes, calib)
+
+
+def _boxes(lab: Any, t_cam_from_lidar: np.ndarray, lidar: np.ndarray, radar: np.ndarray) -> list[dict[str, Any]]:
+    keep = lab.class_name != DONT_CARE
+    b = bx.kitti_camera_to_ego(lab.loc_cam[keep], lab.dims_hwl[keep], lab.rot_y[keep],
+                               t_cam_from_lidar)                                 # (N, 7)
+    n_l = bx.points_in_boxes(lidar[:, :3], b)
+    n_r = bx.points_in_boxes(radar[:, :3], b)
+    bbox = lab.bbox_ltrb[keep]
+    out = []
+    for i, name in enumerate(lab.class_name[keep]):
+        out.append({"class_name": str(name), "label": str(name),
+                    "x_ego_m": b[i, 0], "y_ego_m": b[i, 1], "z_ego_m": b[i, 2],
+                    "length_m": b[i, 3], "width_m": b[i, 4], "height_m": b[i, 5],
+                    "yaw_ego_rad": b[i, 6], "occluded": int(lab.occluded[keep][i]),
+                    "bbox_left_px": bbox[i, 0], "bbox_top_px": bbox[i, 1],
+                    "bbox_right_px": bbox[i, 2], "bbox_bottom_px": bbox[i, 3],
+                    "num_lidar_pts": int(n_l[i]), "num_radar_pts": int(n_r[i])})
+    return out
+
+
+def _image_size(path: Path | None) -> tuple[int | None, int | None]:
+    if path is None:
+        return None, None
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:  # reads the header only
+            return im.size
+    except OSError as e:
+        raise FormatError(path, "header", f"unreadable image: {e}") from None
+
+
+def make_tasks(cfg: Any, source: str, root: Path, workdir: Path, zarr_root: Path,
+               storage: Storage) -> list[VodTask]:
+    groups, split_of, dups = plan_vod(root, source, cfg.block_frames)
+    return [VodTask(str(root), source, scene, tuple(ids), {f: split_of[f] for f in ids if f in split_of},
+                    str(workdir), str(zarr_root), storage, {f: dups[f] for f in ids if f in dups})
+            for scene, ids in groups]
+
+
+run_task = ingest_vod_group
