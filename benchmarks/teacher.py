@@ -25,9 +25,11 @@ import polars as pl
 import torch
 
 from kdpipe.api import run_workflow
+from kdpipe.datasets.store import IngestStore
+from kdpipe.models.batch import collate
 from kdpipe.runtime.checkpoints import load_model
 from kdpipe.runtime.inference import detection_frame
-from kdpipe.runtime.model_data import collate, read_group_frames, select_frames, sensor_map
+from kdpipe.runtime.model_data import frame_arrays, read_group_frames, sensor_map
 
 MODELS = {"teacher": "sckd-teacher", "lidar": "lidar-only", "radar": "radar-only"}
 
@@ -50,7 +52,7 @@ def workflow(path: Path, world: Path, args: argparse.Namespace, sigma: float = 0
         lines.append(f"[{ev}]")
         if name != "teacher":
             lines += ['uses = "evaluate"',
-                      f'ports = {{ teacher = "{name}_model", metrics = "{name}_metrics", '
+                      f'ports = {{ checkpoint = "{name}_model", metrics = "{name}_metrics", '
                       f'metrics_table = "{name}_metrics_table", '
                       f'eval_detections = "{name}_eval_detections" }}']
     lines += ["[teacher-label]", f"batch_size = {args.infer_batch}", "[pseudo-label]",
@@ -68,12 +70,14 @@ def ap_table(metrics: dict[str, Any]) -> dict[str, float]:
 def bare_forward(ckpt: Path, ingest: Path, splits: list[str], batch: int) -> dict[str, float]:
     """The teacher's forward + decode on the same batches, data already in memory."""
     model, _ = load_model(ckpt)
-    frames = select_frames(ingest, splits)
+    store = IngestStore.from_artifact(ingest)
+    frames = store.select_frames(splits)
     sensors = sensor_map("radar", model.modalities)
     ready = []  # the batches teacher-label builds (same reader, same grouping), read up front
     for (src, scene), g in frames.group_by("source", "scene", maintain_order=True):
-        arrays = read_group_frames(ingest, str(src), str(scene), g["frame_index"].to_list(),
-                                   sensors, model.config.point_cloud_range_m)
+        arrays = [frame_arrays(p, c) for p, c in read_group_frames(
+            store, str(src), str(scene), g["frame_index"].to_list(), sensors,
+            model.config.point_cloud_range_m)]
         fids = g["frame_id"].to_list()
         for i in range(0, len(arrays), batch):
             ready.append((fids[i:i + batch], collate(arrays[i:i + batch], model.modalities)))

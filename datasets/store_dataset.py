@@ -14,12 +14,15 @@ import numpy as np
 import polars as pl
 from torch.utils.data import Dataset
 
+from kdpipe.datasets.store import IngestStore
+
 
 class StoreDataset(Dataset):  # type: ignore[type-arg]
     """Frames of an `ingest` artifact, as dicts of numpy arrays.
 
     Args:
-        artifact_dir: `<workspace>/artifacts/ingest/<key>` (holds points.zarr and the tables).
+        store: the store a stage reads through its ports (`IngestStore.from_inputs`), or an
+            `ingest` artifact directory `<workspace>/artifacts/ingest/<key>` (tools, notebooks).
         sensors: point sensors to read, e.g. ("lidar", "radar").
         where: optional polars expression selecting frames (e.g. `pl.col("split") == "train"`).
         with_boxes: attach `boxes_ego` (B, 7) float32 and `labels` (B,) str.
@@ -27,19 +30,21 @@ class StoreDataset(Dataset):  # type: ignore[type-arg]
     Item: {"frame_id": str, "<sensor>": (N, C) float32 in the ego frame, "boxes_ego": ...}.
     """
 
-    def __init__(self, artifact_dir: str | Path, sensors: tuple[str, ...] = ("lidar", "radar"),
+    def __init__(self, store: IngestStore | str | Path,
+                 sensors: tuple[str, ...] = ("lidar", "radar"),
                  where: pl.Expr | None = None, with_boxes: bool = True) -> None:
-        self.root = Path(artifact_dir)
-        frames = pl.read_parquet(self.root / "frames.parquet")
+        self.store = store if isinstance(store, IngestStore) else IngestStore.from_artifact(store)
+        frames = self.store.read_frames()
         if where is not None:
             frames = frames.filter(where)
         self.frames = frames.select("frame_id", "source", "scene", "frame_index").to_dicts()
         self.sensors = sensors
         self.boxes: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         if with_boxes:
-            b = pl.read_parquet(self.root / "boxes.parquet").filter(
+            b = self.store.read_boxes().filter(
                 pl.col("frame_id").is_in([f["frame_id"] for f in self.frames]))
-            cols = ["x_ego_m", "y_ego_m", "z_ego_m", "length_m", "width_m", "height_m", "yaw_ego_rad"]
+            cols = ["x_ego_m", "y_ego_m", "z_ego_m", "length_m", "width_m", "height_m",
+                    "yaw_ego_rad"]
             for (fid,), g in b.group_by("frame_id"):
                 self.boxes[str(fid)] = (g.select(cols).to_numpy().astype(np.float32),
                                         g["label"].to_numpy())
@@ -57,7 +62,7 @@ class StoreDataset(Dataset):  # type: ignore[type-arg]
         if k not in self._handles:
             import zarr
 
-            g = zarr.open_group(store=str(self.root / "points.zarr" / source / scene / sensor), mode="r")
+            g = zarr.open_group(store=str(self.store.group(source, scene) / sensor), mode="r")
             self._handles[k] = (g["points"], g["offsets"][:])
         return self._handles[k]
 

@@ -127,7 +127,7 @@ def render_frame(workspace: str, frame: str, out_png: Path | None = None, *,
         scores = rows["score"].to_numpy()
     wmap, wrange = None, None
     if weights:  # IMKD weight map under the points, over its own grid
-        from kdpipe.stages.imkd_weights import frame_weight_map
+        from kdpipe.runtime.weight_maps import frame_weight_map
 
         wmap, wrange = frame_weight_map(ws, fid)
         if range_m and tuple(range_m) != tuple(wrange):

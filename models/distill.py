@@ -10,6 +10,9 @@ the MSE here is summed over (C, H, W) and averaged over the batch: our reading, 
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -60,3 +63,37 @@ class SCKDAdapters(nn.Module):
     def frfd(self, f_student: torch.Tensor, f_fusion: torch.Tensor) -> torch.Tensor:
         assert self.fusion is not None
         return feature_mse(torch.cat([a(f_student) for a in self.fusion], 1), f_fusion)
+
+
+class SCKDLoss:
+    """SCKD's training objective, L = L_det + alpha * L_LRFD + beta * L_FRFD, as `fit`'s loss.
+
+    L_det is the student's own detection loss on the batch's targets (SSOD pseudo-labels and/or
+    GT: the targets say which). The frozen teacher (eval mode: no modality dropout) runs on the
+    same augmented batch only when a feature term is on; its "lidar" and "fusion" taps are the
+    targets. The adapters are trained with the student (pass them to `fit(trainable=...)`).
+    """
+
+    def __init__(self, teacher: nn.Module, adapters: SCKDAdapters, lrfd_weight: float,
+                 frfd_weight: float) -> None:
+        self.teacher, self.adapters = teacher, adapters
+        self.lrfd_weight, self.frfd_weight = lrfd_weight, frfd_weight
+
+    def __call__(self, model: nn.Module, batch: dict[str, Any], targets: list[dict[str, Any]],
+                 frames: Sequence[Any] = ()) -> dict[str, torch.Tensor]:
+        out = model(batch)
+        det = model.loss(out, targets)
+        losses = {"loss_det": det["loss"], **{k: v for k, v in det.items() if k != "loss"}}
+        total = losses["loss_det"]
+        if self.lrfd_weight > 0 or self.frfd_weight > 0:
+            with torch.no_grad():                                # teacher: eval mode, frozen
+                t_feat = self.teacher(batch)["features"]
+            f_s = out["features"]["radar"]                        # (B, C, H, W)
+            if self.lrfd_weight > 0:
+                losses["loss_lrfd"] = self.adapters.lrfd(f_s, t_feat["lidar"])
+                total = total + self.lrfd_weight * losses["loss_lrfd"]
+            if self.frfd_weight > 0:
+                losses["loss_frfd"] = self.adapters.frfd(f_s, t_feat["fusion"])
+                total = total + self.frfd_weight * losses["loss_frfd"]
+        losses["loss"] = total
+        return losses

@@ -19,6 +19,7 @@ work on this model unchanged.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -26,14 +27,12 @@ import torch.nn.functional as F
 from pydantic import model_validator
 from torch import Tensor, nn
 
+from .batch import CAMERA_KEYS
 from .camera_bev import CameraBEV
 from .config import DetectorConfig
 from .detectors import CenterPointDetector, _encoder
 from .distill import FeatureAdapter
 from .registry import register_model
-
-# Keys the stages put into a batch for camera models (see kdpipe.runtime.camera_data).
-CAMERA_KEYS = ("camera", "camera_intrinsics", "camera_to_ego")
 
 
 class IMKDConfig(DetectorConfig):
@@ -156,3 +155,56 @@ class IMKDAdapters(nn.Module):
     def level2(self, f_fused: Tensor, f_lidar: Tensor, weight: Tensor) -> Tensor:
         assert self.fused is not None
         return weighted_feature_mse(self.fused(f_fused), f_lidar, weight)
+
+
+def warp_maps(maps: Tensor, aug_matrix: Tensor, point_cloud_range_m: Sequence[float]) -> Tensor:
+    """Resample (B, K, H, W) BEV maps into the augmented frame (aug_matrix (B, 3, 3): augmented
+    point = aug @ original). Exact for the identity and for a y-flip on a y-symmetric grid."""
+    x0, y0, _, x1, y1, _ = point_cloud_range_m
+    c = maps.new_tensor([(x0 + x1) / 2, (y0 + y1) / 2])
+    half = maps.new_tensor([(x1 - x0) / 2, (y1 - y0) / 2])
+    inv = torch.linalg.inv(aug_matrix.to(maps.dtype))[:, :2, :2]  # augmented -> original (x, y)
+    lin = inv * half.view(1, 1, 2) / half.view(1, 2, 1)          # H^-1 A^-1 H
+    shift = ((inv @ c) - c) / half                                 # H^-1 (A^-1 c - c)
+    theta = torch.cat([lin, shift.unsqueeze(-1)], dim=2)           # (B, 2, 3)
+    grid = F.affine_grid(theta, list(maps.shape), align_corners=False)
+    return F.grid_sample(maps, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+class IMKDLoss:
+    """IMKD's objective as `fit`'s loss: L_det + l1 * L1 + l2 * L2 + l3 * L3 (module docstring).
+
+    Levels 1 and 2 weight every cell by the batch's "weight_map", warped by its "aug_matrix" so
+    it stays on the augmented LiDAR; the frozen teacher runs only when level 1 or 2 is on.
+    """
+
+    def __init__(self, teacher: nn.Module, adapters: IMKDAdapters,
+                 weights: tuple[float, float, float], point_cloud_range_m: Sequence[float]
+                 ) -> None:
+        self.teacher, self.adapters = teacher, adapters
+        self.w1, self.w2, self.w3 = weights
+        self.pc_range = tuple(point_cloud_range_m)
+
+    def __call__(self, model: nn.Module, batch: dict[str, Any], targets: list[dict[str, Any]],
+                 frames: Sequence[Any] = ()) -> dict[str, Tensor]:
+        l1, l2, l3 = self.w1 > 0, self.w2 > 0, self.w3 > 0
+        out = model(batch)
+        det = model.loss(out, targets)
+        losses = {"loss_det": det["loss"], **{k: v for k, v in det.items() if k != "loss"}}
+        total = losses["loss_det"]
+        if l1 or l2 or l3:
+            w = warp_maps(batch["weight_map"], batch["aug_matrix"], self.pc_range)  # (B,1,H,W)
+        if l1 or l2:
+            with torch.no_grad():                               # teacher: eval mode, frozen
+                f_lidar = self.teacher(batch)["features"]["lidar"]   # (B, C_t, H, W)
+            if l1:
+                losses["loss_level1"] = self.adapters.level1(out["features"]["radar"], f_lidar, w)
+                total = total + self.w1 * losses["loss_level1"]
+            if l2:
+                losses["loss_level2"] = self.adapters.level2(out["features"]["fusion"], f_lidar, w)
+                total = total + self.w2 * losses["loss_level2"]
+        if l3:
+            losses["loss_level3"] = intensity_kl(out["intensity_logit"], w)
+            total = total + self.w3 * losses["loss_level3"]
+        losses["loss"] = total
+        return losses

@@ -15,26 +15,27 @@ import numpy as np
 import polars as pl
 import torch
 
+from kdpipe.datasets.store import IngestStore
+from kdpipe.models.batch import collate, to_device
 from kdpipe.pipeline.stage import StageContext
-from kdpipe.schemas.tables import DETECTION_FRAMES, DETECTIONS
 from kdpipe.runtime.camera_data import camera_channels
 from kdpipe.runtime.checkpoints import load_model
 from kdpipe.runtime.model_data import (
-    collate,
+    frame_arrays,
     read_group_frames,
     resolve_device,
     sensor_map,
-    to_device,
     tune_allocator,
     worker_threads,
 )
+from kdpipe.schemas.tables import DETECTION_FRAMES, DETECTIONS
 
 _MODELS: dict[tuple[str, str], tuple[torch.nn.Module, dict[str, Any]]] = {}
 
 
 @dataclass(frozen=True)
 class InferTask:
-    ingest_dir: str
+    store: IngestStore
     checkpoint: str
     source: str
     scene: str
@@ -87,9 +88,9 @@ def run_task(task: InferTask) -> str:
     model = cached_model(task.checkpoint, task.device)
     device = next(model.parameters()).device
     pc_range = model.config.point_cloud_range_m
-    arrays = read_group_frames(Path(task.ingest_dir), task.source, task.scene,
-                               task.frame_indices, sensor_map(task.radar_sensor, model.modalities),
-                               pc_range, camera_channels(model))
+    arrays = [frame_arrays(pts, cams) for pts, cams in read_group_frames(
+        task.store, task.source, task.scene, task.frame_indices,
+        sensor_map(task.radar_sensor, model.modalities), pc_range, camera_channels(model))]
     frames_out = []
     with torch.inference_mode():
         for start in range(0, len(arrays), task.batch_size):
@@ -105,21 +106,21 @@ def run_task(task: InferTask) -> str:
     return task.part
 
 
-def infer(ctx: StageContext[Any], checkpoint: Path, frames: pl.DataFrame, *, radar_sensor: str,
-          batch_size: int, top_k: int, score_floor: float, device: str
+def infer(ctx: StageContext[Any], store: IngestStore, checkpoint: Path, frames: pl.DataFrame, *,
+          radar_sensor: str, batch_size: int, top_k: int, score_floor: float, device: str
           ) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Detections for `frames` (rows of frames/1) and the frame list, zero-detection frames kept.
+    """Detections for `frames` (rows of `store`'s frames/1) and the frame list, zero-detection
+    frames kept.
 
     Tasks ask for a GPU worker resource when the cluster has one; without a GPU they run on
     the CPU workers (no code path needs a GPU).
     """
-    ingest = ctx.inputs["points"].parent
     parts_dir = ctx.workdir / "_parts"
     parts_dir.mkdir(exist_ok=True)
     tasks = []
     for (source, scene), g in frames.group_by("source", "scene", maintain_order=True):
         tasks.append(InferTask(
-            str(ingest), str(checkpoint), str(source), str(scene),
+            store, str(checkpoint), str(source), str(scene),
             tuple(g["frame_id"].to_list()), tuple(int(i) for i in g["frame_index"]),
             radar_sensor, batch_size, top_k, score_floor, device,
             str(parts_dir / f"{len(tasks):06d}.parquet")))

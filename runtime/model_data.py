@@ -1,49 +1,36 @@
-"""From an ingested store to model batches: field selection, cropping, augmentation, collation.
+"""From an ingested store (`IngestStore`) to model inputs: field selection, cropping, targets.
 
-Models read fixed feature columns (`kdpipe.models`): LiDAR x, y, z, intensity and radar x, y, z,
-RCS, v_r_comp, time. The store keeps every native field, so columns are picked here by the field
-names written in the Zarr attributes, never by position.
+Models read fixed feature columns (`kdpipe.models.batch.MODEL_FIELDS`): LiDAR x, y, z,
+intensity and radar x, y, z, RCS, v_r_comp, time. The store keeps every native field, so columns
+are picked here by the field names written in the Zarr attributes, never by position.
 """
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import polars as pl
 import torch
 
+from kdpipe.datasets.store import IngestStore
+from kdpipe.models.batch import (
+    BOX_COLUMNS,
+    EMPTY,
+    MODEL_FIELDS,
+    CameraInputs,
+    FrameArrays,
+    Targets,
+    TrainFrame,
+)
 from kdpipe.pipeline.errors import ConfigError
-from kdpipe.runtime.camera_data import collate_extras, read_group_cameras
-
-MODEL_FIELDS: dict[str, tuple[str, ...]] = {
-    "lidar": ("x", "y", "z", "intensity"),
-    "radar": ("x", "y", "z", "rcs", "v_r_comp", "time"),
-}
-BOX_COLUMNS = ["x_ego_m", "y_ego_m", "z_ego_m", "length_m", "width_m", "height_m", "yaw_ego_rad"]
+from kdpipe.runtime.camera_data import read_group_cameras
 
 
 def sensor_map(radar_sensor: str, modalities: Sequence[str]) -> dict[str, str]:
     """Model modality -> store sensor (`radar`, or an accumulated `radar_3` / `radar_5`)."""
     return {m: s for m, s in {"lidar": "lidar", "radar": radar_sensor}.items() if m in modalities}
-
-
-def select_frames(ingest_dir: Path, splits: Sequence[str], *, labeled_only: bool = False,
-                  max_frames: int | None = None) -> pl.DataFrame:
-    """Frames of the given splits, in store order (source, scene, frame_index)."""
-    frames = pl.read_parquet(Path(ingest_dir) / "frames.parquet")
-    sel = frames.filter(pl.col("split").is_in(list(splits)))
-    if labeled_only:
-        sel = sel.filter(pl.col("labeled"))
-    if sel.is_empty():
-        have = sorted(frames["split"].unique().to_list())
-        raise ConfigError(f"no {'labeled ' if labeled_only else ''}frames in split(s) "
-                          f"{list(splits)} (the store has splits {have})")
-    sel = sel.sort("source", "scene", "frame_index")
-    return sel.head(max_frames) if max_frames else sel
 
 
 class GroupReader:
@@ -53,12 +40,12 @@ class GroupReader:
     sharded) array beats one slice per frame.
     """
 
-    def __init__(self, ingest_dir: Path, source: str, scene: str,
+    def __init__(self, store: IngestStore, source: str, scene: str,
                  sensors: Mapping[str, str]) -> None:
         import zarr
 
         self.arrays: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-        base = Path(ingest_dir) / "points.zarr" / source / scene
+        base = store.group(source, scene)
         for modality, sensor in sensors.items():
             if not (base / sensor).is_dir():
                 raise ConfigError(f"sensor '{sensor}' is not in the store for {source}/{scene} "
@@ -74,22 +61,27 @@ class GroupReader:
         return out
 
 
-def read_group_frames(ingest_dir: Path, source: str, scene: str, frame_indices: Sequence[int],
+def read_group_frames(store: IngestStore, source: str, scene: str, frame_indices: Sequence[int],
                       sensors: Mapping[str, str], pc_range: Sequence[float],
-                      cameras: Sequence[str] = ()) -> list[dict[str, np.ndarray]]:
-    """Model inputs of some frames of one group, cropped to the range, in the order given.
+                      cameras: Sequence[str] = ()
+                      ) -> list[tuple[dict[str, np.ndarray], CameraInputs | None]]:
+    """Model inputs of some frames of one group, cropped to the range, in the order given:
+    per frame the point clouds by modality and, for `cameras` (store channels), the images.
 
     The one reader behind training, inference and the benchmark's bare-forward baseline.
-    `cameras`: store camera channels to add (`camera_data.read_group_cameras`), for camera models.
     """
-    reader = GroupReader(ingest_dir, source, scene, sensors)
-    out = [{m: crop(a, pc_range) for m, a in reader.frame(int(i)).items()}
-           for i in frame_indices]
+    reader = GroupReader(store, source, scene, sensors)
+    points = [{m: crop(a, pc_range) for m, a in reader.frame(int(i)).items()}
+              for i in frame_indices]
+    cams: list[CameraInputs | None] = [None] * len(points)
     if cameras:
-        for f, cam in zip(out, read_group_cameras(ingest_dir, source, scene, frame_indices,
-                                                  cameras), strict=True):
-            f.update(cam)
-    return out
+        cams = list(read_group_cameras(store, source, scene, frame_indices, cameras))
+    return list(zip(points, cams, strict=True))
+
+
+def frame_arrays(points: dict[str, np.ndarray], cameras: CameraInputs | None) -> FrameArrays:
+    """One frame's model input from what `read_group_frames` returns (inference: no targets)."""
+    return TrainFrame("", points, EMPTY, cameras).arrays()
 
 
 def _columns(fields: list[str], modality: str) -> list[int]:
@@ -106,15 +98,6 @@ def crop(points: np.ndarray, pc_range: Sequence[float]) -> np.ndarray:
     m = ((points[:, 0] >= x0) & (points[:, 0] < x1) & (points[:, 1] >= y0) & (points[:, 1] < y1)
          & (points[:, 2] >= z0) & (points[:, 2] < z1))
     return points[m]
-
-
-@dataclass
-class Targets:
-    """Per-frame training targets in the model's class indices."""
-
-    boxes: np.ndarray     # (n, 7) ego
-    labels: np.ndarray    # (n,) int64
-    ignore: np.ndarray    # (m, 7) boxes whose neighbourhood carries no heatmap loss
 
 
 def targets_from_table(table: pl.DataFrame, classes: Sequence[str],
@@ -144,44 +127,6 @@ def targets_from_table(table: pl.DataFrame, classes: Sequence[str],
         neg = ign | ((c < 0) & ignore_other_classes)
         out[str(fid)] = Targets(b[pos], c[pos].astype(np.int64), b[neg][:, :7])
     return out
-
-
-def empty_targets(box_width: int = 7) -> Targets:
-    """A frame with no objects (box_width 9 when the model regresses velocity)."""
-    return Targets(np.zeros((0, box_width), np.float32), np.zeros(0, np.int64),
-                   np.zeros((0, 7), np.float32))
-
-
-EMPTY = empty_targets()
-
-
-def collate(frames: Sequence[Mapping[str, np.ndarray]], modalities: Sequence[str]
-            ) -> dict[str, Any]:
-    """Per-frame arrays -> the model's batch: (N, 1 + C) tensors with the batch index first;
-    camera models also get (B, N_cam, ...) image and geometry tensors."""
-    batch: dict[str, Any] = {"batch_size": len(frames)}
-    for m in modalities:
-        if m not in MODEL_FIELDS:  # "camera": images and geometry, below
-            continue
-        parts = []
-        for i, f in enumerate(frames):
-            p = f[m]
-            parts.append(np.concatenate([np.full((len(p), 1), i, np.float32), p], axis=1))
-        batch[m] = torch.from_numpy(np.concatenate(parts) if parts else
-                                    np.zeros((0, 1 + len(MODEL_FIELDS[m])), np.float32))
-    batch.update(collate_extras(frames, modalities))  # camera tensors, per-frame BEV maps
-    return batch
-
-
-def to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
-    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v
-            for k, v in batch.items()}
-
-
-def target_tensors(targets: Sequence[Targets], device: torch.device) -> list[dict[str, Any]]:
-    return [{"boxes": torch.from_numpy(t.boxes).to(device),
-             "labels": torch.from_numpy(t.labels).to(device),
-             "ignore": torch.from_numpy(t.ignore).to(device)} for t in targets]
 
 
 def resolve_device(name: str) -> torch.device:

@@ -9,7 +9,6 @@ so a run killed after epoch k and resumed produces the same weights as one that 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,17 +17,18 @@ import torch
 from pydantic import Field
 
 from kdpipe.models.augment import random_flip_scale
-from kdpipe.pipeline.stage import StageConfig
-from kdpipe.runtime.camera_data import augment_geometry
-from kdpipe.runtime.checkpoints import atomic_save
-from kdpipe.runtime.model_data import (
-    MODEL_FIELDS,
+from kdpipe.models.batch import (
+    FrameArrays,
     Targets,
-    batches,
+    TrainFrame,
     collate,
     target_tensors,
     to_device,
 )
+from kdpipe.pipeline.stage import StageConfig
+from kdpipe.runtime.camera_data import augment_geometry
+from kdpipe.runtime.checkpoints import atomic_save
+from kdpipe.runtime.model_data import batches
 
 
 class OptimConfig(StageConfig):
@@ -44,14 +44,6 @@ class OptimConfig(StageConfig):
     device: str = "auto"                  # auto | cpu | cuda[:N]
 
 
-@dataclass
-class TrainFrame:
-    frame_id: str
-    points: dict[str, np.ndarray]         # modality -> (N, C) float32 ego, cropped to the range;
-    #                                       camera models: + camera_data.CAMERA_KEYS arrays
-    targets: Targets
-
-
 LossFn = Callable[[torch.nn.Module, dict[str, Any], list[dict[str, Any]],
                    Sequence[TrainFrame]], dict[str, torch.Tensor]]
 
@@ -62,11 +54,11 @@ def default_loss(model: torch.nn.Module, batch: dict[str, Any], targets: list[di
 
 
 def augment(frame: TrainFrame, rng: np.random.Generator, cfg: OptimConfig
-            ) -> tuple[dict[str, np.ndarray], Targets]:
+            ) -> tuple[FrameArrays, Targets]:
     """SCKD's flip (y -> -y; x stays forward, the VoD range is x in [0, 51.2]) and scaling,
-    applied to targets and ignore regions alike."""
+    applied to targets and ignore regions alike, and to camera geometry (IMKD)."""
     t = frame.targets
-    keys = [k for k in frame.points if k in MODEL_FIELDS]  # point clouds; the rest are extras
+    keys = list(frame.points)                              # point clouds, by modality
     width = t.boxes.shape[1]                               # 7, or 9 with velocity
     pad = np.zeros((len(t.ignore), width - 7), np.float32)
     both = np.concatenate([t.boxes, np.concatenate([t.ignore, pad], 1)])  # (n + m, width)
@@ -78,10 +70,10 @@ def augment(frame: TrainFrame, rng: np.random.Generator, cfg: OptimConfig
                                   scale_range=cfg.scale_range)
     aug = pts.pop()[:, :3].T                              # (3, 3): augmented = aug @ original
     n = len(t.boxes)
-    out = dict(zip(keys, pts, strict=True))
-    extras = {k: v for k, v in frame.points.items() if k not in MODEL_FIELDS}
+    out: FrameArrays = dict(zip(keys, pts, strict=True))  # type: ignore[assignment]
+    extras = {k: v for k, v in frame.arrays().items() if k not in frame.points}
     if extras:  # camera images/geometry, BEV maps (IMKD)
-        out.update(augment_geometry(extras, aug))
+        out.update(augment_geometry(extras, aug))  # type: ignore[arg-type]
     return out, Targets(both[:n], t.labels, both[n:, :7])
 
 

@@ -14,7 +14,6 @@ forward is measured at about a third of the student's forward+backward (docs/RES
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -32,15 +31,9 @@ from kdpipe.pipeline.stage import (
     ZarrArtifact,
 )
 from kdpipe.runtime.checkpoints import input_refs, load_model, save_checkpoint
-from kdpipe.runtime.model_data import (
-    resolve_device,
-    select_frames,
-    targets_from_table,
-    tune_allocator,
-    worker_threads,
-)
-from kdpipe.stages.teacher_train import load_train_frames
-from kdpipe.runtime.train_loop import OptimConfig, TrainFrame, fit
+from kdpipe.runtime.frames import FrameSpec, student_config, training_frames
+from kdpipe.runtime.model_data import resolve_device, tune_allocator, worker_threads
+from kdpipe.runtime.train_loop import OptimConfig, fit
 
 
 class DistillConfig(StageConfig):
@@ -65,55 +58,9 @@ class DistillConfig(StageConfig):
         return self
 
 
-def student_config(teacher: torch.nn.Module, deltas: dict[str, Any]) -> dict[str, Any]:
-    """The student sees the teacher's grid and classes, so BEV maps align cell for cell."""
-    t = teacher.config
-    return {"point_cloud_range_m": t.point_cloud_range_m, "pillar_size_m": t.pillar_size_m,
-            "encoder_channels": t.encoder_channels, "classes": t.classes, "size": t.size,
-            **deltas}
-
-
-def training_frames(ctx: StageContext[Any], ingest: Any, classes: Sequence[str],
-                    pc_range: Sequence[float], vel: bool, modalities: tuple[str, ...],
-                    cameras: tuple[str, ...] = ()) -> list[TrainFrame]:
-    """SSOD frames (pseudo-labels), then GT frames; shared by `distill` and `imkd-distill`,
-    whose configs carry the same selection fields."""
-    cfg = ctx.config
-    width = 9 if vel else 7
-    out: list[TrainFrame] = []
-    if cfg.ssod:
-        listed = pl.read_parquet(ctx.inputs["pseudo_label_frames"]).filter(
-            pl.col("split").is_in(cfg.unlabeled_splits)).sort("frame_id")
-        if "selection" in ctx.inputs:  # `distill-selected`: a curate selection's frames only
-            from kdpipe.stages.curate.stage import restrict_to_selection
-
-            listed = restrict_to_selection(listed, ctx.inputs["selection"])
-        if cfg.max_unlabeled_frames:
-            listed = listed.head(cfg.max_unlabeled_frames)
-        frames = pl.read_parquet(ingest / "frames.parquet").join(
-            listed.select("frame_id"), on="frame_id").sort("source", "scene", "frame_index")
-        targets = targets_from_table(pl.read_parquet(ctx.inputs["pseudo_labels"]), classes,
-                                     with_velocity=vel)
-        out += load_train_frames(ingest, frames, modalities, cfg.radar_sensor,
-                                 tuple(pc_range), targets, width, cameras)
-    if cfg.gt:
-        frames = select_frames(ingest, cfg.gt_splits, labeled_only=True)
-        targets = targets_from_table(pl.read_parquet(ctx.inputs["boxes"]), classes,
-                                     with_velocity=vel)
-        out += load_train_frames(ingest, frames, modalities, cfg.radar_sensor,
-                                 tuple(pc_range), targets, width, cameras)
-    if not out:
-        from kdpipe.pipeline.errors import ConfigError
-
-        gt = cfg.gt_splits if cfg.gt else "off"
-        raise ConfigError(f"{ctx.stage}: no training frames (ssod splits "
-                          f"{cfg.unlabeled_splits}, gt splits {gt})")
-    return out
-
-
 def run(ctx: StageContext[DistillConfig]) -> None:
     from kdpipe.models import create_model
-    from kdpipe.models.distill import SCKDAdapters
+    from kdpipe.models.distill import SCKDAdapters, SCKDLoss
 
     cfg = ctx.config
     torch.set_num_threads(worker_threads())
@@ -124,37 +71,18 @@ def run(ctx: StageContext[DistillConfig]) -> None:
         p.requires_grad_(False)
     torch.manual_seed(ctx.seed)
     student = create_model(cfg.student, **student_config(teacher, cfg.detector)).to(device)
-    ingest = ctx.inputs["points"].parent
     feature_kd = cfg.lrfd_weight > 0 or cfg.frfd_weight > 0
     # The teacher's LiDAR is read and batched only when a feature term needs the teacher.
     modalities = ("lidar", "radar") if feature_kd else tuple(student.modalities)
-    data = training_frames(ctx, ingest, student.classes, student.config.point_cloud_range_m,
-                           student.config.with_velocity, modalities)
+    spec = FrameSpec(modalities, cfg.radar_sensor, student.config.point_cloud_range_m,
+                     9 if student.config.with_velocity else 7)
+    data = training_frames(ctx.stage, cfg, ctx.inputs, student.classes, spec)
     c_s = student.config.encoder_channels
     c_l = teacher.config.encoder_channels
     adapters = SCKDAdapters(c_s, c_l, 2 * c_l, lrfd=cfg.lrfd_weight > 0,
                             frfd=cfg.frfd_weight > 0, frfd_adapters=cfg.frfd_adapters,
                             kernel=cfg.adapter_kernel).to(device)
-
-    def loss_fn(model: torch.nn.Module, batch: dict[str, Any], targets: list[dict[str, Any]],
-                frames: Sequence[TrainFrame]) -> dict[str, torch.Tensor]:
-        out = model(batch)
-        losses = model.loss(out, targets)   # SSOD and/or GT: the targets say which
-        losses = {"loss_det": losses["loss"], **{k: v for k, v in losses.items() if k != "loss"}}
-        total = losses["loss_det"]
-        if feature_kd:
-            with torch.no_grad():                                # teacher: eval mode, frozen
-                t_feat = teacher(batch)["features"]
-            f_s = out["features"]["radar"]                        # (B, C, H, W)
-            if cfg.lrfd_weight > 0:
-                losses["loss_lrfd"] = adapters.lrfd(f_s, t_feat["lidar"])
-                total = total + cfg.lrfd_weight * losses["loss_lrfd"]
-            if cfg.frfd_weight > 0:
-                losses["loss_frfd"] = adapters.frfd(f_s, t_feat["fusion"])
-                total = total + cfg.frfd_weight * losses["loss_frfd"]
-        losses["loss"] = total
-        return losses
-
+    loss_fn = SCKDLoss(teacher, adapters, cfg.lrfd_weight, cfg.frfd_weight)
     log = fit(student, data, cfg.optim, workdir=ctx.workdir, seed=ctx.seed, device=device,
               loss_fn=loss_fn, progress=ctx.progress, trainable=[adapters],
               modalities=modalities)

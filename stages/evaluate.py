@@ -8,7 +8,8 @@
   scored by nuscenes-devkit `DetectionEval` (mAP, NDS, TP errors).
 `auto` picks by the store's dataset. The model runs through the same inference tasks as
 `teacher-label`. To evaluate a second model in one workflow, add an instance:
-`[evaluate-student] uses = "evaluate"` with `ports = { teacher = "student", metrics = ... }`.
+`[evaluate-student] uses = "evaluate"` with `ports = { checkpoint = "student", metrics = ... }`
+(the port was called `teacher` before; binding that name fails with a message naming the new one).
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from typing import Any, Literal
 import polars as pl
 from pydantic import Field
 
+from kdpipe.datasets.store import IngestStore
 from kdpipe.pipeline.errors import ConfigError
 from kdpipe.pipeline.stage import (
     CheckpointArtifact,
@@ -31,7 +33,6 @@ from kdpipe.pipeline.stage import (
     ZarrArtifact,
 )
 from kdpipe.runtime.inference import cleanup_parts, infer
-from kdpipe.runtime.model_data import select_frames
 
 
 class EvaluateConfig(StageConfig):
@@ -48,12 +49,7 @@ class EvaluateConfig(StageConfig):
     nuscenes_eval_set: str | None = None   # default: the split name
 
 
-def _ingest_config(ingest_dir: Path) -> dict[str, Any]:
-    lin = ingest_dir / "_lineage.json"
-    return dict(json.loads(lin.read_text()).get("config", {})) if lin.exists() else {}
-
-
-def score(dets: pl.DataFrame, frames: pl.DataFrame, ingest_dir: Path, cfg: EvaluateConfig,
+def score(dets: pl.DataFrame, frames: pl.DataFrame, store: IngestStore, cfg: EvaluateConfig,
           workdir: Path) -> dict[str, Any]:
     """Official metrics for `dets` on `frames` (all frames of the split, detections or not)."""
     bench = cfg.benchmark
@@ -64,13 +60,12 @@ def score(dets: pl.DataFrame, frames: pl.DataFrame, ingest_dir: Path, cfg: Evalu
     if bench == "vod":
         from kdpipe.evaluation.vod_eval import evaluate_tables
 
-        boxes = pl.read_parquet(ingest_dir / "boxes.parquet")
-        calib = pl.read_parquet(ingest_dir / "calibration.parquet")
+        boxes, calib = store.read_boxes(), store.read_calibration()
         return {"benchmark": "vod", **evaluate_tables(dets, boxes, frames, calib, frame_ids,
                                                       workdir / "vod_eval")}
     from kdpipe.evaluation.nuscenes_eval import score_nuscenes, write_submission
 
-    icfg = _ingest_config(ingest_dir)
+    icfg = store.ingest_config()
     roots = icfg.get("roots") or []
     dataroot = cfg.nuscenes_dataroot or (roots[0] if len(roots) == 1 else None)
     if dataroot is None:
@@ -101,13 +96,13 @@ def metrics_rows(metrics: dict[str, Any], prefix: str = "") -> list[dict[str, An
 
 def run(ctx: StageContext[EvaluateConfig]) -> None:
     cfg = ctx.config
-    ingest = ctx.inputs["points"].parent
-    frames = select_frames(ingest, [cfg.split], labeled_only=True)
-    dets, _ = infer(ctx, ctx.inputs["teacher"], frames, radar_sensor=cfg.radar_sensor,
+    store = IngestStore.from_inputs(ctx.inputs, ctx.stage)
+    frames = store.select_frames([cfg.split], labeled_only=True)
+    dets, _ = infer(ctx, store, ctx.inputs["checkpoint"], frames, radar_sensor=cfg.radar_sensor,
                     batch_size=cfg.batch_size, top_k=cfg.top_k, score_floor=cfg.score_floor,
                     device=cfg.device)
     cleanup_parts(ctx)
-    metrics = score(dets, frames, ingest, cfg, ctx.workdir / "_scratch")
+    metrics = score(dets, frames, store, cfg, ctx.workdir / "_scratch")
     metrics.update(split=cfg.split, frames=frames.height, detections=dets.height)
     ctx.outputs["metrics"].write_text(json.dumps(metrics, indent=1, sort_keys=True))
     pl.DataFrame(metrics_rows(metrics), schema={"metric": pl.String, "value": pl.Float64}) \
@@ -120,11 +115,13 @@ def run(ctx: StageContext[EvaluateConfig]) -> None:
 
 STAGE = Stage(
     name="evaluate", config=EvaluateConfig, run=run, version=1,
-    inputs=(Port("teacher", CheckpointArtifact, "checkpoint/1"),
+    # `checkpoint` reads the `teacher` artifact unless the workflow binds it to another model
+    inputs=(Port("checkpoint", CheckpointArtifact, "checkpoint/1", artifact="teacher"),
             Port("points", ZarrArtifact, "points/1"), Port("frames", ParquetArtifact, "frames/1"),
             Port("boxes", ParquetArtifact, "boxes/1"),
             Port("calibration", ParquetArtifact, "calibration/1")),
     outputs=(Port("metrics", JsonArtifact), Port("metrics_table", ParquetArtifact),
              Port("eval_detections", ParquetArtifact, "detections/1")),
+    renamed_ports={"teacher": "checkpoint"},
     description="checkpoint + split -> official VoD (AP11/AP40) or nuScenes (mAP/NDS) metrics",
 )

@@ -12,12 +12,12 @@ The three levels follow the paper's description; the formulas are our reading (d
 
 The teacher (any detector with a "lidar" feature tap: `lidar-only`, `sckd-teacher`) is frozen
 in eval mode and run on each augmented batch only when level 1 or 2 needs its features.
-Training data, the loop and the checkpoint are `distill`'s: `load_train_frames`, `fit`,
-`save_checkpoint`; the frame selection mirrors `distill` with camera channels added.
+Training data, the loop and the checkpoint are `distill`'s (`runtime.frames.training_frames`,
+`fit`, `save_checkpoint`) with camera channels added; the cameras' geometry comes from the
+`calibration` port. The loss is `models.imkd.IMKDLoss`.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import polars as pl
@@ -36,13 +36,10 @@ from kdpipe.pipeline.stage import (
 )
 from kdpipe.runtime.camera_data import camera_channels
 from kdpipe.runtime.checkpoints import input_refs, load_model, save_checkpoint
-from kdpipe.stages.distill import student_config, training_frames
-from kdpipe.runtime.model_data import (
-    resolve_device,
-    tune_allocator,
-    worker_threads,
-)
-from kdpipe.runtime.train_loop import OptimConfig, TrainFrame, fit
+from kdpipe.runtime.frames import FrameSpec, student_config, training_frames
+from kdpipe.runtime.model_data import resolve_device, tune_allocator, worker_threads
+from kdpipe.runtime.train_loop import OptimConfig, fit
+from kdpipe.runtime.weight_maps import attach_weight_maps
 
 
 class IMKDDistillConfig(StageConfig):
@@ -69,31 +66,9 @@ class IMKDDistillConfig(StageConfig):
         return self
 
 
-def attach_weight_maps(ctx: StageContext[Any], frames: Sequence[TrainFrame],
-                       config: Any) -> None:
-    """Put each frame's weight map (1, H, W) beside its points; the grid must be the student's."""
-    from kdpipe.stages.imkd_weights import read_maps
-
-    maps = read_maps(ctx.inputs["weight_maps"], ctx.inputs["weight_frames"],
-                     sorted({f.frame_id for f in frames}))
-    x0, y0, _, x1, y1, _ = config.point_cloud_range_m
-    want = (round((y1 - y0) / config.pillar_size_m), round((x1 - x0) / config.pillar_size_m))
-    for f in frames:
-        m = maps.get(f.frame_id)
-        if m is None:
-            raise ConfigError(f"imkd-distill: frame {f.frame_id} has no weight map "
-                              "(imkd-weights.splits must cover the training frames)")
-        if m.shape[1:] != want:
-            raise ConfigError(f"imkd-distill: weight maps are {m.shape[1:]} cells, the student "
-                              f"grid {want}: set imkd-weights.point_cloud_range_m / cell_m to "
-                              f"{list(config.point_cloud_range_m)} / {config.pillar_size_m}")
-        f.points["weight_map"] = m[3:4]  # the combined weight channel
-
-
 def run(ctx: StageContext[IMKDDistillConfig]) -> None:
     from kdpipe.models import create_model
-    from kdpipe.models.imkd import IMKDAdapters, intensity_kl
-    from kdpipe.stages.imkd_weights import warp_maps
+    from kdpipe.models.imkd import IMKDAdapters, IMKDLoss
 
     cfg = ctx.config
     torch.set_num_threads(worker_threads())
@@ -109,39 +84,17 @@ def run(ctx: StageContext[IMKDDistillConfig]) -> None:
     l1, l2, l3 = cfg.level1_weight > 0, cfg.level2_weight > 0, cfg.level3_weight > 0
     if l3 and not getattr(student.config, "intensity_gate", False):
         raise ConfigError("imkd-distill: level3_weight > 0 needs a student with intensity_gate")
-    ingest = ctx.inputs["points"].parent
     modalities = tuple(dict.fromkeys((*(("lidar",) if l1 or l2 else ()), *student.modalities)))
-    data = training_frames(ctx, ingest, student.classes, student.config.point_cloud_range_m,
-                           student.config.with_velocity, modalities, camera_channels(student))
+    spec = FrameSpec(modalities, cfg.radar_sensor, student.config.point_cloud_range_m,
+                     9 if student.config.with_velocity else 7, camera_channels(student))
+    data = training_frames(ctx.stage, cfg, ctx.inputs, student.classes, spec)
     if l1 or l2 or l3:
-        attach_weight_maps(ctx, data, student.config)
+        attach_weight_maps(ctx.stage, ctx.inputs["weight_maps"], ctx.inputs["weight_frames"],
+                           data, student.config)
     c_s, c_t = student.config.encoder_channels, teacher.config.encoder_channels
     adapters = IMKDAdapters(c_s, c_t, level1=l1, level2=l2, kernel=cfg.adapter_kernel).to(device)
-    pc_range = student.config.point_cloud_range_m
-
-    def loss_fn(model: torch.nn.Module, batch: dict[str, Any], targets: list[dict[str, Any]],
-                frames: Sequence[TrainFrame]) -> dict[str, torch.Tensor]:
-        out = model(batch)
-        det = model.loss(out, targets)
-        losses = {"loss_det": det["loss"], **{k: v for k, v in det.items() if k != "loss"}}
-        total = losses["loss_det"]
-        if l1 or l2 or l3:
-            w = warp_maps(batch["weight_map"], batch["aug_matrix"], pc_range)  # (B, 1, H, W)
-        if l1 or l2:
-            with torch.no_grad():                               # teacher: eval mode, frozen
-                f_lidar = teacher(batch)["features"]["lidar"]   # (B, C_t, H, W)
-            if l1:
-                losses["loss_level1"] = adapters.level1(out["features"]["radar"], f_lidar, w)
-                total = total + cfg.level1_weight * losses["loss_level1"]
-            if l2:
-                losses["loss_level2"] = adapters.level2(out["features"]["fusion"], f_lidar, w)
-                total = total + cfg.level2_weight * losses["loss_level2"]
-        if l3:
-            losses["loss_level3"] = intensity_kl(out["intensity_logit"], w)
-            total = total + cfg.level3_weight * losses["loss_level3"]
-        losses["loss"] = total
-        return losses
-
+    loss_fn = IMKDLoss(teacher, adapters, (cfg.level1_weight, cfg.level2_weight,
+                                           cfg.level3_weight), student.config.point_cloud_range_m)
     log = fit(student, data, cfg.optim, workdir=ctx.workdir, seed=ctx.seed, device=device,
               loss_fn=loss_fn, progress=ctx.progress, trainable=[adapters],
               modalities=modalities)
@@ -158,6 +111,7 @@ STAGE = Stage(
     inputs=(Port("teacher", CheckpointArtifact, "checkpoint/1"),
             Port("points", ZarrArtifact, "points/1"), Port("frames", ParquetArtifact, "frames/1"),
             Port("boxes", ParquetArtifact, "boxes/1"),
+            Port("calibration", ParquetArtifact, "calibration/1"),
             Port("pseudo_labels", ParquetArtifact, "pseudo_labels/1"),
             Port("pseudo_label_frames", ParquetArtifact, "detection_frames/1"),
             Port("weight_maps", ZarrArtifact, "imkd_weight_maps/1"),

@@ -14,7 +14,8 @@ and bright returns (vehicles, signs, markings; not asphalt) up to 1. The four ma
 per frame as channels [intensity_mean, intensity_max, occupancy, weight] of `<source>/<scene>/
 maps` (F, 4, H, W) float32, one Zarr group per scene like the points, with the frame ids and
 the grid in the attributes; `weight_frames` lists every frame's row and summary statistics.
-Distillation warps a map with the frame's flip/scale augmentation (`warp_maps`).
+Distillation warps a map with the frame's flip/scale augmentation (`models.imkd.warp_maps`);
+reading maps back is `runtime/weight_maps.py`.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ import numpy as np
 import polars as pl
 from pydantic import Field
 
+from kdpipe.datasets.store import IngestStore
 from kdpipe.pipeline.stage import (
     ParquetArtifact,
     Port,
@@ -34,8 +36,8 @@ from kdpipe.pipeline.stage import (
     StageContext,
     ZarrArtifact,
 )
+from kdpipe.runtime.weight_maps import CHANNELS
 
-CHANNELS = ("intensity_mean", "intensity_max", "occupancy", "weight")
 WEIGHT_FRAMES = {"frame_id": pl.String, "source": pl.String, "scene": pl.String,
                  "row": pl.Int32, "lidar_points": pl.Int32, "occupied_cells": pl.Int32,
                  "mean_weight": pl.Float64, "intensity_scale": pl.Float64}
@@ -85,7 +87,7 @@ def bev_maps(lidar: np.ndarray, cfg: WeightMapConfig) -> tuple[np.ndarray, float
 
 @dataclass(frozen=True)
 class _Task:
-    ingest_dir: str
+    store: IngestStore
     source: str
     scene: str
     frame_ids: tuple[str, ...]
@@ -99,7 +101,7 @@ def _scene(task: _Task) -> list[dict[str, Any]]:
 
     from kdpipe.runtime.model_data import GroupReader
 
-    reader = GroupReader(Path(task.ingest_dir), task.source, task.scene, {"lidar": "lidar"})
+    reader = GroupReader(task.store, task.source, task.scene, {"lidar": "lidar"})
     maps, rows = [], []
     for row, (fid, idx) in enumerate(zip(task.frame_ids, task.frame_indices, strict=True)):
         lidar = reader.frame(idx)["lidar"]
@@ -125,8 +127,8 @@ def run(ctx: StageContext[WeightMapConfig]) -> None:
     import zarr
 
     cfg = ctx.config
-    ingest = ctx.inputs["points"].parent
-    frames = pl.read_parquet(ctx.inputs["frames"])
+    store = IngestStore.from_inputs(ctx.inputs, ctx.stage)
+    frames = store.read_frames()
     if cfg.splits is not None:
         frames = frames.filter(pl.col("split").is_in(cfg.splits))
     frames = frames.sort("source", "scene", "frame_index")
@@ -139,45 +141,11 @@ def run(ctx: StageContext[WeightMapConfig]) -> None:
     tasks = []
     for (source, scene), g in frames.group_by("source", "scene", maintain_order=True):
         top.require_group(str(source))
-        tasks.append(_Task(str(ingest), str(source), str(scene), tuple(g["frame_id"].to_list()),
+        tasks.append(_Task(store, str(source), str(scene), tuple(g["frame_id"].to_list()),
                            tuple(int(i) for i in g["frame_index"]), str(root), cfg))
     rows = [r for part in ctx.map(_scene, tasks, desc="weight maps") for r in part]
     pl.DataFrame(rows, schema=WEIGHT_FRAMES).sort("frame_id").write_parquet(
         ctx.outputs["weight_frames"], metadata=ctx.file_metadata())
-
-
-def read_maps(weight_maps: Path, weight_frames: Path, frame_ids: list[str] | None = None
-              ) -> dict[str, np.ndarray]:
-    """frame_id -> (4, H, W) maps from the `imkd-weights` outputs (all frames, or those given)."""
-    import zarr
-
-    table = pl.read_parquet(weight_frames)
-    if frame_ids is not None:
-        table = table.filter(pl.col("frame_id").is_in(frame_ids))
-    out: dict[str, np.ndarray] = {}
-    for (source, scene), g in table.group_by("source", "scene", maintain_order=True):
-        arr = zarr.open_array(store=str(Path(weight_maps) / str(source) / str(scene) / "maps"),
-                              mode="r")
-        data = arr.oindex[g["row"].to_list()]
-        out.update(zip(g["frame_id"].to_list(), data, strict=True))
-    return out
-
-
-def warp_maps(maps: Any, aug_matrix: Any, point_cloud_range_m: tuple[float, ...]) -> Any:
-    """Resample (B, K, H, W) BEV maps into the augmented frame (aug_matrix (B, 3, 3): augmented
-    point = aug @ original). Exact for the identity and for a y-flip on a y-symmetric grid."""
-    import torch
-    import torch.nn.functional as F
-
-    x0, y0, _, x1, y1, _ = point_cloud_range_m
-    c = maps.new_tensor([(x0 + x1) / 2, (y0 + y1) / 2])
-    half = maps.new_tensor([(x1 - x0) / 2, (y1 - y0) / 2])
-    inv = torch.linalg.inv(aug_matrix.to(maps.dtype))[:, :2, :2]  # augmented -> original (x, y)
-    lin = inv * half.view(1, 1, 2) / half.view(1, 2, 1)          # H^-1 A^-1 H
-    shift = ((inv @ c) - c) / half                                 # H^-1 (A^-1 c - c)
-    theta = torch.cat([lin, shift.unsqueeze(-1)], dim=2)           # (B, 2, 3)
-    grid = F.affine_grid(theta, list(maps.shape), align_corners=False)
-    return F.grid_sample(maps, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
 STAGE = Stage(
@@ -187,19 +155,3 @@ STAGE = Stage(
              Port("weight_frames", ParquetArtifact)),
     description="ingested LiDAR -> per-frame BEV intensity/occupancy weight maps (IMKD prior)",
 )
-
-
-def frame_weight_map(ws: Any, frame_id: str) -> tuple[np.ndarray, tuple[float, ...]]:
-    """(H, W) weight channel of `frame_id` from the newest committed `imkd-weights` artifact that
-    has it, and its (x0, y0, x1, y1) range: what `kdpipe show FRAME --weights` draws."""
-    from kdpipe.pipeline.errors import KdpipeError
-
-    recs = ws.committed("imkd-weights")
-    for rec in recs:  # newest first
-        art = Path(ws.artifact_dir("imkd-weights", rec["key"]))
-        maps = read_maps(art / "weight_maps.zarr", art / "weight_frames.parquet", [frame_id])
-        if frame_id in maps:
-            x0, y0, _, x1, y1, _ = rec["config"]["point_cloud_range_m"]
-            return maps[frame_id][CHANNELS.index("weight")], (x0, y0, x1, y1)
-    raise KdpipeError(f"--weights: no committed imkd-weights artifact has frame {frame_id} "
-                      f"({len(recs)} artifacts); run `kdpipe run imkd-weights` first")

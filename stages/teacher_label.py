@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
+from kdpipe.datasets.store import IngestStore
 from kdpipe.pipeline.stage import (
     CheckpointArtifact,
     ParquetArtifact,
@@ -19,7 +20,6 @@ from kdpipe.pipeline.stage import (
     ZarrArtifact,
 )
 from kdpipe.runtime.inference import cleanup_parts, infer
-from kdpipe.runtime.model_data import select_frames
 
 
 class TeacherLabelConfig(StageConfig):
@@ -33,10 +33,11 @@ class TeacherLabelConfig(StageConfig):
 
 def run(ctx: StageContext[TeacherLabelConfig]) -> None:
     cfg = ctx.config
-    frames = select_frames(ctx.inputs["points"].parent, cfg.splits)
-    dets, frame_list = infer(ctx, ctx.inputs["teacher"], frames, radar_sensor=cfg.radar_sensor,
-                             batch_size=cfg.batch_size, top_k=cfg.top_k,
-                             score_floor=cfg.score_floor, device=cfg.device)
+    store = IngestStore.from_inputs(ctx.inputs, ctx.stage)
+    frames = store.select_frames(cfg.splits)
+    dets, frame_list = infer(ctx, store, ctx.inputs["teacher"], frames,
+                             radar_sensor=cfg.radar_sensor, batch_size=cfg.batch_size,
+                             top_k=cfg.top_k, score_floor=cfg.score_floor, device=cfg.device)
     dets.write_parquet(ctx.outputs["detections"], metadata=ctx.file_metadata())
     frame_list.write_parquet(ctx.outputs["detection_frames"], metadata=ctx.file_metadata())
     cleanup_parts(ctx)

@@ -2,19 +2,20 @@
 
 The default is SCKD's LiDAR+radar teacher; the same stage trains the LiDAR-only teacher or the
 radar-only baseline by `model = "lidar-only" | "radar-only"` (used twice in one workflow through
-`uses` + `ports`). Frames are read once, cropped to the model's range and kept in memory: the
-labeled split is small by construction (the point of the pipeline), and this keeps the optimiser
-fed on a CPU. Training resumes from its last finished epoch after a kill.
+`uses` + `ports`). Frames are read through the ports (`IngestStore`) once, cropped to the
+model's range and kept in memory: the labeled split is small by construction (the point of the
+pipeline), and this keeps the optimiser fed on a CPU. Training resumes from its last finished
+epoch after a kill. Camera models need a `calibration` port, which this stage does not have.
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import polars as pl
 import torch
 from pydantic import Field
 
+from kdpipe.datasets.store import IngestStore
 from kdpipe.pipeline.stage import (
     CheckpointArtifact,
     ParquetArtifact,
@@ -26,17 +27,14 @@ from kdpipe.pipeline.stage import (
 )
 from kdpipe.runtime.camera_data import camera_channels
 from kdpipe.runtime.checkpoints import input_refs, save_checkpoint
+from kdpipe.runtime.frames import FrameSpec, load_train_frames
 from kdpipe.runtime.model_data import (
-    empty_targets,
-    read_group_frames,
     resolve_device,
-    select_frames,
-    sensor_map,
     targets_from_table,
     tune_allocator,
     worker_threads,
 )
-from kdpipe.runtime.train_loop import OptimConfig, TrainFrame, fit
+from kdpipe.runtime.train_loop import OptimConfig, fit
 
 
 class TeacherTrainConfig(StageConfig):
@@ -48,22 +46,6 @@ class TeacherTrainConfig(StageConfig):
     optim: OptimConfig = OptimConfig()
 
 
-def load_train_frames(ingest_dir: Path, frames: pl.DataFrame, modalities: tuple[str, ...],
-                      radar_sensor: str, pc_range: tuple[float, ...],
-                      targets: dict[str, Any], box_width: int = 7,
-                      cameras: tuple[str, ...] = ()) -> list[TrainFrame]:
-    """Cropped per-frame arrays for `frames`, read group by group (+ `cameras` images)."""
-    empty = empty_targets(box_width)
-    sensors = sensor_map(radar_sensor, modalities)
-    out = []
-    for (source, scene), g in frames.group_by("source", "scene", maintain_order=True):
-        arrays = read_group_frames(ingest_dir, str(source), str(scene), g["frame_index"].to_list(),
-                                   sensors, pc_range, cameras)
-        out += [TrainFrame(str(fid), pts, targets.get(str(fid), empty))
-                for fid, pts in zip(g["frame_id"], arrays, strict=True)]
-    return out
-
-
 def run(ctx: StageContext[TeacherTrainConfig]) -> None:
     from kdpipe.models import create_model
 
@@ -73,15 +55,14 @@ def run(ctx: StageContext[TeacherTrainConfig]) -> None:
     torch.manual_seed(ctx.seed)  # weight init
     model = create_model(cfg.model, **cfg.detector)
     device = resolve_device(cfg.optim.device)
-    ingest = ctx.inputs["points"].parent
-    frames = select_frames(ingest, cfg.splits, labeled_only=True, max_frames=cfg.max_frames)
-    boxes = pl.read_parquet(ctx.inputs["boxes"]).filter(
-        pl.col("frame_id").is_in(frames["frame_id"].implode()))
+    store = IngestStore.from_inputs(ctx.inputs, ctx.stage)
+    frames = store.select_frames(cfg.splits, labeled_only=True, max_frames=cfg.max_frames)
+    boxes = store.read_boxes().filter(pl.col("frame_id").is_in(frames["frame_id"].implode()))
     vel = model.config.with_velocity
     targets = targets_from_table(boxes, model.classes, with_velocity=vel)
-    data = load_train_frames(ingest, frames, model.modalities, cfg.radar_sensor,
-                             model.config.point_cloud_range_m, targets, 9 if vel else 7,
-                             camera_channels(model))
+    spec = FrameSpec(model.modalities, cfg.radar_sensor, model.config.point_cloud_range_m,
+                     9 if vel else 7, camera_channels(model))
+    data = load_train_frames(store, frames, spec, targets)
     model.to(device)
     log = fit(model, data, cfg.optim, workdir=ctx.workdir, seed=ctx.seed, device=device,
               progress=ctx.progress)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import polars as pl
 
+from kdpipe.datasets.store import IngestStore
 from kdpipe.schemas.boxes import box_corners
 
 if TYPE_CHECKING:
@@ -138,12 +139,13 @@ def render_bev(
     return fig
 
 
-def frame_points(store_path: str | Path, frame_row: Mapping[str, Any], *,
+def frame_points(store: IngestStore | str | Path, frame_row: Mapping[str, Any], *,
                  radar_sensor: str = "radar") -> tuple[np.ndarray, np.ndarray]:
     """One frame's LiDAR and radar points from an ingest store, x/y/z first.
 
     Args:
-        store_path: the ingest artifact directory, or its ``points.zarr`` inside it.
+        store: the store (a stage's ports), the ingest artifact directory, or its
+            ``points.zarr`` inside it.
         frame_row: a FRAMES row (needs ``frame_id``).
         radar_sensor: store sensor of the radar (``radar``, or an accumulated ``radar_3``...).
 
@@ -152,13 +154,12 @@ def frame_points(store_path: str | Path, frame_row: Mapping[str, Any], *,
     """
     from kdpipe.datasets.store_dataset import StoreDataset
 
-    root = Path(store_path)
-    if root.suffix == ".zarr":
-        root = root.parent
-    ds = StoreDataset(root, sensors=("lidar", radar_sensor),
+    if not isinstance(store, IngestStore):  # a user-given path: artifact dir or its points.zarr
+        store = IngestStore.from_artifact(store)
+    ds = StoreDataset(store, sensors=("lidar", radar_sensor),
                       where=pl.col("frame_id") == str(frame_row["frame_id"]), with_boxes=False)
     if len(ds) == 0:
-        raise KeyError(f"frame {frame_row['frame_id']!r} is not in the store {root}")
+        raise KeyError(f"frame {frame_row['frame_id']!r} is not in the store {store.points}")
     item = ds[0]
     return np.asarray(item["lidar"]), np.asarray(item[radar_sensor])
 

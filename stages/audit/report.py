@@ -16,6 +16,7 @@ import numpy as np
 import polars as pl
 from matplotlib.figure import Figure
 
+from kdpipe.datasets.store import IngestStore
 from kdpipe.stages.audit.bev import frame_boxes, frame_points, render_bev
 
 _PALETTE = ["#1f77b4", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22",
@@ -151,7 +152,7 @@ def band_tables(section: dict[str, Any]) -> str:
     return "".join(out)
 
 
-def bev_images(report: dict[str, Any], ingest: Path, frames: pl.DataFrame, gt: pl.DataFrame,
+def bev_images(report: dict[str, Any], ingest: IngestStore, frames: pl.DataFrame, gt: pl.DataFrame,
                kept: pl.DataFrame, radar_sensor: str) -> list[tuple[str, str]]:
     """(caption, data URI) of each worst frame: points, ground truth, kept pseudo-labels."""
     out = []
@@ -180,7 +181,7 @@ text-align:right;font-size:13px}th{background:#f0f0f0}img{max-width:100%;border:
 figcaption{font-size:12px}"""
 
 
-def write_html(path: Path, report: dict[str, Any], *, ingest: Path, frames: pl.DataFrame,
+def write_html(path: Path, report: dict[str, Any], *, ingest: IngestStore, frames: pl.DataFrame,
                gt: pl.DataFrame, kept: pl.DataFrame, radar_sensor: str = "radar") -> None:
     """Write the report page; every image is a data URI, so the file stands alone."""
     cfg, proto = report["config"], report["protocol"]

@@ -22,6 +22,7 @@ import numpy as np
 import polars as pl
 from pydantic import Field
 
+from kdpipe.datasets.store import IngestStore
 from kdpipe.pipeline.errors import ConfigError
 from kdpipe.pipeline.stage import (
     HtmlArtifact,
@@ -75,25 +76,26 @@ def audit_frames(frames: pl.DataFrame, det_frames: pl.DataFrame, splits: list[st
     return sel.sort("source", "scene", "frame_index")
 
 
-def radar_counts(ingest: Path, frames: pl.DataFrame, dets: pl.DataFrame, sensor: str
-                 ) -> np.ndarray:
+def radar_counts(ingest: IngestStore | Path, frames: pl.DataFrame, dets: pl.DataFrame,
+                 sensor: str) -> np.ndarray:
     """Radar points inside each detection box (the rule ingest uses for `num_radar_pts`);
     -1 where the store has no such radar sensor for the frame."""
-    from kdpipe.schemas.boxes import points_in_boxes
-    from kdpipe.runtime.model_data import BOX_COLUMNS
     from kdpipe.datasets.store_dataset import StoreDataset
+    from kdpipe.models.batch import BOX_COLUMNS
+    from kdpipe.schemas.boxes import points_in_boxes
 
+    store = ingest if isinstance(ingest, IngestStore) else IngestStore.from_artifact(ingest)
     out = np.full(dets.height, -1, dtype=np.int64)
     rows = dets.with_row_index("_i").join(frames.select("frame_id", "source", "scene"),
                                           on="frame_id")
     groups = rows.select("source", "scene").unique()
-    have = groups.filter(pl.Series([(ingest / "points.zarr" / s / g / sensor).is_dir()
+    have = groups.filter(pl.Series([(store.group(s, g) / sensor).is_dir()
                                     for s, g in groups.iter_rows()], dtype=pl.Boolean))
     rows = rows.join(have, on=["source", "scene"])
     if rows.is_empty():
         return out
     by_frame = {k[0]: g for k, g in rows.group_by("frame_id")}
-    ds = StoreDataset(ingest, sensors=(sensor,), with_boxes=False,
+    ds = StoreDataset(store, sensors=(sensor,), with_boxes=False,
                       where=pl.col("frame_id").is_in(list(by_frame)))
     for i in range(len(ds)):  # one contiguous slice per frame (x, y, z are the first fields)
         item = ds[i]
@@ -166,13 +168,15 @@ def compute(cfg: AuditConfig, frames: pl.DataFrame, dets: pl.DataFrame, boxes: p
     return report, table, kept
 
 
-def write_outputs(cfg: AuditConfig, ingest: Path, frames: pl.DataFrame, dets: pl.DataFrame,
-                  boxes: pl.DataFrame, outputs: dict[str, Path],
+def write_outputs(cfg: AuditConfig, ingest: IngestStore | Path, frames: pl.DataFrame,
+                  dets: pl.DataFrame, boxes: pl.DataFrame, outputs: dict[str, Path],
                   metadata: dict[str, str] | None = None) -> dict[str, Any]:
     """Audit `dets` against `boxes` on `frames` and write the JSON, Parquet and HTML outputs
-    (paths under `outputs` by port name); returns the report."""
+    (paths under `outputs` by port name); returns the report. `ingest`: the store (a stage's
+    ports) or an `ingest` artifact directory (`kdpipe audit --submission`)."""
     from kdpipe.stages.audit.report import write_html
 
+    ingest = ingest if isinstance(ingest, IngestStore) else IngestStore.from_artifact(ingest)
     report, table, kept = compute(cfg, frames, dets, boxes, det_radar_fn=lambda d: radar_counts(
         ingest, frames, d, cfg.radar_sensor))
     worst = table.with_columns(errors=pl.col("fp") + pl.col("fn")).filter(pl.col("errors") > 0) \
@@ -190,12 +194,13 @@ def write_outputs(cfg: AuditConfig, ingest: Path, frames: pl.DataFrame, dets: pl
 
 def run(ctx: StageContext[AuditConfig]) -> None:
     cfg = ctx.config
-    frames = audit_frames(pl.read_parquet(ctx.inputs["frames"]),
+    store = IngestStore.from_inputs(ctx.inputs, ctx.stage)
+    frames = audit_frames(store.read_frames(),
                           pl.read_parquet(ctx.inputs["detection_frames"]), cfg.splits)
     ids = frames["frame_id"].implode()
     dets = pl.read_parquet(ctx.inputs["detections"]).filter(pl.col("frame_id").is_in(ids))
-    boxes = pl.read_parquet(ctx.inputs["boxes"]).filter(pl.col("frame_id").is_in(ids))
-    write_outputs(cfg, ctx.inputs["points"].parent, frames, dets, boxes, dict(ctx.outputs),
+    boxes = store.read_boxes().filter(pl.col("frame_id").is_in(ids))
+    write_outputs(cfg, store, frames, dets, boxes, dict(ctx.outputs),
                   ctx.file_metadata())
 
 

@@ -16,7 +16,6 @@ Output: `selection` (schema selection/1, rank 1 first, raw file paths included) 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Literal
 
 import polars as pl
@@ -172,21 +171,6 @@ def make_selection(frames: pl.DataFrame, cfg: CurateConfig, dets: pl.DataFrame |
         summary["note"] = (f"only {cands.height} frame(s) passed the filters; selected all of "
                            f"them, {cfg.budget - sel.height} short of the budget")
     return sel, summary
-
-
-def restrict_to_selection(listed: pl.DataFrame, selection: Path) -> pl.DataFrame:
-    """`listed` (a frame list with `frame_id`) cut to a selection's frames, for `distill`.
-
-    Every selected frame must be in `listed`: a selection the student cannot train on in full
-    is an error, not a silent shrink.
-    """
-    sel = pl.read_parquet(selection, columns=["frame_id"])
-    missing = sel.join(listed, on="frame_id", how="anti")
-    if missing.height:
-        raise ConfigError(f"distill: {missing.height} selected frame(s) have no pseudo-labels "
-                          f"in distill.unlabeled_splits (e.g. {missing['frame_id'][0]}); "
-                          f"curate.splits and teacher-label.splits must cover them")
-    return listed.join(sel, on="frame_id", how="semi")
 
 
 def _detections(ctx: StageContext[CurateConfig], cands: pl.DataFrame) -> pl.DataFrame:

@@ -10,17 +10,17 @@ import pytest
 
 from kdpipe.api import run_workflow
 from kdpipe.config import toml_value
-from kdpipe.pipeline.errors import ConfigError
 from kdpipe.pipeline import ancestry
 from kdpipe.pipeline.dag import validate_config
+from kdpipe.pipeline.errors import ConfigError
 from kdpipe.pipeline.store import Workspace
+from kdpipe.runtime.frames import restrict_to_selection
 from kdpipe.schemas.tables import BOXES, DETECTIONS, FRAMES, check_table, frame_table
 from kdpipe.stages import load_stage
 from kdpipe.stages.curate.stage import (
     CurateConfig,
     candidates,
     make_selection,
-    restrict_to_selection,
 )
 from kdpipe.stages.curate.strategies import class_weights, spread_order
 from kdpipe.testing import TINY_DETECTOR, ingest_store
@@ -202,7 +202,7 @@ def test_restrict_to_selection(tmp_path: Path) -> None:
 def curate_run(tmp_path_factory: pytest.TempPathFactory, vod_world: Path,
                ) -> tuple[str, dict[str, dict], list[str], Path]:
     """ingest -> tiny teacher -> labels -> curate (uncertainty) -> distill on the selection."""
-    from kdpipe.stages import distill
+    from kdpipe.runtime import frames as distill  # where distill's frame loading lives
 
     tmp = tmp_path_factory.mktemp("curate")
     wf = tmp / "curate.toml"

@@ -14,11 +14,13 @@ import torch
 
 from kdpipe.api import run_workflow
 from kdpipe.config import toml_value
+from kdpipe.models.batch import CameraInputs, Targets, TrainFrame, collate
+from kdpipe.models.imkd import warp_maps
 from kdpipe.pipeline import ancestry
 from kdpipe.pipeline.store import Workspace
-from kdpipe.stages.imkd_weights import WeightMapConfig, bev_maps, read_maps, warp_maps
-from kdpipe.runtime.model_data import Targets, collate
-from kdpipe.runtime.train_loop import OptimConfig, TrainFrame, augment
+from kdpipe.runtime.train_loop import OptimConfig, augment
+from kdpipe.runtime.weight_maps import read_maps
+from kdpipe.stages.imkd_weights import WeightMapConfig, bev_maps
 
 GRID = WeightMapConfig(point_cloud_range_m=(0.0, -2.0, -3.0, 4.0, 2.0, 2.0), cell_m=1.0,
                        occupancy_ref_points=2.0, floor=0.1, alpha=0.5, intensity_scale=100.0)
@@ -68,11 +70,12 @@ def test_camera_extrinsics_follow_the_point_augmentation() -> None:
     t[:3, 3] = [1.5, 0.2, 1.6]
     p = np.array([[12.0, -3.0, 0.5, 7.0]], np.float32)
     p_cam = np.linalg.inv(t) @ np.append(p[0, :3], 1.0)
-    frame = TrainFrame("f", {"lidar": p, "camera": np.zeros((1, 3, 4, 4), np.uint8),
-                             "camera_intrinsics": np.eye(3, dtype=np.float32)[None],
-                             "camera_to_ego": t[None], "weight_map": np.ones((1, 2, 2))},
+    frame = TrainFrame("f", {"lidar": p},
                        Targets(np.zeros((0, 7), np.float32), np.zeros(0, np.int64),
-                               np.zeros((0, 7), np.float32)))
+                               np.zeros((0, 7), np.float32)),
+                       cameras=CameraInputs(np.zeros((1, 3, 4, 4), np.uint8),
+                                            np.eye(3, dtype=np.float32)[None], t[None]),
+                       weight_map=np.ones((1, 2, 2)))
     seen_flip = False
     for seed in range(6):
         out, _ = augment(frame, np.random.default_rng(seed), OptimConfig())
@@ -130,7 +133,7 @@ lr_max = 0.003
 [evaluate-student]
 uses = "evaluate"
 [evaluate-student.ports]
-teacher = "student"
+checkpoint = "student"
 metrics = "student_metrics"
 metrics_table = "student_metrics_table"
 eval_detections = "student_eval_detections"

@@ -10,12 +10,12 @@ import torch
 
 from kdpipe.api import run_workflow
 from kdpipe.config import toml_value
-from kdpipe.pipeline.errors import ConfigError
 from kdpipe.models import create_model
-from kdpipe.schemas.tables import check_table
+from kdpipe.models.batch import EMPTY, Targets, TrainFrame
+from kdpipe.pipeline.errors import ConfigError
 from kdpipe.runtime.checkpoints import load_model, read_checkpoint
-from kdpipe.runtime.model_data import EMPTY, Targets
-from kdpipe.runtime.train_loop import OptimConfig, TrainFrame, fit
+from kdpipe.runtime.train_loop import OptimConfig, fit
+from kdpipe.schemas.tables import check_table
 from kdpipe.testing import TINY_DETECTOR
 
 TINY = TINY_DETECTOR
@@ -102,7 +102,7 @@ def test_evaluate_reports_official_vod_metrics(teacher_run) -> None:  # type: ig
     table = pl.read_parquet(st["evaluate"]["outputs"]["metrics_table"])
     assert table.height > 0 and table["value"].is_finite().all()
     lin = json.loads((Path(st["evaluate"]["path"]) / "_lineage.json").read_text())
-    assert lin["inputs"]["teacher"]["stage"] == "teacher-train"
+    assert lin["inputs"]["checkpoint"]["stage"] == "teacher-train"
 
 
 def _frames(n: int) -> list[TrainFrame]:
