@@ -48,7 +48,7 @@ def _table(name: str, cfg: dict[str, Any], uses: str | None = None,
 
 def _eval(name: str, model: str) -> list[str]:
     return _table(f"evaluate-{name}", {"split": "val", "nuscenes_eval_set": "synth_val"},
-                  "evaluate", {"teacher": model, "metrics": f"{name}_metrics",
+                  "evaluate", {"checkpoint": model, "metrics": f"{name}_metrics",
                                "metrics_table": f"{name}_metrics_table",
                                "eval_detections": f"{name}_eval_detections"})
 

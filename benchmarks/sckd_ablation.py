@@ -50,7 +50,7 @@ def _table(name: str, cfg: dict[str, Any], uses: str | None = None,
 def _eval(name: str, model_artifact: str) -> tuple[str, list[str]]:
     stage = f"evaluate-{name}"
     return stage, _table(stage, {}, "evaluate", {
-        "teacher": model_artifact, "metrics": f"{name}_metrics",
+        "checkpoint": model_artifact, "metrics": f"{name}_metrics",
         "metrics_table": f"{name}_metrics_table", "eval_detections": f"{name}_eval_detections"})
 
 

@@ -1,14 +1,22 @@
-"""Public Python API: the same calls the CLI makes."""
+"""Public Python API: the same calls the CLI makes.
+
+`run_workflow` is the one path that plans, locks the workspace and executes; `run_audit` and
+`run_curate` (`kdpipe audit`, `kdpipe curate`) only add their stage and deltas to a loaded
+workflow and hand it to `run_workflow`.
+"""
 from __future__ import annotations
 
+import copy
+import json
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from kdpipe.config import load_workflow
+from kdpipe.config import Workflow, apply_set, load_workflow
 from kdpipe.pipeline.dag import build_plan, select
+from kdpipe.pipeline.errors import ConfigError
 from kdpipe.pipeline.executor import make_executor
 from kdpipe.pipeline.runner import execute, status
 from kdpipe.pipeline.store import Workspace
@@ -19,13 +27,29 @@ def _names(xs: Sequence[str]) -> list[str]:
     return [canonical_name(x) for x in xs]
 
 
-def run_workflow(workflow: str | Path, workspace: str, stages: Sequence[str] = (), *,
+def _load(workflow: str | Path | Workflow, overrides: Sequence[str]) -> Workflow:
+    """A workflow file loaded with `overrides`, or a loaded one with them applied to a copy."""
+    if not isinstance(workflow, Workflow):
+        return load_workflow(workflow, list(overrides))
+    if not overrides:
+        return workflow
+    deltas = copy.deepcopy(workflow.deltas)  # the caller's workflow stays as it was
+    for a in overrides:
+        apply_set(deltas, a)
+    return replace(workflow, deltas=deltas)
+
+
+def run_workflow(workflow: str | Path | Workflow, workspace: str, stages: Sequence[str] = (), *,
                  overrides: Sequence[str] = (), scheduler: str | None = None,
                  from_: Sequence[str] = (), to: Sequence[str] = (), only: Sequence[str] = (),
                  force: bool = False, wait: bool = False, show_progress: bool = False,
                  log: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Plan, lock the workspace, and run what is not up to date. Returns a JSON-able report."""
-    wf = load_workflow(workflow, list(overrides))
+    """Plan, lock the workspace, and run what is not up to date. Returns a JSON-able report.
+
+    `workflow` is a TOML file or a `Workflow` already loaded (and possibly extended, as
+    `run_audit` does) with `kdpipe.config.load_workflow`.
+    """
+    wf = _load(workflow, overrides)
     ws = Workspace(workspace)
     executor = make_executor(scheduler)  # checks the spelling now; starts nothing yet
     with ExitStack() as stack:
@@ -56,7 +80,124 @@ def run_workflow(workflow: str | Path, workspace: str, stages: Sequence[str] = (
     return {"workflow": wf.name, "workspace": ws.url, "stages": [asdict(r) for r in results]}
 
 
-def workflow_status(workflow: str | Path, workspace: str,
+def workflow_status(workflow: str | Path | Workflow, workspace: str,
                     overrides: Sequence[str] = ()) -> list[dict[str, Any]]:
-    wf = load_workflow(workflow, list(overrides))
+    wf = _load(workflow, overrides)
     return status(build_plan(wf.stages, wf.deltas), Workspace(workspace))
+
+
+def _audit_stage(wf: Workflow) -> tuple[Workflow, str, bool]:
+    """(workflow with an audit stage, its name, whether it was added here)."""
+    from kdpipe.stages import load_stage
+    from kdpipe.stages.audit.stage import AuditConfig
+
+    names = [s.name for s in wf.stages if issubclass(s.config, AuditConfig)]
+    if len(names) > 1:
+        raise ConfigError(f"{wf.path} has several audit stages ({', '.join(names)}); run one "
+                          f"with `kdpipe run`")
+    if names:
+        return wf, names[0], False
+    if not any(p.ref == "detections" for s in wf.stages for p in s.outputs):
+        raise ConfigError(f"{wf.path}: no stage produces `detections` (add teacher-label); "
+                          f"nothing to audit")
+    stage = load_stage("audit")
+    return replace(wf, stages=(*wf.stages, stage)), stage.name, True
+
+
+def run_audit(workflow: str | Path, workspace: str, *, overrides: Sequence[str] = (),
+              precision_target: float | None = None, scheduler: str | None = None,
+              force: bool = False, wait: bool = False,
+              log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run the workflow's audit stage with its stale upstream (`kdpipe audit`).
+
+    A workflow without an audit stage gets one for this run (it needs a stage producing
+    `detections`). The thresholds marked on the curves are the workflow's own `[pseudo-label]
+    sigma / class_thresholds` unless `[audit]` sets them. Returns the audit JSON (`report`)
+    plus the stage's name, status, key and output paths.
+    """
+    wf, name, added = _audit_stage(load_workflow(workflow, list(overrides)))
+    delta = wf.deltas.setdefault(name, {})
+    # mark the thresholds this workflow's pseudo-label really uses, unless the audit sets its own
+    pseudo = wf.deltas.get("pseudo-label", {})
+    for k in ("sigma", "class_thresholds"):
+        if k in pseudo and k not in delta:
+            delta[k] = pseudo[k]
+    if precision_target is not None:
+        delta["precision_target"] = precision_target
+    res = run_workflow(wf, workspace, [name], scheduler=scheduler, force=force, wait=wait,
+                       log=log)["stages"][-1]
+    out = res["outputs"]
+    report = json.loads(Path(out["audit_json"]).read_text())
+    return {"stage": name, "added_to_workflow": added, "status": res["status"],
+            "key": res["key"], "html": out["audit_html"], "json": out["audit_json"],
+            "frames": out["audit_frames"], "report": report}
+
+
+def write_thresholds(path: Path, thresholds: dict[str, float], stage: str = "pseudo-label"
+                     ) -> dict[str, float]:
+    """Merge `thresholds` into `[pseudo-label] class_thresholds` of a workflow file, keeping
+    its comments; the merged table."""
+    import tomllib
+
+    from kdpipe.workflow_edit import set_stage_key
+
+    if not thresholds:
+        raise ConfigError("the audit recommends no threshold (no class has a true positive)")
+    doc = tomllib.loads(path.read_text()) if path.is_file() else None
+    if doc is None:
+        raise ConfigError(f"workflow file not found: {path}")
+    table = doc.get(stage) or doc.get(stage.replace("-", "_")) or {}
+    merged = {**table.get("class_thresholds", {}), **thresholds}
+    set_stage_key(path, stage, "class_thresholds", merged)
+    return merged
+
+
+def _curate_stage(wf: Workflow, wanted: str | None) -> tuple[Workflow, str, bool]:
+    """(workflow with a curate stage, its name, whether it was added here)."""
+    from kdpipe.stages import load_stage
+    from kdpipe.stages.curate.stage import CurateConfig
+
+    names = [s.name for s in wf.stages if issubclass(s.config, CurateConfig)]
+    if wanted:
+        if canonical_name(wanted) not in names:
+            raise ConfigError(f"--stage {wanted}: not a curate stage of {wf.path} "
+                              f"(curate stages: {', '.join(names) or 'none'})")
+        return wf, canonical_name(wanted), False
+    if len(names) > 1:
+        raise ConfigError(f"{wf.path} has several curate stages ({', '.join(names)}); "
+                          f"pick one with --stage")
+    if names:
+        return wf, names[0], False
+    has_dets = any(p.ref == "detections" for s in wf.stages for p in s.outputs)
+    stage = load_stage("curate" if has_dets else "curate-frames")
+    return replace(wf, stages=(*wf.stages, stage)), stage.name, True
+
+
+def run_curate(workflow: str | Path, workspace: str, *, stage: str | None = None,
+               where: Sequence[str] | None = None, strategy: str | None = None,
+               budget: int | None = None, seed: int | None = None,
+               overrides: Sequence[str] = (), scheduler: str | None = None, wait: bool = False,
+               log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run the workflow's curate stage with its stale upstream (`kdpipe curate`).
+
+    The stage is the workflow's `curate` / `curate-frames` (or an instance of one; `stage`
+    picks among several); a workflow without one gets `curate` for this run when a stage of it
+    produces teacher `detections`, else `curate-frames`. `where`/`strategy`/`budget`/`seed`
+    override that stage's config (after `overrides`). Returns the selection summary, its path
+    and the selected frames in rank order.
+    """
+    import polars as pl
+
+    wf, name, added = _curate_stage(load_workflow(workflow, list(overrides)), stage)
+    given = {"where": list(where) if where else None, "strategy": strategy, "budget": budget,
+             "seed": seed}
+    wf.deltas.setdefault(name, {}).update({k: v for k, v in given.items() if v is not None})
+    res = run_workflow(wf, workspace, [name], scheduler=scheduler, wait=wait,
+                       log=log)["stages"][-1]
+    out = res["outputs"]
+    summary = json.loads(Path(out["selection_summary"]).read_text())
+    sel = pl.read_parquet(out["selection"])
+    return {"stage": name, "added_to_workflow": added, "status": res["status"],
+            "key": res["key"], "seconds": res["seconds"], "selection": out["selection"],
+            "summary": summary,
+            "frames": sel.select("rank", "frame_id", "scene", "score", "reason").to_dicts()}

@@ -1,96 +1,19 @@
 """`kdpipe audit`: run a workflow's audit stage (and whatever upstream is stale), summarise it,
 and optionally write the recommended thresholds back into a workflow file.
 
-A workflow without an `audit` stage gets one for this run (it needs a stage producing
-`detections`, i.e. `teacher-label`). The thresholds marked on the curves are the workflow's own
-`[pseudo-label] sigma / class_thresholds` unless `[audit]` sets them, so after
+The work is `kdpipe.api.run_audit` and `kdpipe.api.write_thresholds`; this module parses the
+options and prints. A workflow without an `audit` stage gets one for this run (it needs a stage
+producing `detections`, i.e. `teacher-label`). The thresholds marked on the curves are the
+workflow's own `[pseudo-label] sigma / class_thresholds` unless `[audit]` sets them, so after
 `--write-thresholds` the next audit shows the new operating point.
 """
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-
-from kdpipe.pipeline.errors import ConfigError
-
-
-def _audit_stage(wf: Any) -> tuple[Any, str, bool]:
-    """(workflow with an audit stage, its name, whether it was added here)."""
-    from kdpipe.stages import load_stage
-    from kdpipe.stages.audit.stage import AuditConfig
-
-    names = [s.name for s in wf.stages if issubclass(s.config, AuditConfig)]
-    if len(names) > 1:
-        raise ConfigError(f"{wf.path} has several audit stages ({', '.join(names)}); run one "
-                          f"with `kdpipe run`")
-    if names:
-        return wf, names[0], False
-    if not any(p.ref == "detections" for s in wf.stages for p in s.outputs):
-        raise ConfigError(f"{wf.path}: no stage produces `detections` (add teacher-label); "
-                          f"nothing to audit")
-    stage = load_stage("audit")
-    return replace(wf, stages=(*wf.stages, stage)), stage.name, True
-
-
-def run_audit(workflow: str | Path, workspace: str, *, overrides: Sequence[str] = (),
-              precision_target: float | None = None, scheduler: str | None = None,
-              force: bool = False, wait: bool = False,
-              log: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Run the audit stage with its stale upstream; the audit JSON plus where things are."""
-    from kdpipe.config import load_workflow
-    from kdpipe.pipeline.dag import build_plan, select
-    from kdpipe.pipeline.executor import make_executor
-    from kdpipe.pipeline.runner import execute
-    from kdpipe.pipeline.store import Workspace
-
-    wf, name, added = _audit_stage(load_workflow(workflow, list(overrides)))
-    delta = wf.deltas.setdefault(name, {})
-    # mark the thresholds this workflow's pseudo-label really uses, unless the audit sets its own
-    pseudo = wf.deltas.get("pseudo-label", {})
-    for k in ("sigma", "class_thresholds"):
-        if k in pseudo and k not in delta:
-            delta[k] = pseudo[k]
-    if precision_target is not None:
-        delta["precision_target"] = precision_target
-    ws = Workspace(workspace)
-    executor = make_executor(scheduler)
-    with ws.lock(wait=wait):
-        plan = build_plan(wf.stages, wf.deltas)
-
-        def on_stage(n: str, key: str) -> None:
-            if log:
-                log(f"running {n} ({key})")
-
-        results = execute(plan, ws, select(plan, [name]), executor=executor, seed=wf.seed,
-                          force=force, on_stage=on_stage)
-    res = results[-1]
-    report = json.loads(Path(res.outputs["audit_json"]).read_text())
-    return {"stage": name, "added_to_workflow": added, "status": res.status, "key": res.key,
-            "html": res.outputs["audit_html"], "json": res.outputs["audit_json"],
-            "frames": res.outputs["audit_frames"], "report": report}
-
-
-def write_thresholds(path: Path, thresholds: dict[str, float], stage: str = "pseudo-label"
-                     ) -> dict[str, float]:
-    """Merge `thresholds` into `[pseudo-label] class_thresholds` of a workflow file."""
-    import tomllib
-
-    from kdpipe.workflow_edit import set_stage_key
-
-    if not thresholds:
-        raise ConfigError("the audit recommends no threshold (no class has a true positive)")
-    doc = tomllib.loads(path.read_text()) if path.is_file() else None
-    if doc is None:
-        raise ConfigError(f"workflow file not found: {path}")
-    table = doc.get(stage) or doc.get(stage.replace("-", "_")) or {}
-    merged = {**table.get("class_thresholds", {}), **thresholds}
-    set_stage_key(path, stage, "class_thresholds", merged)
-    return merged
 
 
 def summary(rep: dict[str, Any]) -> dict[str, Any]:
@@ -159,6 +82,8 @@ def audit(
     import sys
 
     from rich.console import Console
+
+    from kdpipe.api import run_audit, write_thresholds
 
     err = Console(stderr=True, soft_wrap=True)
     rep = run_audit(workflow, workspace, overrides=set_ or [], precision_target=precision_target,

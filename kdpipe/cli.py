@@ -28,18 +28,25 @@ def _emit_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj, indent=1, default=str) + "\n")
 
 
+StageList = Annotated[list[str] | None, typer.Argument(help="stages to run (+ stale upstream)")]
+Scheduler = Annotated[str | None,
+                      typer.Option(help="sync | local[:N] | tcp://HOST:PORT | scheduler file")]
+From = Annotated[list[str] | None, typer.Option("--from", help="this stage and downstream")]
+Wait = Annotated[bool, typer.Option(help="wait for the workspace lock instead of failing")]
+
+
 @app.command()
 def run(
-    stages: Annotated[list[str] | None, typer.Argument(help="stages to run (+ stale upstream)")] = None,
+    stages: StageList = None,
     workflow: Workflow = Path("workflows/smoke.toml"),
     workspace: Ws = "workspace",
     set_: Annotated[list[str] | None, typer.Option("--set", help="STAGE.KEY=VALUE")] = None,
-    scheduler: Annotated[str | None, typer.Option(help="sync | local[:N] | tcp://HOST:PORT | scheduler file")] = None,
-    from_: Annotated[list[str] | None, typer.Option("--from", help="this stage and downstream")] = None,
+    scheduler: Scheduler = None,
+    from_: From = None,
     to: Annotated[list[str] | None, typer.Option("--to", help="this stage and upstream")] = None,
     only: Annotated[list[str] | None, typer.Option("--only", help="exactly these stages")] = None,
     force: Annotated[bool, typer.Option(help="re-run selected stages even if cached")] = False,
-    wait: Annotated[bool, typer.Option(help="wait for the workspace lock instead of failing")] = False,
+    wait: Wait = False,
     as_json: Json = False,
 ) -> None:
     """Run stages of a workflow; up-to-date stages are skipped."""

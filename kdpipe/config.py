@@ -9,8 +9,17 @@
     format = "vod"
 
     [evaluate-student]         # a second instance of a stage: `uses` names the stage, `ports`
-    uses = "evaluate"          # binds its ports to other artifacts (port -> artifact name)
-    ports = { checkpoint = "student", metrics = "student_metrics" }
+    uses = "evaluate"          # binds its ports to other artifacts (port -> artifact name);
+    [evaluate-student.ports]   # every output is rebound: two stages never write one artifact
+    checkpoint = "student"
+    metrics = "student_metrics"
+    metrics_table = "student_metrics_table"
+    eval_detections = "student_eval_detections"
+
+    [teacher-train]            # `ports` without `uses` rebinds a stage's own ports
+    ports = { points = "filtered_points", frames = "filtered_frames" }
+
+Ports a stage renamed (`Stage.renamed_ports`) fail with a one-line message naming the new key.
 """
 from __future__ import annotations
 
@@ -70,13 +79,16 @@ def apply_set(deltas: dict[str, dict[str, Any]], assignment: str) -> None:
 
 
 def _stage(spec: str, deltas: dict[str, dict[str, Any]]) -> Any:
-    """A stage by name, or an instance of one (`uses` + `ports` popped from its table)."""
+    """A stage by name, or an instance of one (`uses` + `ports` popped from its table).
+
+    `ports` without `uses` rebinds the named stage's own ports (as `uses = "<itself>"` would),
+    e.g. to feed `teacher-train` from a filter stage's outputs.
+    """
     table = deltas.get(canonical_name(spec), {})
-    uses, ports = table.pop("uses", None), table.pop("ports", {})
-    if uses is None:
-        if ports:
-            raise ConfigError(f"[{spec}] ports needs `uses = \"<stage>\"`")
+    uses, ports = table.pop("uses", None), table.pop("ports", None)
+    if uses is None and ports is None:
         return load_stage(spec)
+    uses, ports = spec if uses is None else uses, {} if ports is None else ports
     if not isinstance(uses, str) or not isinstance(ports, dict) \
             or not all(isinstance(v, str) for v in ports.values()):
         raise ConfigError(f"[{spec}]: `uses` must be a stage name and `ports` a table of "

@@ -86,19 +86,27 @@ class Port:
 
 def instance(stage: Stage[Any], name: str, ports: Mapping[str, str]) -> Stage[Any]:
     """`stage` under another name, its ports bound to other artifact names (`run` is unchanged,
-    it still reads and writes its own port names)."""
+    it still reads and writes its own port names). Ports not in `ports` keep their binding."""
     from dataclasses import replace
 
+    from kdpipe.pipeline.errors import ConfigError
+
+    # A renamed port fails with the key to write: the old name would otherwise read as a typo.
+    for old in ports:
+        new = stage.renamed_ports.get(old)
+        if new is not None:
+            raise ConfigError(f"[{name}] ports: port '{old}' of stage '{stage.name}' is now "
+                              f"'{new}' (write ports = {{ {new} = \"{ports[old]}\", ... }})")
     known = {p.name for p in (*stage.inputs, *stage.outputs)}
     unknown = sorted(set(ports) - known)
     if unknown:
-        from kdpipe.pipeline.errors import ConfigError
-
         raise ConfigError(f"[{name}] ports: stage '{stage.name}' has no port(s) "
                           f"{', '.join(unknown)} (it has: {', '.join(sorted(known))})")
 
     def bind(ps: tuple[Port, ...]) -> tuple[Port, ...]:
-        return tuple(replace(p, artifact=ports.get(p.name)) for p in ps)
+        # keep a port's own default binding (e.g. a renamed port still reading its old
+        # artifact) unless the workflow rebinds it
+        return tuple(replace(p, artifact=ports.get(p.name, p.artifact)) for p in ps)
 
     return replace(stage, name=name, inputs=bind(stage.inputs), outputs=bind(stage.outputs))
 
@@ -114,6 +122,9 @@ class Stage(Generic[C]):
     # Raw inputs outside the workspace; their (path, size, mtime) fingerprint joins the key.
     sources: Callable[[C], Sequence[Path]] | None = None
     description: str = ""
+    # Ports renamed since workflows were written (old name -> new name): binding the old name
+    # in `ports = {...}` fails with a message naming the new key.
+    renamed_ports: Mapping[str, str] = field(default_factory=dict)
 
     def source_hash(self) -> str:
         """Hash of the stage module's code, comments and docstrings stripped (lineage only)."""
