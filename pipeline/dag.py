@@ -10,6 +10,7 @@ from pydantic import ValidationError
 from kdpipe.pipeline.errors import ConfigError, PlanError
 from kdpipe.pipeline.hashing import fingerprint_tree, stage_key
 from kdpipe.pipeline.stage import Port, Stage, StageConfig
+from kdpipe.schemas import Schema, UnknownSchemaError, get_schema
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,9 @@ class Node:
     key: str
     fingerprint: str | None          # raw-input fingerprint (source stages only)
     upstream_port: Mapping[str, Port] = field(default_factory=dict)  # input -> producer's port
+    # output port name -> its declared schema, resolved at plan time; the runner validates
+    # these outputs before publishing (outputs without a schema are not checked)
+    output_schemas: Mapping[str, Schema] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -87,11 +91,40 @@ def _match_ports(stages: Sequence[Stage[Any]]) -> dict[str, dict[str, tuple[str,
             if out.kind is not p.kind:
                 raise PlanError(f"port type mismatch: '{src}' writes '{p.ref}' as "
                                 f"{out.kind.kind}, '{s.name}' reads it as {p.kind.kind}")
-            if p.schema and out.schema and p.schema != out.schema:
-                raise PlanError(f"schema mismatch on '{p.ref}': '{src}' writes {out.schema}, "
-                                f"'{s.name}' expects {p.schema}")
+            if p.schema and out.schema and _schema_id(p.schema) != _schema_id(out.schema):
+                raise PlanError(f"schema mismatch on '{p.ref}': '{src}' writes "
+                                f"{_schema_id(out.schema)}, '{s.name}' expects "
+                                f"{_schema_id(p.schema)}")
             upstream[s.name][p.name] = (src, out)
     return upstream
+
+
+def _schema_id(ref: str | Schema) -> str:
+    return ref if isinstance(ref, str) else ref.id
+
+
+def _resolve_schemas(stages: Sequence[Stage[Any]]) -> dict[str, dict[str, Schema]]:
+    """Every port's schema object, by stage and output port; a plan error for a name no
+    module registered, or a schema of another artifact kind than its port.
+
+    Runs after port matching, so a producer/consumer disagreement is reported as that."""
+    outputs: dict[str, dict[str, Schema]] = {}
+    for s in stages:
+        outputs[s.name] = {}
+        for p, is_out in [*((p, False) for p in s.inputs), *((p, True) for p in s.outputs)]:
+            if not p.schema:
+                continue
+            side = "output" if is_out else "input"
+            try:
+                schema = get_schema(p.schema)
+            except UnknownSchemaError as e:
+                raise PlanError(f"stage '{s.name}' {side} '{p.name}': {e}") from None
+            if schema.kind != p.kind.kind:
+                raise PlanError(f"stage '{s.name}' {side} '{p.name}' is {p.kind.kind} but "
+                                f"schema {schema.id} describes {schema.kind} artifacts")
+            if is_out:
+                outputs[s.name][p.name] = schema
+    return outputs
 
 
 def _toposort(names: Sequence[str],
@@ -119,6 +152,7 @@ def build_plan(stages: Sequence[Stage[Any]], deltas: Mapping[str, Mapping[str, A
         raise ConfigError(f"config given for stage(s) not in the workflow: {', '.join(unknown)}")
     configs = {s.name: validate_config(s, deltas.get(s.name, {})) for s in stages}
     upstream = _match_ports(stages)
+    schemas = _resolve_schemas(stages)
     order = _toposort(names, upstream)
     nodes: dict[str, Node] = {}
     for n in order:
@@ -129,7 +163,7 @@ def build_plan(stages: Sequence[Stage[Any]], deltas: Mapping[str, Mapping[str, A
         input_keys = {port: nodes[src].key for port, (src, _) in upstream[n].items()}
         key = stage_key(n, s.version, cfg.model_dump(mode="json"), input_keys, fp)
         nodes[n] = Node(s, cfg, {p: src for p, (src, _) in upstream[n].items()}, key, fp,
-                        {p: out for p, (_, out) in upstream[n].items()})
+                        {p: out for p, (_, out) in upstream[n].items()}, schemas[n])
     return Plan(tuple(order), nodes)
 
 

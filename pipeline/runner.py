@@ -9,13 +9,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kdpipe.pipeline.errors import KdpipeError, PlanError, StageError
 from kdpipe.pipeline import lineage
-from kdpipe.pipeline.dag import Plan
+from kdpipe.pipeline.dag import Node, Plan
+from kdpipe.pipeline.errors import KdpipeError, PlanError, StageError
 from kdpipe.pipeline.executor import Executor, SyncExecutor
 from kdpipe.pipeline.hashing import digest_path
 from kdpipe.pipeline.stage import ProgressFn, StageContext
 from kdpipe.pipeline.store import ENVIRONMENT_ERRNOS, Workspace
+from kdpipe.schemas.base import summarize
 
 
 @dataclass
@@ -90,6 +91,7 @@ def _run_stage(plan: Plan, ws: Workspace, n: str, ex: Executor, seed: int,
         missing = [p for p, path in outputs.items() if not path.exists()]
         if missing:
             raise StageError(f"stage '{n}' finished without writing {', '.join(missing)}")
+        _check_schemas(n, node, outputs)
     except BaseException as e:
         ws.append_event(lineage.run_event("FAIL", run_id=run_id, stage=n, workspace=ws.url,
                                           inputs=in_names, outputs=out_names,
@@ -125,6 +127,19 @@ def _run_stage(plan: Plan, ws: Workspace, n: str, ex: Executor, seed: int,
     ws.append_event(lineage.run_event("COMPLETE", run_id=run_id, stage=n, workspace=ws.url,
                                       inputs=in_names, outputs=out_names,
                                       facets={"key": node.key, "outputs": out_lineage}))
+
+
+def _check_schemas(n: str, node: Node, outputs: dict[str, Path]) -> None:
+    """Validate every output that declares a schema; the first mismatch fails the stage.
+
+    Checked before publishing, so a stage that breaks its contract never leaves an artifact
+    that downstream stages (or a later run) would take as done.
+    """
+    for port, schema in node.output_schemas.items():
+        problems = schema.validate(outputs[port])
+        if problems:
+            raise StageError(f"stage '{n}' output '{port}' does not match {schema.id}: "
+                             f"{summarize(problems)}")
 
 
 def status(plan: Plan, ws: Workspace) -> list[dict[str, Any]]:

@@ -11,6 +11,8 @@ from typing import Any
 
 import polars as pl
 
+from kdpipe.schemas.base import TableSchema
+
 MAT4 = pl.Array(pl.Float64, 16)   # row-major 4x4 transform
 MAT34 = pl.Array(pl.Float64, 12)  # row-major 3x4 projection
 
@@ -116,6 +118,39 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     "detections/1": DETECTIONS, "detection_frames/1": DETECTION_FRAMES,
     "pseudo_labels/1": PSEUDO_LABELS, "selection/1": SELECTION,
 }
+
+
+# The records table of `kdpipe.testing`'s toy source (tests and the re-run benchmark): one row
+# per raw file. It is registered here because kdpipe.testing ships with the package and its
+# stages declare it; it is no dataset table, so it stays out of SCHEMAS above.
+TOY_RECORDS: dict[str, Any] = {
+    "name": pl.String,            # file name inside the toy root
+    "bytes": pl.Int64,
+    "sha256": pl.String,
+    "byte_sum": pl.Int64,         # sum of the file's bytes
+}
+
+# The tables as schema objects: what `Port.schema` names resolve to (see kdpipe.schemas).
+TABLE_SCHEMAS: tuple[TableSchema, ...] = (
+    TableSchema("frames", 1, "One row per ingested frame, zero-box frames included; "
+                "frame_index is the frame's position in its Zarr group's offsets.", FRAMES),
+    TableSchema("boxes", 1, "One row per labeled 3D box, canonical ego convention "
+                "(kdpipe.schemas.boxes): centre, length/width/height in m, yaw about +z.", BOXES),
+    TableSchema("calibration", 1, "One row per frame and sensor: ego <- sensor transform, "
+                "camera projection and image size for cameras.", CALIBRATION),
+    TableSchema("rejects", 1, "One row per raw input that failed a check, with the check "
+                "and why; input frames = ingested + rejected.", REJECTS),
+    TableSchema("detections", 1, "One row per decoded box of a detector (top-K per frame, "
+                "before score filtering), ego frame.", DETECTIONS),
+    TableSchema("detection_frames", 1, "Every frame a detector ran on, zero-detection frames "
+                "included.", DETECTION_FRAMES),
+    TableSchema("pseudo_labels", 1, "Detections kept as training targets; state is positive "
+                "(a target) or ignore (masks the loss around it).", PSEUDO_LABELS),
+    TableSchema("selection", 1, "Frames picked by curate, best first, with score, reason and "
+                "raw file paths.", SELECTION),
+    TableSchema("toy_records", 1, "kdpipe.testing's toy source: one row per raw file.",
+                TOY_RECORDS),
+)
 
 
 def frame_table(rows: list[Mapping[str, Any]], schema: Mapping[str, Any]) -> pl.DataFrame:
