@@ -123,6 +123,8 @@ def _run_stage(plan: Plan, ws: Workspace, n: str, ex: Executor, seed: int,
                          outputs=out_lineage, sources=sources,
                          source_hash=node.stage.source_hash(), fingerprint=node.fingerprint,
                          seed=seed, run_id=run_id, start=start)
+    if ctx.facts:  # what the stage reports about its work (e.g. points trained on)
+        rec["facts"] = ctx.facts
     ws.publish(n, node.key, workdir, rec)
     ws.append_event(lineage.run_event("COMPLETE", run_id=run_id, stage=n, workspace=ws.url,
                                       inputs=in_names, outputs=out_names,

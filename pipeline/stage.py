@@ -170,6 +170,9 @@ class StageContext(Generic[C]):
     # Digests a stage computed while writing (e.g. per Zarr group, in parallel); the runner
     # hashes any output not listed here.
     output_digests: dict[str, str] = field(default_factory=dict)
+    # Figures a stage reports about its run (e.g. points trained on), kept in the lineage record
+    # only: they describe the work, and artifacts stay byte-identical between runs without them.
+    facts: dict[str, Any] = field(default_factory=dict)
 
     def map(self, fn: Callable[..., Any], items: Iterable[Any], *, desc: str = "",
             resources: Mapping[str, float] | None = None) -> list[Any]:
