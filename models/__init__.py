@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from . import augment
 from .config import DetectorConfig
+from .contract import Detector
 from .decode import decode_boxes
 from .detectors import CenterPointDetector, SCKDTeacher, SingleModalityDetector
 from .fusion import AdaptiveFusion, modality_dropout_gate
@@ -23,6 +24,7 @@ __all__ = [
     "AdaptiveFusion",
     "CenterPointDetector",
     "CenterTargets",
+    "Detector",
     "DetectorConfig",
     "IMKDConfig",
     "IMKDStudent",

@@ -28,8 +28,9 @@ MODEL_FIELDS: dict[str, tuple[str, ...]] = {
     "radar": ("x", "y", "z", "rcs", "v_r_comp", "time"),
 }
 # Feature taps a detector's forward returns under "features" (BEV maps before the 2D backbone):
-# "lidar" / "radar" per modality encoder, "fusion" after fusing them (distillation targets).
-FEATURE_TAPS = ("lidar", "radar", "fusion")
+# "lidar" / "radar" / "camera" per modality encoder, "fusion" after fusing them (what
+# distillation reads: SCKD's "lidar" and "fusion" teacher taps, the student's "radar").
+FEATURE_TAPS = ("lidar", "radar", "camera", "fusion")
 CAMERA_KEYS = ("camera", "camera_intrinsics", "camera_to_ego")
 # Per-frame extras stacked into the batch as they are when every frame has them.
 STACKED_EXTRAS = ("aug_matrix", "weight_map")

@@ -10,6 +10,8 @@ from typing import Any, TypeVar
 
 from torch import nn
 
+from .contract import Detector
+
 F = TypeVar("F", bound=Callable[..., nn.Module])
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
@@ -31,18 +33,23 @@ def register_model(name: str) -> Callable[[F], F]:
     return deco
 
 
-def create_model(name: str, **cfg: Any) -> nn.Module:
+def create_model(name: str, **cfg: Any) -> Detector:
     """Build the model registered as ``name``; ``cfg`` are DetectorConfig fields.
 
     Raises:
         KeyError: unknown ``name`` (the message lists the known names).
         pydantic.ValidationError: unknown or invalid config keys.
+        TypeError: the registered function built something that is not a `Detector`.
     """
     try:
         fn = _REGISTRY[name]
     except KeyError:
         raise KeyError(f"unknown model {name!r}; known: {sorted(_REGISTRY)}") from None
-    return fn(**cfg)
+    model = fn(**cfg)
+    if not isinstance(model, Detector):
+        raise TypeError(f"model {name!r} does not satisfy the Detector contract "
+                        f"(models/contract.py): {type(model).__name__}")
+    return model
 
 
 def list_models() -> list[str]:
@@ -50,7 +57,7 @@ def list_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def to_checkpoint(model: nn.Module) -> dict[str, Any]:
+def to_checkpoint(model: Detector) -> dict[str, Any]:
     """Weights plus what rebuilds them: {"name", "config" (JSON-able), "state_dict"}.
 
     Only str/list/float/tensor values, so ``torch.load(..., weights_only=True)`` reads it back.
@@ -59,7 +66,7 @@ def to_checkpoint(model: nn.Module) -> dict[str, Any]:
             "state_dict": model.state_dict()}
 
 
-def from_checkpoint(ckpt: Mapping[str, Any]) -> nn.Module:
+def from_checkpoint(ckpt: Mapping[str, Any]) -> Detector:
     """Rebuild a model from :func:`to_checkpoint` output (strict state_dict load)."""
     model = create_model(ckpt["name"], **ckpt["config"])
     model.load_state_dict(ckpt["state_dict"])

@@ -45,6 +45,15 @@ def load_train_frames(store: IngestStore, frames: pl.DataFrame, spec: FrameSpec,
     return out
 
 
+def point_counts(frames: Sequence[TrainFrame]) -> dict[str, int]:
+    """Points per modality over `frames` (after cropping): what a model was trained on."""
+    out: dict[str, int] = {}
+    for f in frames:
+        for m, p in f.points.items():
+            out[m] = out.get(m, 0) + len(p)
+    return dict(sorted(out.items()))
+
+
 def restrict_to_selection(listed: pl.DataFrame, selection: Path) -> pl.DataFrame:
     """`listed` (a frame list with `frame_id`) cut to a `curate` selection's frames.
 

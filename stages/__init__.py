@@ -23,6 +23,7 @@ BUILTIN: dict[str, str] = {
     "curate": "kdpipe.stages.curate:STAGE",
     "curate-frames": "kdpipe.stages.curate:FRAMES_STAGE",
     "distill-selected": "kdpipe.stages.distill:SELECTED_STAGE",
+    "radar-filter": "kdpipe.stages.radar_filter:STAGE",
 }
 
 

@@ -31,7 +31,7 @@ from kdpipe.pipeline.stage import (
     ZarrArtifact,
 )
 from kdpipe.runtime.checkpoints import input_refs, load_model, save_checkpoint
-from kdpipe.runtime.frames import FrameSpec, student_config, training_frames
+from kdpipe.runtime.frames import FrameSpec, point_counts, student_config, training_frames
 from kdpipe.runtime.model_data import resolve_device, tune_allocator, worker_threads
 from kdpipe.runtime.train_loop import OptimConfig, fit
 
@@ -83,6 +83,7 @@ def run(ctx: StageContext[DistillConfig]) -> None:
                             frfd=cfg.frfd_weight > 0, frfd_adapters=cfg.frfd_adapters,
                             kernel=cfg.adapter_kernel).to(device)
     loss_fn = SCKDLoss(teacher, adapters, cfg.lrfd_weight, cfg.frfd_weight)
+    ctx.facts.update(train_frames=len(data), train_points=point_counts(data))
     log = fit(student, data, cfg.optim, workdir=ctx.workdir, seed=ctx.seed, device=device,
               loss_fn=loss_fn, progress=ctx.progress, trainable=[adapters],
               modalities=modalities)

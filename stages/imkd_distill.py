@@ -36,7 +36,7 @@ from kdpipe.pipeline.stage import (
 )
 from kdpipe.runtime.camera_data import camera_channels
 from kdpipe.runtime.checkpoints import input_refs, load_model, save_checkpoint
-from kdpipe.runtime.frames import FrameSpec, student_config, training_frames
+from kdpipe.runtime.frames import FrameSpec, point_counts, student_config, training_frames
 from kdpipe.runtime.model_data import resolve_device, tune_allocator, worker_threads
 from kdpipe.runtime.train_loop import OptimConfig, fit
 from kdpipe.runtime.weight_maps import attach_weight_maps
@@ -95,6 +95,7 @@ def run(ctx: StageContext[IMKDDistillConfig]) -> None:
     adapters = IMKDAdapters(c_s, c_t, level1=l1, level2=l2, kernel=cfg.adapter_kernel).to(device)
     loss_fn = IMKDLoss(teacher, adapters, (cfg.level1_weight, cfg.level2_weight,
                                            cfg.level3_weight), student.config.point_cloud_range_m)
+    ctx.facts.update(train_frames=len(data), train_points=point_counts(data))
     log = fit(student, data, cfg.optim, workdir=ctx.workdir, seed=ctx.seed, device=device,
               loss_fn=loss_fn, progress=ctx.progress, trainable=[adapters],
               modalities=modalities)

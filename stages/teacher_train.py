@@ -27,7 +27,7 @@ from kdpipe.pipeline.stage import (
 )
 from kdpipe.runtime.camera_data import camera_channels
 from kdpipe.runtime.checkpoints import input_refs, save_checkpoint
-from kdpipe.runtime.frames import FrameSpec, load_train_frames
+from kdpipe.runtime.frames import FrameSpec, load_train_frames, point_counts
 from kdpipe.runtime.model_data import (
     resolve_device,
     targets_from_table,
@@ -64,6 +64,7 @@ def run(ctx: StageContext[TeacherTrainConfig]) -> None:
                      9 if vel else 7, camera_channels(model))
     data = load_train_frames(store, frames, spec, targets)
     model.to(device)
+    ctx.facts.update(train_frames=len(data), train_points=point_counts(data))
     log = fit(model, data, cfg.optim, workdir=ctx.workdir, seed=ctx.seed, device=device,
               progress=ctx.progress)
     meta = {"stage": ctx.stage, "key": ctx.key, "config": cfg.model_dump(mode="json"),

@@ -202,7 +202,7 @@ def test_restrict_to_selection(tmp_path: Path) -> None:
 def curate_run(tmp_path_factory: pytest.TempPathFactory, vod_world: Path,
                ) -> tuple[str, dict[str, dict], list[str], Path]:
     """ingest -> tiny teacher -> labels -> curate (uncertainty) -> distill on the selection."""
-    from kdpipe.runtime import frames as distill  # where distill's frame loading lives
+    from kdpipe.stages import distill
 
     tmp = tmp_path_factory.mktemp("curate")
     wf = tmp / "curate.toml"
@@ -234,14 +234,15 @@ frfd_weight = 0.0
 epochs = 1
 """)
     seen: list[str] = []
-    original = distill.load_train_frames
+    original = distill.training_frames
 
-    def spy(ingest, frames, *args, **kw):  # type: ignore[no-untyped-def]
-        seen.extend(frames["frame_id"].to_list())
-        return original(ingest, frames, *args, **kw)
+    def spy(*args, **kw):  # type: ignore[no-untyped-def]
+        out = original(*args, **kw)
+        seen.extend(f.frame_id for f in out)
+        return out
 
     mp = pytest.MonkeyPatch()
-    mp.setattr(distill, "load_train_frames", spy)  # the sync executor runs stages in-process
+    mp.setattr(distill, "training_frames", spy)  # the sync executor runs stages in-process
     try:
         rep = run_workflow(wf, str(tmp / "ws"), scheduler="sync")
     finally:
