@@ -5,6 +5,9 @@ Why one writer per group: sharded Zarr writes are read-modify-write of whole sha
 tasks touching one shard silently lose data (zarr-python#3514); a group per task rules that out.
 Why a done-marker per group: Zarr is atomic per object only; the marker lets a re-run after a
 kill redo exactly the unfinished groups.
+
+The KITTI-derived layouts (VoD, kitti-radar) also share their split names, box rows from KITTI
+labels, image sizes from headers and the missing-file reject (`need_file`).
 """
 from __future__ import annotations
 
@@ -18,6 +21,9 @@ import numpy as np
 import numpy.typing as npt
 import polars as pl
 
+from kdpipe.datasets.formats.errors import FormatError
+from kdpipe.datasets.formats.kitti import DONT_CARE, KittiLabels
+from kdpipe.schemas import boxes as bx
 from kdpipe.schemas.tables import BOXES, CALIBRATION, FRAMES, REJECTS, frame_table
 
 # sensor name -> (field names, units); the order is the column order of `points`
@@ -27,6 +33,8 @@ SENSOR_FIELDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
                   ("m", "m", "m", "dBsm", "m/s", "m/s", "scan")),
 }
 
+# split files of the KITTI-derived layouts (VoD, kitti-radar), in the order they are read
+SPLITS = ("train", "val", "unlabeled", "test")
 
 SOURCES = {"path": pl.String, "bytes": pl.Int64, "sha256": pl.String}
 
@@ -96,7 +104,8 @@ class GroupWriter:
         for sensor in self.fields:
             cloud = clouds[sensor]
             ncol = len(self.fields[sensor][0])
-            self.points[sensor].append(np.ascontiguousarray(cloud, dtype=np.float32).reshape(-1, ncol))
+            cloud32 = np.ascontiguousarray(cloud, dtype=np.float32)
+            self.points[sensor].append(cloud32.reshape(-1, ncol))
         self.frames.append(row)
         self.boxes += [{**b, "frame_id": frame_id, "box_index": i} for i, b in enumerate(boxes)]
         self.calib += [{**c, "frame_id": frame_id} for c in calib]
@@ -142,8 +151,9 @@ class GroupWriter:
                            attributes={"fields": list(names), "units": list(units),
                                        "frame": "ego", "native_frame": native})
             g.create_array("offsets", data=offsets, chunks=(max(len(offsets), 1),),
-                           compressors=None, attributes={"meaning": "points[offsets[i]:offsets[i+1]] "
-                                                         "belong to frame i"})
+                           compressors=None,
+                           attributes={"meaning": "points[offsets[i]:offsets[i+1]] "
+                                                  "belong to frame i"})
         for path, data, chunks, shards, dims, attrs, shuffle in self.extra:
             parent, _, leaf = path.rpartition("/")
             target = group.require_group(parent) if parent else group
@@ -199,3 +209,53 @@ def assemble(workdir: Path, zarr_root: Path, outputs: dict[str, Path],
               for d in sorted(parts.glob("*/*")) if (d / "_done").exists()]
     shutil.rmtree(parts, ignore_errors=True)
     return sources, sha256_bytes("\n".join(sorted(lines)).encode())
+
+
+def need_file(path: Path | None, what: str) -> Path:
+    """`path` if it is a file; else the frame's reject ("missing", or "path" when the layout
+    could not even name it)."""
+    if path is None or not path.is_file():
+        raise FormatError(str(path), "missing" if path else "path", f"{what} file is missing.")
+    return path
+
+
+def image_size(path: Path | None) -> tuple[int | None, int | None]:
+    """(width, height) in pixels from the image header, (None, None) without an image."""
+    if path is None:
+        return None, None
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:  # reads the header only
+            return im.size
+    except OSError as e:
+        raise FormatError(path, "header", f"unreadable image: {e}") from None
+
+
+def kitti_box_rows(lab: KittiLabels, t_cam_from_lidar: npt.NDArray[np.float64],
+                   lidar: npt.NDArray[np.float32], radar: npt.NDArray[np.float32]
+                   ) -> list[dict[str, Any]]:
+    """Box rows of KITTI labels (camera frame) in the ego (= LiDAR) frame, DontCare dropped.
+
+    Args:
+        lab: the frame's parsed label file.
+        t_cam_from_lidar: (4, 4) rectified camera <- LiDAR.
+        lidar: (N, >=3) points in the ego frame, counted per box.
+        radar: (M, >=3) points in the ego frame, counted per box.
+    """
+    keep = lab.class_name != DONT_CARE
+    b = bx.kitti_camera_to_ego(lab.loc_cam[keep], lab.dims_hwl[keep], lab.rot_y[keep],
+                               t_cam_from_lidar)                                 # (B, 7)
+    n_l = bx.points_in_boxes(lidar[:, :3], b)
+    n_r = bx.points_in_boxes(radar[:, :3], b)
+    bbox = lab.bbox_ltrb[keep]
+    out = []
+    for i, name in enumerate(lab.class_name[keep]):
+        out.append({"class_name": str(name), "label": str(name),
+                    "x_ego_m": b[i, 0], "y_ego_m": b[i, 1], "z_ego_m": b[i, 2],
+                    "length_m": b[i, 3], "width_m": b[i, 4], "height_m": b[i, 5],
+                    "yaw_ego_rad": b[i, 6], "occluded": int(lab.occluded[keep][i]),
+                    "bbox_left_px": bbox[i, 0], "bbox_top_px": bbox[i, 1],
+                    "bbox_right_px": bbox[i, 2], "bbox_bottom_px": bbox[i, 3],
+                    "num_lidar_pts": int(n_l[i]), "num_radar_pts": int(n_r[i])})
+    return out

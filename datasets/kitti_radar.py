@@ -28,21 +28,43 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
-from kdpipe.schemas import boxes as bx
+from pydantic import Field
+
+from kdpipe.datasets.common import (
+    SENSOR_FIELDS,
+    SPLITS,
+    FileLog,
+    GroupWriter,
+    Storage,
+    block_groups,
+    image_size,
+    kitti_box_rows,
+    need_file,
+)
 from kdpipe.datasets.formats.bins import check_finite_xyz, read_float32_bin, safe_join
 from kdpipe.datasets.formats.errors import FormatError
 from kdpipe.datasets.formats.kitti import read_kitti_calib, read_kitti_labels
-from kdpipe.datasets.common import SENSOR_FIELDS, FileLog, GroupWriter, Storage, block_groups
-from kdpipe.datasets.vod import SPLITS, _boxes, _image_size, _need
-
+from kdpipe.datasets.ingest_format import IngestConfig, register_format
 from kdpipe.pipeline.errors import ConfigError
+from kdpipe.schemas import boxes as bx
 
 _FRAME_ID = re.compile(r"^\d+$")
 _UNITS = {"x": "m", "y": "m", "z": "m", "rcs": "dBsm", "v_r": "m/s", "v_r_comp": "m/s",
           "time": "scan"}
+
+
+class KittiRadarIngestConfig(IngestConfig):
+    """`ingest` of KITTI-layout roots with (or without) a 4D radar."""
+
+    format: Literal["kitti-radar"] = "kitti-radar"
+    block_frames: int = Field(64, gt=0)  # frames per group (no scene ids)
+    # radar .bin columns (name -> column index) and the file's column count
+    radar_columns: dict[str, int] = Field(default_factory=lambda: {
+        "x": 0, "y": 1, "z": 2, "rcs": 3, "v_r": 4, "v_r_comp": 5, "time": 6})
+    radar_n_fields: int = 7
 
 
 @dataclass(frozen=True)
@@ -105,7 +127,7 @@ class KittiTask:
     storage: Storage
 
 
-def radar_columns(cfg: Any) -> tuple[tuple[str, int], ...]:
+def radar_columns(cfg: KittiRadarIngestConfig) -> tuple[tuple[str, int], ...]:
     """The validated field map, x/y/z first. Raises ConfigError on a bad map."""
     cols, n = dict(cfg.radar_columns), cfg.radar_n_fields
     missing = [k for k in ("x", "y", "z") if k not in cols]
@@ -117,7 +139,7 @@ def radar_columns(cfg: Any) -> tuple[tuple[str, int], ...]:
     return tuple((k, cols[k]) for k in order)
 
 
-def make_tasks(cfg: Any, source: str, root: Path, workdir: Path, zarr_root: Path,
+def make_tasks(cfg: KittiRadarIngestConfig, source: str, root: Path, workdir: Path, zarr_root: Path,
                storage: Storage) -> list[KittiTask]:
     """Groups of `cfg.block_frames` consecutive frame numbers (block = id // block_frames)."""
     lay, cols = KittiLayout.find(root), radar_columns(cfg)
@@ -162,15 +184,15 @@ def _t_ego_from_radar(cal: dict[str, np.ndarray], path: Path) -> np.ndarray:
 
 
 def _frame(w: GroupWriter, lay: KittiLayout, task: KittiTask, fid: str, log: FileLog) -> None:
-    lidar_bin = _need(lay.file(lay.lidar, fid, ".bin"), "LiDAR")
+    lidar_bin = need_file(lay.file(lay.lidar, fid, ".bin"), "LiDAR")
     lidar = read_float32_bin(lidar_bin, 4)  # (N, 4) LiDAR = ego frame
-    calib_txt = _need(lay.file("calib", fid, ".txt"), "calib")
+    calib_txt = need_file(lay.file("calib", fid, ".txt"), "calib")
     cal = read_kitti_calib(calib_txt)
     t_cam_from_lidar = cal["T_rect_from_velo"]
     n_cols = len(task.radar_columns)
     radar, radar_bin, t_ego_radar = np.zeros((0, n_cols), np.float32), None, None
     if lay.radar is not None:
-        radar_bin = _need(lay.file(lay.radar, fid, ".bin"), "radar")
+        radar_bin = need_file(lay.file(lay.radar, fid, ".bin"), "radar")
         raw = read_float32_bin(radar_bin, task.radar_n_fields)  # (M, radar_n_fields)
         radar = raw[:, [c for _, c in task.radar_columns]].copy()  # (M, n_cols) field map
         check_finite_xyz(radar_bin, radar)
@@ -179,12 +201,12 @@ def _frame(w: GroupWriter, lay: KittiLayout, task: KittiTask, fid: str, log: Fil
     label = lay.file("label_2", fid, ".txt")
     boxes: list[dict[str, Any]] = []
     if label.is_file():
-        boxes = _boxes(read_kitti_labels(label), t_cam_from_lidar, lidar, radar[:, :3])
+        boxes = kitti_box_rows(read_kitti_labels(label), t_cam_from_lidar, lidar, radar[:, :3])
         boxes = boxes if lay.radar else [{**b, "num_radar_pts": None} for b in boxes]
         log.add(label)
     images = (lay.file("image_2", fid, ext) for ext in (".png", ".jpg"))
     image = next((p for p in images if p.is_file()), None)
-    width, height = _image_size(image)
+    width, height = image_size(image)
     image_sha = None
     if image is not None:
         log.add(image)
@@ -206,3 +228,17 @@ def _frame(w: GroupWriter, lay: KittiLayout, task: KittiTask, fid: str, log: Fil
            "lidar_path": str(lidar_bin), "radar_path": str(radar_bin) if radar_bin else None,
            "image_path": str(image) if image else None, "image_sha256": image_sha}
     w.add_frame(row, {"lidar": lidar, "radar": radar}, boxes, calib)
+
+
+class KittiRadarFormat:
+    """`ingest.format = "kitti-radar"`."""
+
+    name = "kitti-radar"
+    config = KittiRadarIngestConfig
+    expected_layout = ("[training/]{velodyne|lidar,calib}/ with optional radar/, label_2/, "
+                       "image_2/ and ImageSets/*.txt")
+    make_tasks = staticmethod(make_tasks)
+    run_task = staticmethod(ingest_block)
+
+
+FORMAT = register_format(KittiRadarFormat())

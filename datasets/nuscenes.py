@@ -24,30 +24,55 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import numpy.typing as npt
-from kdpipe.schemas import boxes as bx
-from kdpipe.datasets import nuscenes_io as nio
+from pydantic import Field
+
+from kdpipe.datasets.common import SENSOR_FIELDS, FileLog, Storage
 from kdpipe.datasets.formats.bins import safe_join
 from kdpipe.datasets.formats.errors import FormatError
 from kdpipe.datasets.formats.pcd import read_nuscenes_lidar
-from kdpipe.datasets.common import SENSOR_FIELDS, FileLog, Storage
-from nuscenes.eval.detection.utils import category_to_detection_name
-from PIL import Image, UnidentifiedImageError
-
+from kdpipe.datasets.ingest_format import IngestConfig, register_format
 from kdpipe.pipeline.errors import ConfigError
+from kdpipe.pipeline.stage import StageConfig
+from kdpipe.schemas import boxes as bx
+
+# The devkit (and `nuscenes_io`, built on it) takes ~2 s to import; every plan imports this
+# module for `NuscenesIngestConfig`, so the functions that read data import it themselves.
+if TYPE_CHECKING:
+    from kdpipe.datasets import nuscenes_io as nio
 
 LIDAR = "LIDAR_TOP"
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+class RadarFilter(StageConfig):
+    """nuScenes radar point filters (a recorded choice; `None` keeps every value)."""
+
+    invalid_states: list[int] | None = None
+    dynprop_states: list[int] | None = None
+    ambig_states: list[int] | None = None
+
+
+class NuscenesIngestConfig(IngestConfig):
+    """`ingest` of nuScenes-schema roots (nuScenes, or Lyft in the nuScenes schema)."""
+
+    format: Literal["nuscenes"] = "nuscenes"
+    version: str = "v1.0-mini"
+    radar_sweeps: int = Field(1, ge=1)   # radar sweeps accumulated per keyframe
+    radar_filter: RadarFilter = RadarFilter()
+    max_time_gap_ms: float = 100.0       # sensor vs LiDAR keyframe; larger gaps are rejected
+    camera_channels: list[str] = Field(default_factory=lambda: ["CAM_FRONT", "CAM_FRONT_LEFT",
+                                                                "CAM_FRONT_RIGHT"])
+    camera_downscale: int = Field(4, ge=1)
 
 
 @dataclass(frozen=True)
 class NusOptions:
     version: str
     radar_sweeps: int
-    radar_filter: Any          # IngestConfig.radar_filter (pydantic, picklable)
+    radar_filter: RadarFilter
     max_time_gap_ms: float
     cameras: tuple[str, ...]
     downscale: int
@@ -66,14 +91,16 @@ class NusTask:
     table_sources: tuple[dict[str, Any], ...] = ()  # the JSON tables, on the first task only
 
 
-def make_tasks(cfg: Any, source: str, root: Path, workdir: Path, zarr_root: Path,
-               storage: Storage) -> list[NusTask]:
+def make_tasks(cfg: NuscenesIngestConfig, source: str, root: Path, workdir: Path,
+               zarr_root: Path, storage: Storage) -> list[NusTask]:
     """One task per scene of `root/cfg.version` (loads the devkit in the driver to list them).
 
     Raises:
         ConfigError: unreadable tables, a configured camera the dataset lacks, no LIDAR_TOP,
             or scene names that are not unique, safe folder names.
     """
+    from kdpipe.datasets import nuscenes_io as nio
+
     db = nio.load_db(cfg.version, root)
     modality = {s.get("channel"): s.get("modality") for s in db.nusc.sensor}
     if modality.get(LIDAR) != "lidar":
@@ -99,6 +126,8 @@ def make_tasks(cfg: Any, source: str, root: Path, workdir: Path, zarr_root: Path
 
 def ingest_scene(task: NusTask) -> dict[str, Any]:
     """Ingest one scene's keyframes into its group (skipped if already done)."""
+    from kdpipe.datasets import nuscenes_io as nio
+
     w = nio.SceneWriter(Path(task.workdir), task.source, task.scene, task.storage)
     if w.done():
         return {"scene": task.scene, "resumed": True}
@@ -109,7 +138,7 @@ def ingest_scene(task: NusTask) -> dict[str, Any]:
     w.declare("radar", nio.RADAR_FIELDS, nio.RADAR_UNITS, native_frame="RADAR_* (see channel)")
     w.images = {c: [] for c in o.cameras}
     channels = {s.get("channel") for s in db.nusc.sensor}
-    ctx = _Ctx(db, root, o, radar_filter(o.radar_filter), log,
+    ctx = _Ctx(db, root, o, nio.radar_filter(o.radar_filter), log,
                [c for c in nio.RADARS if c in channels], db.split_of.get(task.scene, ""))
     table = root / o.version
     for idx, s in db.scene_samples.get(task.scene_token, []):
@@ -144,6 +173,8 @@ class _Ctx:
 def _keyframe(ctx: _Ctx, sample: dict[str, Any], ch: str,
               ref_us: int | None = None) -> dict[str, Any]:
     """The sample's keyframe sample_data of `ch`, checked against the LiDAR time if `ref_us`."""
+    from kdpipe.datasets import nuscenes_io as nio
+
     tok = sample["data"].get(ch)
     if tok is None:
         raise FormatError(ctx.root / ctx.opts.version / "sample_data.json", "missing",
@@ -157,6 +188,8 @@ def _keyframe(ctx: _Ctx, sample: dict[str, Any], ch: str,
 
 
 def _frame(w: nio.SceneWriter, ctx: _Ctx, tok: str) -> None:
+    from kdpipe.datasets import nuscenes_io as nio
+
     db, o, nusc = ctx.db, ctx.opts, ctx.db.nusc
     sample = nusc.get("sample", tok)
     used = {LIDAR, *ctx.radars, *o.cameras}
@@ -189,7 +222,7 @@ def _frame(w: nio.SceneWriter, ctx: _Ctx, tok: str) -> None:
         path, f = nio.data_file(ctx.root, sd, ctx.log), str(sd["filename"])
         if image_path is None or ch == "CAM_FRONT":
             image_path, image_sha = str(path), ctx.log.rows[-1]["sha256"]
-        img, (width, height) = load_image(path, o.downscale)  # (H / d, W / d, 3)
+        img, (width, height) = nio.load_image(path, o.downscale)  # (H / d, W / d, 3)
         prior = w.images[ch][0].shape if w.images[ch] else img.shape
         if img.shape != prior:
             raise FormatError(path, "size", f"{width}x{height} image downscales to {img.shape}, "
@@ -219,6 +252,8 @@ def _frame(w: nio.SceneWriter, ctx: _Ctx, tok: str) -> None:
 def _boxes(ctx: _Ctx, sample: dict[str, Any], pose: dict[str, Any],
            t_world_ego: np.ndarray) -> list[dict[str, Any]]:
     """The sample's annotations as canonical ego boxes (LiDAR keyframe pose), table order."""
+    from nuscenes.eval.detection.utils import category_to_detection_name
+
     nusc, table = ctx.db.nusc, ctx.root / ctx.opts.version / "sample_annotation.json"
     anns = [nusc.get("sample_annotation", a) for a in sample["anns"]]
     if not anns:
@@ -248,33 +283,15 @@ def _boxes(ctx: _Ctx, sample: dict[str, Any], pose: dict[str, Any],
     return out
 
 
-def radar_filter(flt: Any) -> Any:
-    """Mask function of the configured state filters (devkit semantics; None keeps all)."""
-    tests = [(n, np.asarray(v)) for n, v in (("invalid_state", flt.invalid_states),
-                                             ("dyn_prop", flt.dynprop_states),
-                                             ("ambig_state", flt.ambig_states)) if v is not None]
+class NuscenesFormat:
+    """`ingest.format = "nuscenes"`."""
 
-    def keep(rec: npt.NDArray[np.void]) -> npt.NDArray[np.bool_]:
-        m = np.ones(len(rec), bool)
-        for name, allowed in tests:
-            m &= np.isin(rec[name], allowed)
-        return m
-
-    return keep
+    name = "nuscenes"
+    config = NuscenesIngestConfig
+    expected_layout = ("<version>/*.json tables (sample, sample_data, scene, ...) and the "
+                       "samples/ and sweeps/ files they name")
+    make_tasks = staticmethod(make_tasks)
+    run_task = staticmethod(ingest_scene)
 
 
-def load_image(path: Path, factor: int) -> tuple[npt.NDArray[np.uint8], tuple[int, int]]:
-    """Decode a camera image downscaled by `factor`: `(H // f, W // f, 3)` uint8 and (W, H)."""
-    try:
-        with Image.open(path) as im:
-            wh = im.size
-            size = (max(wh[0] // factor, 1), max(wh[1] // factor, 1))
-            im.draft("RGB", size)  # JPEG: decode at 1/2..1/8 scale in the DCT, much faster
-            small = im.convert("RGB")
-            if small.size != size:
-                small = small.resize(size, Image.Resampling.BOX)
-            return np.asarray(small, dtype=np.uint8), wh
-    except UnidentifiedImageError as e:
-        raise FormatError(path, "header", f"not an image ({e}).") from None
-    except (OSError, ValueError) as e:
-        raise FormatError(path, "payload", f"image cannot be decoded ({e}).") from None
+FORMAT = register_format(NuscenesFormat())

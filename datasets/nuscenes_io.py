@@ -13,21 +13,25 @@ import os
 from collections import OrderedDict, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path  # noqa: TC003 -- annotations of a dataclass module
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
-from kdpipe.schemas import boxes as bx
-from kdpipe.datasets.formats.bins import safe_join
-from kdpipe.datasets.formats.errors import FormatError
-from kdpipe.datasets.formats.pcd import read_radar_pcd
-from kdpipe.datasets.common import FileLog, GroupWriter
 from nuscenes.nuscenes import NuScenes
 from nuscenes.utils.geometry_utils import transform_matrix
 from nuscenes.utils.splits import create_splits_scenes
+from PIL import Image, UnidentifiedImageError
 from pyquaternion import Quaternion
 
+from kdpipe.datasets.common import FileLog, GroupWriter
+from kdpipe.datasets.formats.bins import safe_join
+from kdpipe.datasets.formats.errors import FormatError
+from kdpipe.datasets.formats.pcd import read_radar_pcd
 from kdpipe.pipeline.errors import ConfigError
+from kdpipe.schemas import boxes as bx
+
+if TYPE_CHECKING:
+    from kdpipe.datasets.nuscenes import RadarFilter
 
 RADARS = ("RADAR_FRONT", "RADAR_FRONT_LEFT", "RADAR_FRONT_RIGHT", "RADAR_BACK_LEFT",
           "RADAR_BACK_RIGHT")
@@ -196,6 +200,21 @@ def data_file(root: Path, sd: dict[str, Any], log: FileLog | None = None) -> Pat
     return p
 
 
+def radar_filter(flt: RadarFilter) -> Any:
+    """Mask function of the configured state filters (devkit semantics; None keeps all)."""
+    tests = [(n, np.asarray(v)) for n, v in (("invalid_state", flt.invalid_states),
+                                             ("dyn_prop", flt.dynprop_states),
+                                             ("ambig_state", flt.ambig_states)) if v is not None]
+
+    def keep(rec: npt.NDArray[np.void]) -> npt.NDArray[np.bool_]:
+        m = np.ones(len(rec), bool)
+        for name, allowed in tests:
+            m &= np.isin(rec[name], allowed)
+        return m
+
+    return keep
+
+
 @dataclass
 class RadarRef:
     """Where one keyframe's radar goes: ego(LiDAR keyframe) <- global, its time, the filter."""
@@ -267,3 +286,20 @@ class SceneWriter(GroupWriter):
                                   "meaning": "camera/<CH>[i] belongs to frame i"},
                            shuffle=False)
         super().write(zarr_root)
+
+
+def load_image(path: Path, factor: int) -> tuple[npt.NDArray[np.uint8], tuple[int, int]]:
+    """Decode a camera image downscaled by `factor`: `(H // f, W // f, 3)` uint8 and (W, H)."""
+    try:
+        with Image.open(path) as im:
+            wh = im.size
+            size = (max(wh[0] // factor, 1), max(wh[1] // factor, 1))
+            im.draft("RGB", size)  # JPEG: decode at 1/2..1/8 scale in the DCT, much faster
+            small = im.convert("RGB")
+            if small.size != size:
+                small = small.resize(size, Image.Resampling.BOX)
+            return np.asarray(small, dtype=np.uint8), wh
+    except UnidentifiedImageError as e:
+        raise FormatError(path, "header", f"not an image ({e}).") from None
+    except (OSError, ValueError) as e:
+        raise FormatError(path, "payload", f"image cannot be decoded ({e}).") from None

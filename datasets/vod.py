@@ -9,22 +9,40 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+from pydantic import Field
 
-from kdpipe.schemas import boxes as bx
+from kdpipe.datasets.common import (
+    SENSOR_FIELDS,
+    SPLITS,
+    FileLog,
+    GroupWriter,
+    Storage,
+    block_groups,
+    image_size,
+    kitti_box_rows,
+    need_file,
+)
 from kdpipe.datasets.formats.errors import FormatError
 from kdpipe.datasets.formats.kitti import DONT_CARE, read_kitti_calib, read_kitti_labels
 from kdpipe.datasets.formats.vod import VodLayout, read_vod_lidar, read_vod_pose, read_vod_radar
-from kdpipe.datasets.common import SENSOR_FIELDS, FileLog, GroupWriter, Storage, block_groups
+from kdpipe.datasets.ingest_format import IngestConfig, register_format
+from kdpipe.schemas import boxes as bx
 
 VOD_CLASSES = frozenset({
     "Car", "Pedestrian", "Cyclist", "rider", "bicycle", "bicycle_rack", "human_depiction",
     "moped_scooter", "motor", "truck", "ride_other", "vehicle_other", "ride_uncertain", DONT_CARE,
 })
-SPLITS = ("train", "val", "unlabeled", "test")
 RADAR_SENSORS = {"radar": None, "radar_3": 3, "radar_5": 5}
+
+
+class VodIngestConfig(IngestConfig):
+    """`ingest` of View-of-Delft roots."""
+
+    format: Literal["vod"] = "vod"
+    block_frames: int = Field(64, gt=0)  # frames per group (VoD has no scene ids)
 
 
 @dataclass(frozen=True)
@@ -71,7 +89,8 @@ def ingest_vod_group(task: VodTask) -> dict[str, Any]:
     if w.done():
         return {"scene": task.scene, "resumed": True}
     layout, log = VodLayout(Path(task.root)), w.log
-    has_acc = {s: layout.accumulated_radar_dir(n) is not None for s, n in RADAR_SENSORS.items() if n}
+    has_acc = {s: layout.accumulated_radar_dir(n) is not None
+               for s, n in RADAR_SENSORS.items() if n}
     w.declare("lidar", *SENSOR_FIELDS["lidar"][:2], native_frame="lidar")
     for sensor in ["radar", *[s for s, ok in has_acc.items() if ok]]:
         w.declare(sensor, *SENSOR_FIELDS["vod_radar"][:2], native_frame="radar")
@@ -86,30 +105,25 @@ def ingest_vod_group(task: VodTask) -> dict[str, Any]:
     return {"scene": task.scene, "resumed": False}
 
 
-def _need(path: Path | None, what: str) -> Path:
-    if path is None or not path.is_file():
-        raise FormatError(str(path), "missing" if path else "path", f"{what} file is missing.")
-    return path
-
-
 def _frame(w: GroupWriter, layout: VodLayout, fid: str, split: str, has_acc: dict[str, bool],
            log: FileLog) -> None:
     p = layout.frame(fid)
-    lidar = read_vod_lidar(_need(p.lidar_bin, "LiDAR"))                       # (N, 4)
-    radars = {"radar": read_vod_radar(_need(p.radar_bin, "radar"))}           # (M, 7)
+    lidar = read_vod_lidar(need_file(p.lidar_bin, "LiDAR"))                       # (N, 4)
+    radars = {"radar": read_vod_radar(need_file(p.radar_bin, "radar"))}           # (M, 7)
     for sensor, acc_path in (("radar_3", p.radar_3scans_bin), ("radar_5", p.radar_5scans_bin)):
         if has_acc.get(sensor):
-            radars[sensor] = read_vod_radar(_need(acc_path, f"{sensor} accumulated radar"))
-    cal_l = read_kitti_calib(_need(p.lidar_calib, "LiDAR calib"))
-    cal_r = read_kitti_calib(_need(p.radar_calib, "radar calib"))
-    pose = read_vod_pose(_need(p.pose, "pose"))
+            radars[sensor] = read_vod_radar(need_file(acc_path, f"{sensor} accumulated radar"))
+    cal_l = read_kitti_calib(need_file(p.lidar_calib, "LiDAR calib"))
+    cal_r = read_kitti_calib(need_file(p.radar_calib, "radar calib"))
+    pose = read_vod_pose(need_file(p.pose, "pose"))
     t_cam_from_lidar = cal_l["T_rect_from_velo"]
     t_ego_from_radar = np.linalg.inv(t_cam_from_lidar) @ cal_r["T_rect_from_velo"]
     for cloud in radars.values():  # radar frame -> ego frame, in place on xyz
         cloud[:, :3] = bx.transform_points(t_ego_from_radar, cloud[:, :3])
     boxes: list[dict[str, Any]] = []
     if p.label.is_file():
-        boxes = _boxes(read_kitti_labels(p.label, VOD_CLASSES), t_cam_from_lidar, lidar, radars["radar"])
+        boxes = kitti_box_rows(read_kitti_labels(p.label, VOD_CLASSES), t_cam_from_lidar, lidar,
+                               radars["radar"])
         log.add(p.label)
     image_sha = None
     if p.image is not None:
@@ -122,7 +136,7 @@ def _frame(w: GroupWriter, layout: VodLayout, fid: str, split: str, has_acc: dic
             log.add(f)
     # odometry frame <- camera <- ego: poses map odom into the camera frame
     t_world_from_ego = np.linalg.inv(pose["odomToCamera"]) @ t_cam_from_lidar
-    width, height = _image_size(p.image)
+    width, height = image_size(p.image)
     calib = [
         {"sensor": "lidar", "t_ego_from_sensor": np.eye(4).ravel().tolist()},
         {"sensor": "radar", "t_ego_from_sensor": t_ego_from_radar.ravel().tolist()},
@@ -139,43 +153,29 @@ def _frame(w: GroupWriter, layout: VodLayout, fid: str, split: str, has_acc: dic
     w.add_frame(row, {"lidar": lidar, **radars}, boxes, calib)
 
 
-def _boxes(lab: Any, t_cam_from_lidar: np.ndarray, lidar: np.ndarray, radar: np.ndarray) -> list[dict[str, Any]]:
-    keep = lab.class_name != DONT_CARE
-    b = bx.kitti_camera_to_ego(lab.loc_cam[keep], lab.dims_hwl[keep], lab.rot_y[keep],
-                               t_cam_from_lidar)                                 # (N, 7)
-    n_l = bx.points_in_boxes(lidar[:, :3], b)
-    n_r = bx.points_in_boxes(radar[:, :3], b)
-    bbox = lab.bbox_ltrb[keep]
-    out = []
-    for i, name in enumerate(lab.class_name[keep]):
-        out.append({"class_name": str(name), "label": str(name),
-                    "x_ego_m": b[i, 0], "y_ego_m": b[i, 1], "z_ego_m": b[i, 2],
-                    "length_m": b[i, 3], "width_m": b[i, 4], "height_m": b[i, 5],
-                    "yaw_ego_rad": b[i, 6], "occluded": int(lab.occluded[keep][i]),
-                    "bbox_left_px": bbox[i, 0], "bbox_top_px": bbox[i, 1],
-                    "bbox_right_px": bbox[i, 2], "bbox_bottom_px": bbox[i, 3],
-                    "num_lidar_pts": int(n_l[i]), "num_radar_pts": int(n_r[i])})
-    return out
-
-
-def _image_size(path: Path | None) -> tuple[int | None, int | None]:
-    if path is None:
-        return None, None
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:  # reads the header only
-            return im.size
-    except OSError as e:
-        raise FormatError(path, "header", f"unreadable image: {e}") from None
-
-
-def make_tasks(cfg: Any, source: str, root: Path, workdir: Path, zarr_root: Path,
+def make_tasks(cfg: VodIngestConfig, source: str, root: Path, workdir: Path, zarr_root: Path,
                storage: Storage) -> list[VodTask]:
+    """One task per block of `cfg.block_frames` consecutive frame numbers of `root`."""
     groups, split_of, dups = plan_vod(root, source, cfg.block_frames)
-    return [VodTask(str(root), source, scene, tuple(ids), {f: split_of[f] for f in ids if f in split_of},
-                    str(workdir), str(zarr_root), storage, {f: dups[f] for f in ids if f in dups})
+    return [VodTask(str(root), source, scene, tuple(ids),
+                    {f: split_of[f] for f in ids if f in split_of}, str(workdir), str(zarr_root),
+                    storage, {f: dups[f] for f in ids if f in dups})
             for scene, ids in groups]
 
 
 run_task = ingest_vod_group
+
+
+class VodFormat:
+    """`ingest.format = "vod"`."""
+
+    name = "vod"
+    config = VodIngestConfig
+    expected_layout = ("lidar/training/{velodyne,calib,pose,label_2,image_2}/, "
+                       "radar/training/{velodyne,calib}/, optional radar_3frames/, "
+                       "radar_5frames/ and lidar/ImageSets/*.txt")
+    make_tasks = staticmethod(make_tasks)
+    run_task = staticmethod(ingest_vod_group)
+
+
+FORMAT = register_format(VodFormat())

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
+
 from kdpipe.datasets.formats.errors import Check, FormatError
 
 _F32_LE = np.dtype("<f4")

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
+
 from kdpipe.datasets.formats.bins import read_text
 from kdpipe.datasets.formats.errors import FormatError
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
+
 from kdpipe.datasets.formats.bins import check_finite_xyz, read_float32_bin
 from kdpipe.datasets.formats.errors import FormatError
 

@@ -72,7 +72,7 @@ def ingest_wf(path: Path, roots: dict[str, tuple[str, Path]]) -> Path:
         ports = {p: f"{name}_{p}" for p in PORTS}
         lines += [f"[{name}]", 'uses = "ingest"', f"ports = {toml_value(ports)}",
                   f"format = {toml_value(fmt)}", f"roots = {toml_value([str(root)])}",
-                  "block_frames = 4", "camera_channels = []"]
+                  "camera_channels = []" if fmt == "nuscenes" else "block_frames = 4"]
     path.write_text("\n".join(lines) + "\n")
     return path
 

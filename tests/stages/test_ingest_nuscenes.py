@@ -20,7 +20,7 @@ import zarr
 from kdpipe.schemas.tables import check_table
 from kdpipe.datasets import nuscenes as nus
 from kdpipe.datasets import nuscenes_io as nio
-from kdpipe.stages.ingest import IngestConfig
+from kdpipe.datasets.nuscenes import NuscenesIngestConfig as IngestConfig
 from kdpipe.datasets.common import GroupWriter, Storage
 from kdpipe.datasets.store_dataset import StoreDataset
 from kdpipe.datasets.synth import SynthConfig, write_nuscenes
