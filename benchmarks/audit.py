@@ -41,11 +41,11 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from kdpipe.schemas.tables import DETECTIONS
-from kdpipe.stages.audit.stage import AuditConfig, compute
-from kdpipe.stages.audit.nuscenes import nuscenes_map
-from kdpipe.evaluation.nuscenes_eval import write_submission
 from kdpipe.datasets.synth import SynthConfig, write_nuscenes
+from kdpipe.evaluation.nuscenes_eval import write_submission
+from kdpipe.schemas.tables import DETECTIONS
+from kdpipe.stages.audit.nuscenes import nuscenes_map
+from kdpipe.stages.audit.stage import AuditConfig, compute
 from kdpipe.testing import ingest_store
 
 SPLIT = "bench_all"  # custom devkit split (v1.0-mini/splits.json) holding every scene

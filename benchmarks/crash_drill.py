@@ -19,8 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from kdpipe.testing.drills import crash_drill
 from kdpipe.datasets.synth import write_vod
+from kdpipe.testing.drills import crash_drill
 
 
 def main() -> None:

@@ -16,9 +16,9 @@ from typing import Any, Literal
 import numpy as np
 import polars as pl
 
+from kdpipe.datasets.formats.kitti import KittiLabels, alpha_from_rot_y, write_kitti_labels
 from kdpipe.pipeline.errors import KdpipeError
 from kdpipe.schemas.boxes import ego_to_kitti_camera, project_to_image_bbox
-from kdpipe.datasets.formats.kitti import KittiLabels, alpha_from_rot_y, write_kitti_labels
 
 BOX_COLUMNS = ("x_ego_m", "y_ego_m", "z_ego_m", "length_m", "width_m", "height_m", "yaw_ego_rad")
 BBOX_COLUMNS = ("bbox_left_px", "bbox_top_px", "bbox_right_px", "bbox_bottom_px")

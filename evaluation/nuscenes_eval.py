@@ -17,7 +17,6 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from kdpipe.schemas.boxes import ego_to_nuscenes_global
 from kdpipe.evaluation.kitti_export import (
     BOX_COLUMNS,
     ExportError,
@@ -25,6 +24,7 @@ from kdpipe.evaluation.kitti_export import (
     select_boxes,
     table_kind,
 )
+from kdpipe.schemas.boxes import ego_to_nuscenes_global
 
 DETECTION_NAMES = ("car", "truck", "bus", "trailer", "construction_vehicle", "pedestrian",
                    "motorcycle", "bicycle", "traffic_cone", "barrier")

@@ -28,8 +28,8 @@ from typing import Any
 
 import polars as pl
 
-from kdpipe.schemas.tables import check_table
 from kdpipe.evaluation.kitti_export import ExportError
+from kdpipe.schemas.tables import check_table
 
 FORMATS = ("kitti", "nuscenes", "csv")
 LINK_MODES = ("hardlink", "symlink", "copy")

@@ -80,8 +80,8 @@ def o3d_geometries(lidar: Any, radar: Any, gt: Any, pred: Any) -> list[Any]:
     import numpy as np
     import open3d as o3d
 
-    from kdpipe.stages.audit.bev import GT_COLOR, LIDAR_COLOR, PRED_COLOR, RADAR_COLOR
     from kdpipe.schemas.boxes import box_corners
+    from kdpipe.stages.audit.bev import GT_COLOR, LIDAR_COLOR, PRED_COLOR, RADAR_COLOR
 
     def rgb(hex_color: str) -> list[float]:
         return [int(hex_color[i:i + 2], 16) / 255 for i in (1, 3, 5)]
@@ -108,8 +108,8 @@ def render_frame(workspace: str, frame: str, out_png: Path | None = None, *,
     """Write the PNG of one frame; the arrays and counts drawn (for --json and --open3d)."""
     import polars as pl
 
-    from kdpipe.stages.audit.bev import frame_boxes, frame_points, render_bev
     from kdpipe.pipeline.store import Workspace
+    from kdpipe.stages.audit.bev import frame_boxes, frame_points, render_bev
 
     ws = Workspace(workspace)
     art, row = find_frame(ws, frame)

@@ -17,9 +17,9 @@ from typer.testing import CliRunner
 from kdpipe.api import run_workflow
 from kdpipe.cli import app
 from kdpipe.curate_export import export_selection
-from kdpipe.pipeline.errors import KdpipeError
 from kdpipe.datasets.formats.kitti import read_kitti_calib, read_kitti_labels
 from kdpipe.datasets.synth import SynthConfig, write_nuscenes
+from kdpipe.pipeline.errors import KdpipeError
 from kdpipe.testing import ingest_store, ingest_workflow
 
 

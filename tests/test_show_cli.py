@@ -13,9 +13,9 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from kdpipe.stages.audit.bev import GT_COLOR, PRED_COLOR, RADAR_COLOR
 from kdpipe.cli import app
 from kdpipe.schemas.tables import DETECTIONS, frame_table
+from kdpipe.stages.audit.bev import GT_COLOR, PRED_COLOR, RADAR_COLOR
 from kdpipe.testing import ingest_store
 
 

@@ -14,7 +14,14 @@ from typing import Any
 
 import polars as pl
 
-from kdpipe.pipeline.stage import JsonArtifact, ParquetArtifact, Port, Stage, StageConfig, StageContext
+from kdpipe.pipeline.stage import (
+    JsonArtifact,
+    ParquetArtifact,
+    Port,
+    Stage,
+    StageConfig,
+    StageContext,
+)
 
 
 class ToySourceConfig(StageConfig):

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from kdpipe.testing.drills import crash_drill
 from kdpipe.datasets.synth import write_vod
+from kdpipe.testing.drills import crash_drill
 
 
 @pytest.mark.slow  # six `kdpipe run` processes: about 60 s of CPU
@@ -37,8 +37,8 @@ def test_a_copy_retired_by_force_is_removed_by_the_next_run(tmp_path: Path) -> N
     """A kill between retiring the old artifact (`--force`) and deleting it left
     `<key>.replaced-<pid>/` behind for good; the next run of the stage removes it."""
     from kdpipe.api import run_workflow
-    from kdpipe.testing.drills import leftovers
     from kdpipe.testing import toy_workflow, write_raw
+    from kdpipe.testing.drills import leftovers
 
     write_raw(tmp_path / "raw", 8)
     wf = toy_workflow(tmp_path / "wf.toml", tmp_path / "raw")

@@ -15,10 +15,10 @@ import torch
 
 from kdpipe.api import run_workflow
 from kdpipe.config import toml_value
-from kdpipe.pipeline.errors import ConfigError
-from kdpipe.runtime.checkpoints import read_checkpoint
 from kdpipe.datasets.formats.bins import safe_join
 from kdpipe.datasets.formats.errors import FormatError
+from kdpipe.pipeline.errors import ConfigError
+from kdpipe.runtime.checkpoints import read_checkpoint
 from kdpipe.testing import TINY_DETECTOR, ingest_store
 
 REPO = Path(__file__).resolve().parents[2]

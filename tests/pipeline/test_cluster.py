@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from kdpipe.testing.local_dask import LocalDask, local_dask
 from kdpipe.testing import toy_workflow, write_raw
+from kdpipe.testing.local_dask import LocalDask, local_dask
 
 pytestmark = pytest.mark.cluster
 KDPIPE = [sys.executable, "-m", "kdpipe"]

@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 
 from kdpipe.config import toml_value
+from kdpipe.testing import TINY_DETECTOR
 from kdpipe.testing.drills import artifact_digests, lineage_digests
 from kdpipe.testing.local_dask import loaded_models, local_dask
-from kdpipe.testing import TINY_DETECTOR
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 KDPIPE = [sys.executable, "-m", "kdpipe"]

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from kdpipe.pipeline.errors import ConfigError, PlanError
 from kdpipe.pipeline.dag import build_plan, select
+from kdpipe.pipeline.errors import ConfigError, PlanError
 from kdpipe.pipeline.stage import (
     JsonArtifact,
     ParquetArtifact,

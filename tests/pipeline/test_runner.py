@@ -8,8 +8,8 @@ import polars as pl
 import pytest
 
 from kdpipe.api import run_workflow, workflow_status
-from kdpipe.pipeline.errors import ConfigError, StageError
 from kdpipe.pipeline import ancestry
+from kdpipe.pipeline.errors import ConfigError, StageError
 from kdpipe.pipeline.store import LINEAGE, Workspace
 from kdpipe.testing import toy_workflow, write_raw
 

@@ -9,7 +9,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
-from kdpipe.schemas import boxes as B
 from nuscenes.eval.common.utils import quaternion_yaw
 from nuscenes.utils.data_classes import Box
 from nuscenes.utils.geometry_utils import points_in_box
@@ -17,6 +16,8 @@ from pyquaternion import Quaternion
 from scipy.spatial.transform import Rotation
 from vod.frame.labels import FrameLabels
 from vod.visualization.helpers import get_2d_label_corners, get_transformed_3d_label_corners
+
+from kdpipe.schemas import boxes as B
 
 if TYPE_CHECKING:
     from pathlib import Path

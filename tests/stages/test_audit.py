@@ -14,8 +14,8 @@ import pytest
 from typer.testing import CliRunner
 
 from kdpipe.api import run_workflow
-from kdpipe.stages.audit.bev import frame_points
 from kdpipe.config import load_workflow, toml_value
+from kdpipe.stages.audit.bev import frame_points
 from kdpipe.stages.audit.stage import AuditConfig, compute, radar_counts
 from kdpipe.testing import TINY_DETECTOR
 

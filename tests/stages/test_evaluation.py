@@ -14,8 +14,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from kdpipe.schemas import boxes as bx
-from kdpipe.schemas.tables import BOXES, CALIBRATION, DETECTIONS, FRAMES, PSEUDO_LABELS, frame_table
+from kdpipe.datasets.formats.kitti import read_kitti_labels
+from kdpipe.datasets.synth import SynthConfig, write_nuscenes, write_vod
 from kdpipe.evaluation.kitti_export import (
     ExportError,
     kitti_stems,
@@ -29,8 +29,8 @@ from kdpipe.evaluation.nuscenes_eval import (
     write_submission,
 )
 from kdpipe.evaluation.vod_eval import CLASSES, evaluate_tables, score_vod
-from kdpipe.datasets.formats.kitti import read_kitti_labels
-from kdpipe.datasets.synth import SynthConfig, write_nuscenes, write_vod
+from kdpipe.schemas import boxes as bx
+from kdpipe.schemas.tables import BOXES, CALIBRATION, DETECTIONS, FRAMES, PSEUDO_LABELS, frame_table
 from kdpipe.testing import ingest_store as ingest
 
 BOX_COLS = ["x_ego_m", "y_ego_m", "z_ego_m", "length_m", "width_m", "height_m", "yaw_ego_rad"]

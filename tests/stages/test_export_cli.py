@@ -11,9 +11,9 @@ import numpy as np
 import polars as pl
 import pytest
 
-from kdpipe.schemas.tables import PSEUDO_LABELS
 from kdpipe.datasets.formats.kitti import read_kitti_labels
 from kdpipe.datasets.synth import SynthConfig, write_nuscenes, write_vod
+from kdpipe.schemas.tables import PSEUDO_LABELS
 from kdpipe.testing import ingest_store as ingest
 
 KDPIPE = [sys.executable, "-m", "kdpipe"]

@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
+from nuscenes.utils.data_classes import RadarPointCloud
+
 from kdpipe.datasets.formats import (
     CHECKS,
     RADAR_PCD_DTYPE,
@@ -28,7 +30,6 @@ from kdpipe.datasets.formats import (
     write_radar_pcd,
     write_vod_pose,
 )
-from nuscenes.utils.data_classes import RadarPointCloud
 
 if TYPE_CHECKING:
     from pathlib import Path

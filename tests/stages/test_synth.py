@@ -7,21 +7,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
-from kdpipe.schemas.boxes import (
-    box_corners,
-    kitti_camera_to_ego,
-    nuscenes_global_to_ego,
-    points_in_boxes,
-)
-from kdpipe.datasets.formats.kitti import read_kitti_labels
-from kdpipe.datasets.formats.pcd import read_radar_pcd
-from kdpipe.datasets.synth import SynthConfig, write_nuscenes, write_vod
-from kdpipe.datasets.synth.geometry import frame_rng, invert, yaw_pose
-from kdpipe.datasets.synth.lidar import VOD_ELEVATIONS_DEG, LidarSpec, scan_lidar
-from kdpipe.datasets.synth.nuscenes_writer import SAMPLE_PERIOD_S, nuscenes_scene
-from kdpipe.datasets.synth.radar import KIND_GROUND, RadarSpec, scan_radar
-from kdpipe.datasets.synth.raycast import boxes_in_frame
-from kdpipe.datasets.synth.world import CAR, make_scene
 from nuscenes import NuScenes
 from nuscenes.eval.common.config import config_factory
 from nuscenes.eval.detection.evaluate import DetectionEval
@@ -32,6 +17,22 @@ from vod.configuration import KittiLocations
 from vod.frame import FrameDataLoader, FrameTransformMatrix
 from vod.frame.labels import FrameLabels
 from vod.visualization.helpers import get_transformed_3d_label_corners
+
+from kdpipe.datasets.formats.kitti import read_kitti_labels
+from kdpipe.datasets.formats.pcd import read_radar_pcd
+from kdpipe.datasets.synth import SynthConfig, write_nuscenes, write_vod
+from kdpipe.datasets.synth.geometry import frame_rng, invert, yaw_pose
+from kdpipe.datasets.synth.lidar import VOD_ELEVATIONS_DEG, LidarSpec, scan_lidar
+from kdpipe.datasets.synth.nuscenes_writer import SAMPLE_PERIOD_S, nuscenes_scene
+from kdpipe.datasets.synth.radar import KIND_GROUND, RadarSpec, scan_radar
+from kdpipe.datasets.synth.raycast import boxes_in_frame
+from kdpipe.datasets.synth.world import CAR, make_scene
+from kdpipe.schemas.boxes import (
+    box_corners,
+    kitti_camera_to_ego,
+    nuscenes_global_to_ego,
+    points_in_boxes,
+)
 
 if TYPE_CHECKING:
     from pathlib import Path
