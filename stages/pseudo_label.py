@@ -6,48 +6,18 @@ Policies (METHODS.md C):
 - ST3D-style ignore band: with `ignore_threshold` (or `class_ignore_thresholds`) below the
   positive threshold, boxes scoring in [ignore, positive) are kept as `state = "ignore"` (the
   student gets no loss around them) and boxes below are dropped.
-This stage only reads Parquet, so a threshold change re-runs it alone.
+This stage only reads Parquet, so a threshold change re-runs it alone. The policy itself
+(`runtime/pseudo_labels.py`) is shared with `audit`, which marks its thresholds on curves.
 """
 from __future__ import annotations
 
 import polars as pl
-from pydantic import Field, model_validator
 
-from kdpipe.pipeline.stage import ParquetArtifact, Port, Stage, StageConfig, StageContext
-from kdpipe.schemas.tables import PSEUDO_LABELS, check_table
+from kdpipe.pipeline.stage import ParquetArtifact, Port, Stage, StageContext
+from kdpipe.runtime.pseudo_labels import PseudoLabelConfig, filter_detections
+from kdpipe.schemas.tables import check_table
 
-
-class PseudoLabelConfig(StageConfig):
-    sigma: float = Field(0.1, ge=0.0, le=1.0)          # SCKD's retention threshold
-    class_thresholds: dict[str, float] = Field(default_factory=dict)
-    ignore_threshold: float | None = Field(None, ge=0.0, le=1.0)
-    class_ignore_thresholds: dict[str, float] = Field(default_factory=dict)
-
-    @model_validator(mode="after")
-    def _band_below_positive(self) -> PseudoLabelConfig:
-        for cls, lo in {**({"*": self.ignore_threshold} if self.ignore_threshold is not None
-                           else {}), **self.class_ignore_thresholds}.items():
-            hi = self.class_thresholds.get(cls, self.sigma)
-            if lo > hi:
-                raise ValueError(f"ignore threshold {lo} for {cls} is above its positive "
-                                 f"threshold {hi}")
-        return self
-
-
-def _threshold(mapping: dict[str, float], default: float | None) -> pl.Expr:
-    expr = pl.lit(default, dtype=pl.Float64)
-    for cls, t in sorted(mapping.items()):
-        expr = pl.when(pl.col("label") == cls).then(pl.lit(t)).otherwise(expr)
-    return expr
-
-
-def filter_detections(dets: pl.DataFrame, cfg: PseudoLabelConfig) -> pl.DataFrame:
-    pos = _threshold(cfg.class_thresholds, cfg.sigma)
-    neg = _threshold(cfg.class_ignore_thresholds, cfg.ignore_threshold).fill_null(pos)
-    out = dets.with_columns(
-        state=pl.when(pl.col("score") >= pos).then(pl.lit("positive"))
-        .when(pl.col("score") >= neg).then(pl.lit("ignore")).otherwise(None))
-    return out.filter(pl.col("state").is_not_null()).select(list(PSEUDO_LABELS))
+__all__ = ["STAGE", "PseudoLabelConfig", "filter_detections"]
 
 
 def run(ctx: StageContext[PseudoLabelConfig]) -> None:

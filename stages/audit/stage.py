@@ -34,10 +34,10 @@ from kdpipe.pipeline.stage import (
     StageContext,
     ZarrArtifact,
 )
+from kdpipe.runtime.pseudo_labels import PseudoLabelConfig
 from kdpipe.stages.audit.metrics import ap_nuscenes, candidates, greedy_match
 from kdpipe.stages.audit.nuscenes import apply_rules, box_sets, devkit_rules, nuscenes_map
 from kdpipe.stages.audit.summary import SummarySpec, frame_counts, summarise
-from kdpipe.stages.pseudo_label import PseudoLabelConfig
 
 _PSEUDO = PseudoLabelConfig()  # the thresholds marked on the curves default to pseudo-label's
 VOD_IOU = {"Car": 0.5, "Pedestrian": 0.25, "Cyclist": 0.25}
