@@ -4,8 +4,8 @@ The frame is looked up in the workspace's committed ingest artifacts, newest fir
 `frame_id` (`vod/00549`) or, when unique, its native id (`00549`, a nuScenes sample token).
 `--detections` overlays a box table: a stage name (its newest committed artifact's first table
 with scores: teacher-label's detections, pseudo-label's positive pseudo-labels, evaluate's
-predictions) or a Parquet path. Drawing is `kdpipe.stages.audit.bev.render_bev`; `--open3d` also opens an
-open3d window where a display exists.
+predictions) or a Parquet path. Drawing is `kdpipe.stages.audit.bev.render_bev`; `--open3d`
+also opens an open3d window where a display exists.
 """
 from __future__ import annotations
 

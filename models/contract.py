@@ -4,8 +4,8 @@ Stages and the runtime rely on exactly this (and on `models.batch` for the input
 `.name`, `.config` (a `DetectorConfig`, stored in checkpoints), `.modalities` (the batch fields it
 reads), `.classes` (heatmap channel k is classes[k]); `model(batch)` returns "heatmap", "box",
 "bev" and "features" (BEV maps before the 2D backbone, keyed by `models.batch.FEATURE_TAPS`
-names: "lidar", "radar", "camera", "fusion" as the model has them); `loss(out, targets)` returns "loss"
-plus its named terms; `decode(out)` returns per-frame "boxes", "scores", "labels". Plus the
+names: "lidar", "radar", "camera", "fusion" as the model has them); `loss(out, targets)` returns
+"loss" plus its named terms; `decode(out)` returns per-frame "boxes", "scores", "labels". Plus the
 `nn.Module` methods training needs. `tests/models/test_contract.py` checks every registered name.
 """
 from __future__ import annotations

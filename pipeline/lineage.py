@@ -2,7 +2,8 @@
 
 nanoGPT stores its config beside the weights; kdpipe does that for every artifact: what was asked
 (stage, key, version, config, input keys), what was produced (output digests), from what (input
-digests, raw source files), by which code (source hash, git commit, package versions), where and when.
+digests, raw source files), by which code (source hash, git commit, package versions), where and
+when.
 """
 from __future__ import annotations
 
@@ -51,8 +52,9 @@ def git_state() -> dict[str, Any]:
     try:
         commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True,
                                 text=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10, check=True).stdout
+        status = ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"]
+        dirty = subprocess.run(status, capture_output=True, text=True, timeout=10,
+                               check=True).stdout
     except (OSError, subprocess.SubprocessError):
         return {"commit": None, "dirty": None}
     return {"commit": commit, "dirty": bool(dirty.strip())}

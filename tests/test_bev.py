@@ -1,4 +1,5 @@
-"""kdpipe.stages.audit.bev: the bird's-eye view draws points and boxes where they are, x forward up."""
+"""kdpipe.stages.audit.bev: the bird's-eye view draws points and boxes where they are, x forward
+up."""
 from __future__ import annotations
 
 from pathlib import Path

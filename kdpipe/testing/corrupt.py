@@ -7,7 +7,8 @@ other frame ingested, so input frames = ingested + rejected. Kinds that must sto
 (a corrupt table, a split file naming a path, a full disk, an unwritable workspace) are run one
 by one by tests/drills/test_bad_input.py.
 
-    python -m kdpipe.testing.corrupt vod ../shared/fixtures/real/vod /tmp/vod_bad   # writes manifest.json
+    # writes /tmp/vod_bad/manifest.json
+    python -m kdpipe.testing.corrupt vod ../shared/fixtures/real/vod /tmp/vod_bad
 """
 from __future__ import annotations
 

@@ -19,7 +19,10 @@ KDPIPE = [sys.executable, "-m", "kdpipe"]
 
 
 def kd(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*KDPIPE, *args], capture_output=True, text=True, cwd=cwd, timeout=120)
+    # check=False: the tests assert on the exit code and stderr themselves.
+    return subprocess.run(
+        [*KDPIPE, *args], capture_output=True, text=True, cwd=cwd, timeout=120, check=False
+    )
 
 
 def artifact_digests(ws: Path) -> dict[str, str]:
@@ -45,17 +48,19 @@ def assert_one_line_error(res: subprocess.CompletedProcess[str], code: int, text
 
 def test_set_type_error_is_one_line(toy: tuple[Path, Path]) -> None:
     wf, tmp = toy
-    res = kd("run", "--workflow", str(wf), "--workspace", str(tmp / "ws"), "--set", "toy-scale.factor=abc")
+    run_ws = ("run", "--workflow", str(wf), "--workspace", str(tmp / "ws"))
+    res = kd(*run_ws, "--set", "toy-scale.factor=abc")
     assert_one_line_error(res, 2, "toy-scale.factor: Input should be a valid integer")
-    res = kd("run", "--workflow", str(wf), "--workspace", str(tmp / "ws"), "--set", "toy-scale.nope=1")
+    res = kd(*run_ws, "--set", "toy-scale.nope=1")
     assert_one_line_error(res, 2, "toy-scale.nope: unknown config key")
-    res = kd("run", "--workflow", str(wf), "--workspace", str(tmp / "ws"), "--set", "factor")
+    res = kd(*run_ws, "--set", "factor")
     assert_one_line_error(res, 2, "expected STAGE.KEY=VALUE")
     assert not (tmp / "ws" / "artifacts").exists()
 
 
 def test_bad_workflow_and_unknown_stage_are_one_line(tmp_path: Path) -> None:
-    assert_one_line_error(kd("run", "--workflow", str(tmp_path / "none.toml")), 2, "workflow file not found")
+    res = kd("run", "--workflow", str(tmp_path / "none.toml"))
+    assert_one_line_error(res, 2, "workflow file not found")
     bad = tmp_path / "bad.toml"
     bad.write_text("[workflow]\nstages = ['teacher-tran']\n")
     assert_one_line_error(kd("run", "--workflow", str(bad)), 2, "unknown stage 'teacher-tran'")
@@ -67,7 +72,8 @@ def test_second_run_on_a_locked_workspace_fails_at_once(toy: tuple[Path, Path]) 
     wf, tmp = toy
     with Workspace(tmp / "ws").lock():
         t0 = time.monotonic()
-        res = kd("run", "--workflow", str(wf), "--workspace", str(tmp / "ws"), "--scheduler", "sync")
+        res = kd("run", "--workflow", str(wf), "--workspace", str(tmp / "ws"),
+                 "--scheduler", "sync")
         assert time.monotonic() - t0 < 30
     assert_one_line_error(res, 3, "is in use by another kdpipe run (pid")
 
@@ -76,8 +82,9 @@ def test_wait_blocks_until_the_lock_is_free(toy: tuple[Path, Path]) -> None:
     wf, tmp = toy
     ws = Workspace(tmp / "ws")
     with ws.lock():
-        proc = subprocess.Popen([*KDPIPE, "run", "--workflow", str(wf), "--workspace", str(tmp / "ws"),
-                                 "--scheduler", "sync", "--wait", "--set", "toy-source.delay_s=0"],
+        proc = subprocess.Popen([*KDPIPE, "run", "--workflow", str(wf),
+                                 "--workspace", str(tmp / "ws"), "--scheduler", "sync", "--wait",
+                                 "--set", "toy-source.delay_s=0"],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         time.sleep(1.5)
         assert proc.poll() is None  # still waiting
@@ -88,11 +95,13 @@ def test_wait_blocks_until_the_lock_is_free(toy: tuple[Path, Path]) -> None:
 
 def test_sigkill_mid_stage_then_rerun_is_byte_identical(toy: tuple[Path, Path]) -> None:
     wf, tmp = toy
-    clean = kd("run", "--workflow", str(wf), "--workspace", str(tmp / "clean"), "--scheduler", "sync")
+    clean = kd("run", "--workflow", str(wf), "--workspace", str(tmp / "clean"),
+               "--scheduler", "sync")
     assert clean.returncode == 0, clean.stderr
     ws = tmp / "ws"
     proc = subprocess.Popen([*KDPIPE, "run", "--workflow", str(wf), "--workspace", str(ws),
-                             "--scheduler", "sync"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                             "--scheduler", "sync"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 60
     while not list(ws.glob("artifacts/toy-source/*.partial/_units/*.json")):  # mid-stage
         assert time.monotonic() < deadline and proc.poll() is None
@@ -104,7 +113,8 @@ def test_sigkill_mid_stage_then_rerun_is_byte_identical(toy: tuple[Path, Path]) 
     st = kd("status", "--workflow", str(wf), "--workspace", str(ws), "--json")
     assert {r["state"] for r in json.loads(st.stdout)} == {"missing"}
     # the re-run (fresh lock: the kernel released the dead holder's) resumes and completes
-    again = kd("run", "--workflow", str(wf), "--workspace", str(ws), "--scheduler", "sync", "--json")
+    again = kd("run", "--workflow", str(wf), "--workspace", str(ws), "--scheduler", "sync",
+               "--json")
     assert again.returncode == 0, again.stderr
     assert {r["status"] for r in json.loads(again.stdout)["stages"]} == {"ran"}
     assert artifact_digests(ws) == artifact_digests(tmp / "clean")
@@ -122,4 +132,5 @@ def test_lineage_command_json(toy: tuple[Path, Path]) -> None:
     assert leaf["stage"] == "toy-source" and len(leaf["raw_files"]) == 40
     txt = kd("lineage", "toy-report", "--workspace", str(tmp / "ws"))
     assert "raw " in txt.stdout and "more raw files" in txt.stdout
-    assert_one_line_error(kd("lineage", "nope", "--workspace", str(tmp / "ws")), 2, "no committed artifact")
+    res = kd("lineage", "nope", "--workspace", str(tmp / "ws"))
+    assert_one_line_error(res, 2, "no committed artifact")

@@ -39,8 +39,9 @@ def test_cluster_run_matches_local_run_even_when_a_worker_dies(
     raw = tmp_path / "raw"
     write_raw(raw, 48)
     wf = toy_workflow(tmp_path / "wf.toml", raw, delay_s=0.3)
-    local = subprocess.run([*KDPIPE, "run", "--workflow", str(wf), "--workspace", str(tmp_path / "local"),
-                            "--scheduler", "sync"], capture_output=True, text=True, timeout=120)
+    local = subprocess.run([*KDPIPE, "run", "--workflow", str(wf),
+                            "--workspace", str(tmp_path / "local"), "--scheduler", "sync"],
+                           capture_output=True, text=True, timeout=120, check=False)
     assert local.returncode == 0, local.stderr
     ws = tmp_path / "remote"
     proc = subprocess.Popen([*KDPIPE, "run", "--workflow", str(wf), "--workspace", str(ws),

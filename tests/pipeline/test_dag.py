@@ -52,7 +52,8 @@ def test_missing_producer_names_stage_and_artifact() -> None:
 def test_port_kind_mismatch() -> None:
     a = _stage("a", (), (P("x", ParquetArtifact),))
     b = _stage("b", (P("x", JsonArtifact),), (P("y"),))
-    with pytest.raises(PlanError, match="port type mismatch: 'a' writes 'x' as parquet, 'b' reads it as json"):
+    msg = "port type mismatch: 'a' writes 'x' as parquet, 'b' reads it as json"
+    with pytest.raises(PlanError, match=msg):
         build_plan([a, b], {})
 
 

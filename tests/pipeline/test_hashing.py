@@ -26,7 +26,8 @@ def test_key_changes_with_each_ingredient() -> None:
 
 
 def _plan(raw: Path, **scale: int) -> dict[str, str]:
-    plan = build_plan([SOURCE, SCALE, REPORT], {"toy-source": {"root": str(raw)}, "toy-scale": scale})
+    config = {"toy-source": {"root": str(raw)}, "toy-scale": scale}
+    plan = build_plan([SOURCE, SCALE, REPORT], config)
     return {n: plan.nodes[n].key for n in plan.order}
 
 

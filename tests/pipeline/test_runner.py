@@ -29,7 +29,8 @@ def test_second_run_is_a_noop_and_says_so(toy: tuple[Path, Path]) -> None:
     wf, ws = toy
     first = run_workflow(wf, str(ws), scheduler="sync")
     assert set(_statuses(first).values()) == {"ran"}
-    mtimes = {p: p.stat().st_mtime_ns for p in ws.rglob("*") if p.is_file() and "artifacts" in p.parts}
+    mtimes = {p: p.stat().st_mtime_ns for p in ws.rglob("*")
+              if p.is_file() and "artifacts" in p.parts}
     second = run_workflow(wf, str(ws), scheduler="sync")
     assert set(_statuses(second).values()) == {"cached"}
     assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes
@@ -39,7 +40,8 @@ def test_run_named_stage_runs_stale_upstream_only(toy: tuple[Path, Path]) -> Non
     wf, ws = toy
     rep = run_workflow(wf, str(ws), ["toy-scale"], scheduler="sync")
     assert _statuses(rep) == {"toy-source": "ran", "toy-scale": "ran"}
-    rep = run_workflow(wf, str(ws), ["toy-report"], overrides=["toy-scale.factor=5"], scheduler="sync")
+    rep = run_workflow(wf, str(ws), ["toy-report"], overrides=["toy-scale.factor=5"],
+                       scheduler="sync")
     assert _statuses(rep) == {"toy-source": "cached", "toy-scale": "ran", "toy-report": "ran"}
     summary = json.loads(Path(rep["stages"][2]["outputs"]["summary"]).read_text())
     records = pl.read_parquet(rep["stages"][0]["outputs"]["records"])
@@ -66,7 +68,9 @@ def test_failed_stage_leaves_nothing_that_looks_done(toy: tuple[Path, Path]) -> 
     assert [e["eventType"] for e in events] == ["START", "FAIL"]
 
 
-def test_lineage_is_the_commit_marker(toy: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_lineage_is_the_commit_marker(
+    toy: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
     wf, ws = toy
 
     def crash(self: Workspace, path: str, text: str) -> None:

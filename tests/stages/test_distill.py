@@ -42,11 +42,13 @@ def test_adapters_match_the_teacher_feature_maps() -> None:
     teacher = create_model("sckd-teacher", **TINY).eval()
     student = create_model("radar-only", **TINY).eval()
     pts = torch.tensor([[0, 12.0, 1.0, -0.5, 0.3], [1, 30.0, -4.0, -0.2, 0.5]])
-    radar = torch.tensor([[0, 12.0, 1.0, -0.5, 5.0, 1.0, 0.0], [1, 30.0, -4.0, -0.2, 2.0, 0.0, 0.0]])
+    radar = torch.tensor([[0, 12.0, 1.0, -0.5, 5.0, 1.0, 0.0],
+                          [1, 30.0, -4.0, -0.2, 2.0, 0.0, 0.0]])
     batch = {"lidar": pts, "radar": radar, "batch_size": 2}
     tf = teacher(batch)["features"]
     sf = student(batch)["features"]["radar"]
-    ad = SCKDAdapters(sf.shape[1], tf["lidar"].shape[1], tf["fusion"].shape[1], lrfd=True, frfd=True)
+    ad = SCKDAdapters(sf.shape[1], tf["lidar"].shape[1], tf["fusion"].shape[1],
+                      lrfd=True, frfd=True)
     assert ad.lidar(sf).shape == tf["lidar"].shape
     assert torch.cat([a(sf) for a in ad.fusion], 1).shape == tf["fusion"].shape
 
