@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,17 @@ class Storage:
     compressor: str = "lz4"   # blosc codec name, or "none"
 
 
+@dataclass(frozen=True)
+class ArrayLayout:
+    """How an extra array of a group is stored (chunking, sharding, names, attributes)."""
+
+    chunks: tuple[int, ...]
+    shards: tuple[int, ...]
+    dims: tuple[str, ...]                  # dimension names, e.g. ("frame", "y", "x", "rgb")
+    attrs: Mapping[str, Any] = field(default_factory=dict)
+    shuffle: bool = True                   # blosc byte shuffle (off for uint8 images)
+
+
 @dataclass
 class FileLog:
     """Raw files read by a task: path, size and sha256 of the bytes actually read."""
@@ -76,7 +88,7 @@ class GroupWriter:
     rejects: list[dict[str, Any]] = field(default_factory=list)
     points: dict[str, list[npt.NDArray[np.float32]]] = field(default_factory=dict)
     fields: dict[str, tuple[tuple[str, ...], tuple[str, ...], str]] = field(default_factory=dict)
-    extra: list[tuple[Any, ...]] = field(default_factory=list)
+    extra: list[tuple[str, npt.NDArray[Any], ArrayLayout]] = field(default_factory=list)
     log: FileLog = field(default_factory=FileLog)   # raw files read for this group
 
     @property
@@ -110,12 +122,10 @@ class GroupWriter:
         self.boxes += [{**b, "frame_id": frame_id, "box_index": i} for i, b in enumerate(boxes)]
         self.calib += [{**c, "frame_id": frame_id} for c in calib]
 
-    def add_array(self, path: str, data: npt.NDArray[Any], *, chunks: tuple[int, ...],
-                  shards: tuple[int, ...], dims: tuple[str, ...], attrs: dict[str, Any],
-                  shuffle: bool = True) -> None:
+    def add_array(self, path: str, data: npt.NDArray[Any], layout: ArrayLayout) -> None:
         """An extra array in this group (e.g. `camera/CAM_FRONT`), written by `write` with the
         points and before the done-marker, so a group is never done without it."""
-        self.extra.append((path, data, chunks, shards, dims, attrs, shuffle))
+        self.extra.append((path, data, layout))
 
     def _codec(self, shuffle: bool) -> Any:
         from zarr.codecs import BloscCodec, BloscShuffle
@@ -154,12 +164,12 @@ class GroupWriter:
                            compressors=None,
                            attributes={"meaning": "points[offsets[i]:offsets[i+1]] "
                                                   "belong to frame i"})
-        for path, data, chunks, shards, dims, attrs, shuffle in self.extra:
+        for path, data, lay in self.extra:
             parent, _, leaf = path.rpartition("/")
             target = group.require_group(parent) if parent else group
-            target.create_array(leaf, data=data, chunks=chunks, shards=shards,
-                                compressors=self._codec(shuffle), dimension_names=dims,
-                                attributes=attrs)
+            target.create_array(leaf, data=data, chunks=lay.chunks, shards=lay.shards,
+                                compressors=self._codec(lay.shuffle),
+                                dimension_names=lay.dims, attributes=dict(lay.attrs))
         self.part.mkdir(parents=True, exist_ok=True)
         for name, rows, schema in (("frames", self.frames, FRAMES), ("boxes", self.boxes, BOXES),
                                    ("calibration", self.calib, CALIBRATION),

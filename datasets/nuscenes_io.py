@@ -23,7 +23,7 @@ from nuscenes.utils.splits import create_splits_scenes
 from PIL import Image, UnidentifiedImageError
 from pyquaternion import Quaternion
 
-from kdpipe.datasets.common import FileLog, GroupWriter
+from kdpipe.datasets.common import ArrayLayout, FileLog, GroupWriter
 from kdpipe.datasets.formats.bins import safe_join
 from kdpipe.datasets.formats.errors import FormatError
 from kdpipe.datasets.formats.pcd import read_radar_pcd
@@ -280,11 +280,10 @@ class SceneWriter(GroupWriter):
         for ch, frames in self.images.items():
             data = np.stack(frames) if frames else np.zeros((0, 1, 1, 3), np.uint8)  # (F, H, W, 3)
             per_shard = max(1, (8 << 20) // max(data[0].nbytes if len(data) else 1, 1))  # ~8 MB
-            self.add_array(f"camera/{ch}", data, chunks=(1, *data.shape[1:]),
-                           shards=(per_shard, *data.shape[1:]), dims=("frame", "y", "x", "rgb"),
-                           attrs={"channel": ch, **self.image_attrs.get(ch, {}),
-                                  "meaning": "camera/<CH>[i] belongs to frame i"},
-                           shuffle=False)
+            self.add_array(f"camera/{ch}", data, ArrayLayout(
+                (1, *data.shape[1:]), (per_shard, *data.shape[1:]), ("frame", "y", "x", "rgb"),
+                {"channel": ch, **self.image_attrs.get(ch, {}),
+                 "meaning": "camera/<CH>[i] belongs to frame i"}, shuffle=False))
         super().write(zarr_root)
 
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import numpy as np
-from kdpipe.schemas.boxes import box_corners
+from PIL import Image, ImageDraw
+
 from kdpipe.datasets.synth.world import (
     BICYCLE_RACK,
     CAR,
@@ -21,7 +22,7 @@ from kdpipe.datasets.synth.world import (
     Scene,
     WorldState,
 )
-from PIL import Image, ImageDraw
+from kdpipe.schemas.boxes import box_corners
 
 if TYPE_CHECKING:
     from pathlib import Path

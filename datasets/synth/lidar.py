@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
-from kdpipe.schemas.boxes import box_corners
+
 from kdpipe.datasets.synth.geometry import FloatArray, invert
 from kdpipe.datasets.synth.raycast import boxes_in_frame, ground_hits, ray_box_hits
 from kdpipe.datasets.synth.world import (
@@ -24,6 +24,7 @@ from kdpipe.datasets.synth.world import (
     Scene,
     WorldState,
 )
+from kdpipe.schemas.boxes import box_corners
 
 if TYPE_CHECKING:
     from kdpipe.datasets.synth.config import SynthConfig

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
+
 from kdpipe.datasets.formats.pcd import RADAR_PCD_DTYPE
 from kdpipe.datasets.synth.radar import KIND_GHOST, KIND_GROUND, RadarScan
 

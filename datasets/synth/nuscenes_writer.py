@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
-from kdpipe.schemas.boxes import ego_to_nuscenes_global, points_in_boxes
+from PIL import Image
+
 from kdpipe.datasets.formats.bins import write_float32_bin
 from kdpipe.datasets.formats.pcd import write_radar_pcd
 from kdpipe.datasets.synth.camera import render, save_jpeg
@@ -36,7 +37,7 @@ from kdpipe.datasets.synth.rigs import (
     nus_radar_pose,
 )
 from kdpipe.datasets.synth.world import ANNOTATED, Scene, make_scene, scene_map_pose
-from PIL import Image
+from kdpipe.schemas.boxes import ego_to_nuscenes_global, points_in_boxes
 
 DATASET_NUS = 2
 STREAM_LAYOUT, STREAM_LIDAR, STREAM_RADAR, STREAM_RECORDS = 0, 1, 2, 3

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
+
 from kdpipe.datasets.synth.geometry import FloatArray, invert
 from kdpipe.datasets.synth.raycast import boxes_in_frame, nearest_hits
 from kdpipe.datasets.synth.world import (

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
 from kdpipe.datasets.synth.geometry import (
     R_BODY_FROM_CAMERA,
     FloatArray,

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from kdpipe.schemas.boxes import ego_to_kitti_camera, points_in_boxes, project_to_image_bbox
+
 from kdpipe.datasets.formats.bins import write_float32_bin
 from kdpipe.datasets.formats.kitti import (
     KittiLabels,
@@ -24,6 +24,7 @@ from kdpipe.datasets.synth.radar import RadarScan, RadarSpec, scan_radar, transf
 from kdpipe.datasets.synth.raycast import boxes_in_frame
 from kdpipe.datasets.synth.rigs import vod_rig
 from kdpipe.datasets.synth.world import ANNOTATED, CLASS_NAMES, Scene, make_scene, scene_map_pose
+from kdpipe.schemas.boxes import ego_to_kitti_camera, points_in_boxes, project_to_image_bbox
 
 DATASET_VOD = 1
 STREAM_LAYOUT, STREAM_LIDAR, STREAM_RADAR, STREAM_RADAR_PHASE = 0, 1, 2, 3

@@ -14,6 +14,7 @@ from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
+
 from kdpipe.datasets.synth.geometry import FloatArray, yaw_pose
 
 IntArray = npt.NDArray[np.int64]

@@ -99,7 +99,7 @@ def test_not_a_parquet_file(tmp_path: Path) -> None:
 def write_points(root: Path, fmt: str = "vod", radar: P.SensorLayout = P.VOD_RADAR,
                  cameras: bool = False) -> Path:
     """A two-frame store written by the real group writer, with ingest's root attributes."""
-    from kdpipe.datasets.common import GroupWriter, Storage
+    from kdpipe.datasets.common import ArrayLayout, GroupWriter, Storage
 
     top = zarr.open_group(store=str(root), mode="w", zarr_format=3,
                           attributes={"format": fmt, "frame": "ego", "layout": "..."})
@@ -113,9 +113,9 @@ def write_points(root: Path, fmt: str = "vod", radar: P.SensorLayout = P.VOD_RAD
                                             "radar": rng.normal(size=(n_r, len(radar.fields)))},
                     [], [])
     if cameras:
-        w.add_array("camera/CAM_FRONT", np.zeros((2, 4, 6, 3), np.uint8), chunks=(1, 4, 6, 3),
-                    shards=(2, 4, 6, 3), dims=("frame", "y", "x", "rgb"),
-                    attrs={"channel": "CAM_FRONT"})
+        w.add_array("camera/CAM_FRONT", np.zeros((2, 4, 6, 3), np.uint8),
+                    ArrayLayout((1, 4, 6, 3), (2, 4, 6, 3), ("frame", "y", "x", "rgb"),
+                                {"channel": "CAM_FRONT"}))
     w.write(root)
     return root
 
