@@ -13,6 +13,7 @@ import os
 import socket
 import subprocess
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -69,31 +70,59 @@ def write_sources(workdir: Path, rows: list[dict[str, Any]]) -> dict[str, Any] |
     return {"table": SOURCES_TABLE, "files": df.height, "bytes": int(df["bytes"].sum())}
 
 
-def record(*, stage: str, key: str, version: int, config: dict[str, Any],
-           inputs: dict[str, dict[str, Any]], outputs: dict[str, dict[str, Any]],
-           sources: dict[str, Any] | None, source_hash: str, fingerprint: str | None,
-           seed: int, run_id: str, start: str) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Asked:
+    """What a stage run was asked to make and by which code: the identity half of a record."""
+
+    stage: str
+    key: str
+    version: int
+    config: dict[str, Any]
+    source_hash: str
+    fingerprint: str | None
+    seed: int
+
+
+@dataclass(frozen=True)
+class RunScope:
+    """One run of one stage as its OpenLineage events name it (START, COMPLETE / FAIL).
+
+    `inputs` / `outputs` are the dataset names, "stage/key/file", within namespace `workspace`.
+    """
+
+    run_id: str
+    stage: str
+    workspace: str
+    inputs: list[str]
+    outputs: list[str]
+
+
+def record(asked: Asked, *, inputs: dict[str, dict[str, Any]],
+           outputs: dict[str, dict[str, Any]], sources: dict[str, Any] | None,
+           run_id: str, start: str) -> dict[str, Any]:
+    """The lineage record of a finished run (`_lineage.json`, the artifact's commit marker)."""
     return {
-        "format": "kdpipe.lineage/1", "stage": stage, "key": key, "version": version,
-        "config": config, "inputs": inputs, "outputs": outputs, "sources": sources,
-        "fingerprint": fingerprint, "source_hash": source_hash, "git": git_state(),
-        "packages": package_versions(), "seed": seed, "host": socket.gethostname(),
-        "pid": os.getpid(), "run_id": run_id, "start": start, "end": now_iso(),
+        "format": "kdpipe.lineage/1", "stage": asked.stage, "key": asked.key,
+        "version": asked.version, "config": asked.config, "inputs": inputs, "outputs": outputs,
+        "sources": sources, "fingerprint": asked.fingerprint, "source_hash": asked.source_hash,
+        "git": git_state(), "packages": package_versions(), "seed": asked.seed,
+        "host": socket.gethostname(), "pid": os.getpid(), "run_id": run_id, "start": start,
+        "end": now_iso(),
     }
 
 
-def run_event(event_type: str, *, run_id: str, stage: str, workspace: str,
-              inputs: list[str], outputs: list[str], facets: dict[str, Any] | None = None,
-              ) -> dict[str, Any]:
+def run_event(event_type: str, scope: RunScope,
+              facets: dict[str, Any] | None = None) -> dict[str, Any]:
     """An OpenLineage RunEvent (START / COMPLETE / FAIL) for the file transport."""
-    ds = [{"namespace": workspace, "name": n} for n in inputs]
-    out = [{"namespace": workspace, "name": n} for n in outputs]
+    ds = [{"namespace": scope.workspace, "name": n} for n in scope.inputs]
+    out = [{"namespace": scope.workspace, "name": n} for n in scope.outputs]
     return {
         "eventType": event_type, "eventTime": now_iso(), "producer": PRODUCER,
         "schemaURL": OL_SCHEMA,
-        "run": {"runId": run_id, "facets": {"kdpipe": {"_producer": PRODUCER,
-                                                       "_schemaURL": PRODUCER + "/lineage/1",
-                                                       **(facets or {})}}},
-        "job": {"namespace": "kdpipe", "name": stage},
+        "run": {"runId": scope.run_id,
+                "facets": {"kdpipe": {"_producer": PRODUCER,
+                                      "_schemaURL": PRODUCER + "/lineage/1",
+                                      **(facets or {})}}},
+        "job": {"namespace": "kdpipe", "name": scope.stage},
         "inputs": ds, "outputs": out,
     }

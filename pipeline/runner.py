@@ -7,7 +7,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 from kdpipe.pipeline import lineage
 from kdpipe.pipeline.dag import Node, Plan
@@ -29,22 +29,39 @@ class StageResult:
     outputs: dict[str, str] = field(default_factory=dict)   # port -> artifact path
 
 
-def execute(plan: Plan, ws: Workspace, names: Sequence[str], *,
-            executor: Executor | None = None, seed: int = 0, force: bool = False,
-            progress: ProgressFn | None = None,
-            on_stage: Callable[[str, str], None] | None = None) -> list[StageResult]:
+class ExecuteOptions(TypedDict, total=False):
+    """How `execute` runs (every key optional).
+
+    executor: where stage units run (default: in this process); closed when `execute` returns.
+    seed: the run's seed, handed to every stage (default 0).
+    force: re-run the selected stages even if their artifacts are committed (default False).
+    progress: called with (description, done, total) as units finish.
+    on_stage: called with (stage, key) just before a stage runs.
+    """
+
+    executor: Executor | None
+    seed: int
+    force: bool
+    progress: ProgressFn | None
+    on_stage: Callable[[str, str], None] | None
+
+
+def execute(plan: Plan, ws: Workspace, names: Sequence[str],
+            **options: Unpack[ExecuteOptions]) -> list[StageResult]:
     """Run the selected stages whose artifacts are not committed (all of them with `force`).
 
     Executors start their workers on first use, so a run with nothing to do starts none; the
     executor is closed when this returns.
     """
+    force, seed = options.get("force", False), options.get("seed", 0)
+    progress, on_stage = options.get("progress"), options.get("on_stage")
     todo = {n for n in names if force or not ws.is_committed(n, plan.nodes[n].key)}
     for n in names:
         for src in plan.nodes[n].upstream.values():
             if src not in todo and not ws.is_committed(src, plan.nodes[src].key):
                 raise PlanError(f"stage '{n}' needs the output of '{src}', which is not in the "
                                 f"workspace and not selected to run; run '{src}' too")
-    ex = executor or SyncExecutor()
+    ex = options.get("executor") or SyncExecutor()
     results = []
     try:
         for n in names:
@@ -77,8 +94,9 @@ def _run_stage(plan: Plan, ws: Workspace, n: str, ex: Executor, seed: int,
     in_names = [f"{src}/{plan.nodes[src].key}/{in_ports[p].filename()}"
                 for p, src in node.upstream.items()]
     out_names = [f"{n}/{node.key}/{p.filename()}" for p in node.stage.outputs]
-    ws.append_event(lineage.run_event("START", run_id=run_id, stage=n, workspace=ws.url,
-                                      inputs=in_names, outputs=out_names))
+    scope = lineage.RunScope(run_id=run_id, stage=n, workspace=ws.url, inputs=in_names,
+                             outputs=out_names)
+    ws.append_event(lineage.run_event("START", scope))
     workdir = ws.prepare(n, node.key)
     inputs = {p: ws.input_path(src, plan.nodes[src].key, in_ports[p].filename())
               for p, src in node.upstream.items()}
@@ -93,8 +111,7 @@ def _run_stage(plan: Plan, ws: Workspace, n: str, ex: Executor, seed: int,
             raise StageError(f"stage '{n}' finished without writing {', '.join(missing)}")
         _check_schemas(n, node, outputs)
     except BaseException as e:
-        ws.append_event(lineage.run_event("FAIL", run_id=run_id, stage=n, workspace=ws.url,
-                                          inputs=in_names, outputs=out_names,
+        ws.append_event(lineage.run_event("FAIL", scope,
                                           facets={"error": f"{type(e).__name__}: {e}"}))
         if isinstance(e, KdpipeError) or not isinstance(e, Exception):
             raise
@@ -118,16 +135,16 @@ def _run_stage(plan: Plan, ws: Workspace, n: str, ex: Executor, seed: int,
                        "digest": ctx.output_digests.get(p) or digest_path(path)}
                    for p, path in outputs.items()}
     sources = lineage.write_sources(workdir, ctx.sources)
-    rec = lineage.record(stage=n, key=node.key, version=node.stage.version,
-                         config=node.config.model_dump(mode="json"), inputs=in_lineage,
-                         outputs=out_lineage, sources=sources,
-                         source_hash=node.stage.source_hash(), fingerprint=node.fingerprint,
-                         seed=seed, run_id=run_id, start=start)
+    asked = lineage.Asked(stage=n, key=node.key, version=node.stage.version,
+                          config=node.config.model_dump(mode="json"),
+                          source_hash=node.stage.source_hash(), fingerprint=node.fingerprint,
+                          seed=seed)
+    rec = lineage.record(asked, inputs=in_lineage, outputs=out_lineage, sources=sources,
+                         run_id=run_id, start=start)
     if ctx.facts:  # what the stage reports about its work (e.g. points trained on)
         rec["facts"] = ctx.facts
     ws.publish(n, node.key, workdir, rec)
-    ws.append_event(lineage.run_event("COMPLETE", run_id=run_id, stage=n, workspace=ws.url,
-                                      inputs=in_names, outputs=out_names,
+    ws.append_event(lineage.run_event("COMPLETE", scope,
                                       facets={"key": node.key, "outputs": out_lineage}))
 
 
