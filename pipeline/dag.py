@@ -9,7 +9,7 @@ from pydantic import ValidationError
 
 from kdpipe.pipeline.errors import ConfigError, PlanError
 from kdpipe.pipeline.hashing import fingerprint_tree, stage_key
-from kdpipe.pipeline.stage import Port, Stage, StageConfig
+from kdpipe.pipeline.stage import C, Port, Stage, StageConfig
 from kdpipe.schemas import Schema, UnknownSchemaError, get_schema
 
 
@@ -60,7 +60,7 @@ def format_validation_error(where: str, err: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def validate_config(stage: Stage[Any], delta: Mapping[str, Any]) -> StageConfig:
+def validate_config(stage: Stage[C], delta: Mapping[str, Any]) -> C:
     try:
         return stage.config.model_validate(dict(delta))
     except ValidationError as err:

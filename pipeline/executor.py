@@ -141,7 +141,7 @@ class DaskExecutor:
 
 def make_executor(spec: str | None) -> Executor:
     """`None`/"local" -> local cluster, "sync", "tcp://host:port", or a scheduler-file path."""
-    if spec in (None, "", "local"):
+    if spec is None or spec in ("", "local"):
         return DaskExecutor()
     if spec == "sync":
         return SyncExecutor()

@@ -132,16 +132,23 @@ class Stage(Generic[C]):
 
 
 def module_source_hash(fn: Callable[..., Any]) -> str:
+    module = inspect.getmodule(fn)
+    if module is None:
+        return "unknown"
     try:
-        src = inspect.getsource(inspect.getmodule(fn))  # type: ignore[arg-type]
+        src = inspect.getsource(module)
     except (OSError, TypeError):
         return "unknown"
     tree = ast.parse(src)
     for node in ast.walk(tree):
         body = getattr(node, "body", None)
-        if isinstance(body, list) and body and isinstance(body[0], ast.Expr) \
-                and isinstance(getattr(body[0], "value", None), ast.Constant) \
-                and isinstance(body[0].value.value, str):
+        if not isinstance(body, list) or not body:
+            continue
+        first = body[0]
+        if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) \
+                and isinstance(first.value.value, str):
+            # any node with a statement body (module, def, class, if, for, ...); ast.AST
+            # itself declares no `body`
             node.body = body[1:] or [ast.Pass()]  # type: ignore[attr-defined]
     return sha256_bytes(ast.dump(tree).encode())[:16]
 

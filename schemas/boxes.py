@@ -44,14 +44,16 @@ def normalize_yaw(yaw: npt.ArrayLike) -> FloatArray:
     yaw_rad = np.asarray(yaw, dtype=np.float64)
     out = np.mod(yaw_rad + np.pi, 2.0 * np.pi) - np.pi
     # np.mod of a tiny negative rounds up to exactly 2*pi; fold that back to keep [-pi, pi).
-    return np.where(out >= np.pi, out - 2.0 * np.pi, out)
+    folded: FloatArray = np.where(out >= np.pi, out - 2.0 * np.pi, out)
+    return folded
 
 
 def transform_points(T: npt.ArrayLike, xyz: npt.ArrayLike) -> FloatArray:
     """Apply a rigid/affine ``(4, 4)`` transform ``T`` (target_from_source) to points ``(N, 3)``."""
     T = np.asarray(T, dtype=np.float64)
     xyz = np.asarray(xyz, dtype=np.float64).reshape(-1, 3)
-    return xyz @ T[:3, :3].T + T[:3, 3]
+    moved: FloatArray = xyz @ T[:3, :3].T + T[:3, 3]
+    return moved
 
 
 def _as_boxes(boxes: npt.ArrayLike) -> FloatArray:
@@ -79,7 +81,8 @@ def box_corners(boxes: npt.ArrayLike) -> FloatArray:
     c, s = np.cos(b[:, 6])[:, None], np.sin(b[:, 6])[:, None]
     x = c * local[..., 0] - s * local[..., 1]
     y = s * local[..., 0] + c * local[..., 1]
-    return np.stack([x, y, local[..., 2]], axis=-1) + b[:, None, :3]
+    corners: FloatArray = np.stack([x, y, local[..., 2]], axis=-1) + b[:, None, :3]
+    return corners
 
 
 # ----------------------------------------------------------------------------- KITTI / VoD
@@ -270,7 +273,8 @@ def kitti_camera_corners(
     z = _CORNER_SIGNS[None, :, 1] * hwl[:, 1:2] / 2.0  # signs chosen so the order matches ego
     y = -(_CORNER_SIGNS[None, :, 2] + 1.0) / 2.0 * hwl[:, 0:1]  # bottom at 0, top at -h
     c, s = np.cos(ry)[:, None], np.sin(ry)[:, None]
-    return np.stack([c * x + s * z, y, -s * x + c * z], axis=-1) + loc[:, None, :]
+    corners: FloatArray = np.stack([c * x + s * z, y, -s * x + c * z], axis=-1) + loc[:, None, :]
+    return corners
 
 
 def project_to_image_bbox(

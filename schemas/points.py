@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import numpy.typing as npt
 
 from kdpipe.schemas.zarr_layout import (
     ZarrLayout,
@@ -142,7 +143,9 @@ class PointsLayout(ZarrLayout):
         problems += check_array(f"{where}/points", points, "float32", (None, None))
         problems += check_array(f"{where}/offsets", offsets, "int64",
                                 (None if n_frames is None else n_frames + 1,))
-        if problems:  # the checks below index into arrays this layout could not confirm
+        # the checks below index into arrays this layout could not confirm (a missing one is
+        # already a problem: the `is None` tests only tell the type checker)
+        if problems or points is None or offsets is None:
             return problems
         pa = dict(points.attrs)
         fields, units = pa.get("fields"), pa.get("units")
@@ -170,7 +173,7 @@ class PointsLayout(ZarrLayout):
         return problems
 
 
-def _offsets(where: str, off: np.ndarray, n_points: int) -> list[str]:
+def _offsets(where: str, off: npt.NDArray[np.int64], n_points: int) -> list[str]:
     """offsets[0] == 0, non-decreasing, offsets[-1] == number of points."""
     problems = []
     if off.size and off[0] != 0:

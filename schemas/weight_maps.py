@@ -48,7 +48,7 @@ class WeightMapsLayout(ZarrLayout):
         problems += unexpected(where, arrays, {"maps"})
         bad = check_array(f"{where}/maps", maps, "float32",
                           (n_frames, len(self.channels), None, None))
-        if bad:
+        if bad or maps is None:  # a missing `maps` is in `bad`: `is None` is for the type checker
             return problems + bad
         at, ma = f"{where}/maps", dict(maps.attrs)
         if ma.get("channels") != list(self.channels):
