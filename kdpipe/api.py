@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 from kdpipe.config import Workflow, apply_set, load_workflow
 from kdpipe.pipeline.dag import build_plan, select
@@ -39,26 +39,74 @@ def _load(workflow: str | Path | Workflow, overrides: Sequence[str]) -> Workflow
     return replace(workflow, deltas=deltas)
 
 
-def run_workflow(workflow: str | Path | Workflow, workspace: str, stages: Sequence[str] = (), *,
-                 overrides: Sequence[str] = (), scheduler: str | None = None,
-                 from_: Sequence[str] = (), to: Sequence[str] = (), only: Sequence[str] = (),
-                 force: bool = False, wait: bool = False, show_progress: bool = False,
-                 log: Callable[[str], None] | None = None) -> dict[str, Any]:
+class RunnerOptions(TypedDict, total=False):
+    """How any run goes (every key optional; the CLI's options of the same names).
+
+    overrides: "STAGE.KEY=VALUE" settings applied over the workflow file.
+    scheduler: sync | local[:N] | tcp://HOST:PORT | a scheduler file (default: local cluster).
+    wait: wait for the workspace lock instead of failing at once.
+    log: called with one line per stage started.
+    """
+
+    overrides: Sequence[str]
+    scheduler: str | None
+    wait: bool
+    log: Callable[[str], None] | None
+
+
+class AuditOptions(RunnerOptions, total=False):
+    """`run_audit`'s options: a run's, plus `force` (re-run the audit even if committed)."""
+
+    force: bool
+
+
+class RunOptions(AuditOptions, total=False):
+    """`run_workflow`'s options: an audit's, plus the stage selection and a progress bar.
+
+    from_ / to / only: this stage and downstream / this stage and upstream / exactly these.
+    show_progress: draw a rich progress bar per stage.
+    """
+
+    from_: Sequence[str]
+    to: Sequence[str]
+    only: Sequence[str]
+    show_progress: bool
+
+
+class CurateOptions(RunnerOptions, total=False):
+    """`run_curate`'s options: a run's, plus which curate stage and its selection overrides.
+
+    stage: which curate stage of the workflow (when it has several).
+    where / strategy / budget / seed: override that stage's config (None: keep it).
+    """
+
+    stage: str | None
+    where: Sequence[str] | None
+    strategy: str | None
+    budget: int | None
+    seed: int | None
+
+
+def run_workflow(workflow: str | Path | Workflow, workspace: str, stages: Sequence[str] = (),
+                 **options: Unpack[RunOptions]) -> dict[str, Any]:
     """Plan, lock the workspace, and run what is not up to date. Returns a JSON-able report.
 
     `workflow` is a TOML file or a `Workflow` already loaded (and possibly extended, as
     `run_audit` does) with `kdpipe.config.load_workflow`.
     """
-    wf = _load(workflow, overrides)
+    wf = _load(workflow, options.get("overrides", ()))
     ws = Workspace(workspace)
-    executor = make_executor(scheduler)  # checks the spelling now; starts nothing yet
+    # checks the spelling now; starts nothing yet
+    executor = make_executor(options.get("scheduler"))
+    log = options.get("log")
     with ExitStack() as stack:
-        stack.enter_context(ws.lock(wait=wait))
+        stack.enter_context(ws.lock(wait=options.get("wait", False)))
         # plan under the lock: the fingerprint of raw inputs must match what runs
         plan = build_plan(wf.stages, wf.deltas)
-        names = select(plan, _names(stages), from_=_names(from_), to=_names(to), only=_names(only))
+        names = select(plan, _names(stages), from_=_names(options.get("from_", ())),
+                       to=_names(options.get("to", ())), only=_names(options.get("only", ())))
         progress = None
-        if show_progress:
+        if options.get("show_progress", False):
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
             bar = stack.enter_context(Progress("[progress.description]{task.description}",
@@ -75,8 +123,9 @@ def run_workflow(workflow: str | Path | Workflow, workspace: str, stages: Sequen
             if log:
                 log(f"running {name} ({key})")
 
-        results = execute(plan, ws, names, executor=executor,
-                          seed=wf.seed, force=force, progress=progress, on_stage=on_stage)
+        results = execute(plan, ws, names, executor=executor, seed=wf.seed,
+                          force=options.get("force", False), progress=progress,
+                          on_stage=on_stage)
     return {"workflow": wf.name, "workspace": ws.url, "stages": [asdict(r) for r in results]}
 
 
@@ -104,10 +153,8 @@ def _audit_stage(wf: Workflow) -> tuple[Workflow, str, bool]:
     return replace(wf, stages=(*wf.stages, stage)), stage.name, True
 
 
-def run_audit(workflow: str | Path, workspace: str, *, overrides: Sequence[str] = (),
-              precision_target: float | None = None, scheduler: str | None = None,
-              force: bool = False, wait: bool = False,
-              log: Callable[[str], None] | None = None) -> dict[str, Any]:
+def run_audit(workflow: str | Path, workspace: str, *, precision_target: float | None = None,
+              **options: Unpack[AuditOptions]) -> dict[str, Any]:
     """Run the workflow's audit stage with its stale upstream (`kdpipe audit`).
 
     A workflow without an audit stage gets one for this run (it needs a stage producing
@@ -115,6 +162,7 @@ def run_audit(workflow: str | Path, workspace: str, *, overrides: Sequence[str] 
     sigma / class_thresholds` unless `[audit]` sets them. Returns the audit JSON (`report`)
     plus the stage's name, status, key and output paths.
     """
+    overrides = options.pop("overrides", ())  # applied here, not again by run_workflow
     wf, name, added = _audit_stage(load_workflow(workflow, list(overrides)))
     delta = wf.deltas.setdefault(name, {})
     # mark the thresholds this workflow's pseudo-label really uses, unless the audit sets its own
@@ -124,8 +172,7 @@ def run_audit(workflow: str | Path, workspace: str, *, overrides: Sequence[str] 
             delta[k] = pseudo[k]
     if precision_target is not None:
         delta["precision_target"] = precision_target
-    res = run_workflow(wf, workspace, [name], scheduler=scheduler, force=force, wait=wait,
-                       log=log)["stages"][-1]
+    res = run_workflow(wf, workspace, [name], **options)["stages"][-1]
     out = res["outputs"]
     report = json.loads(Path(out["audit_json"]).read_text())
     return {"stage": name, "added_to_workflow": added, "status": res["status"],
@@ -173,11 +220,8 @@ def _curate_stage(wf: Workflow, wanted: str | None) -> tuple[Workflow, str, bool
     return replace(wf, stages=(*wf.stages, stage)), stage.name, True
 
 
-def run_curate(workflow: str | Path, workspace: str, *, stage: str | None = None,
-               where: Sequence[str] | None = None, strategy: str | None = None,
-               budget: int | None = None, seed: int | None = None,
-               overrides: Sequence[str] = (), scheduler: str | None = None, wait: bool = False,
-               log: Callable[[str], None] | None = None) -> dict[str, Any]:
+def run_curate(workflow: str | Path, workspace: str,
+               **options: Unpack[CurateOptions]) -> dict[str, Any]:
     """Run the workflow's curate stage with its stale upstream (`kdpipe curate`).
 
     The stage is the workflow's `curate` / `curate-frames` (or an instance of one; `stage`
@@ -188,12 +232,14 @@ def run_curate(workflow: str | Path, workspace: str, *, stage: str | None = None
     """
     import polars as pl
 
-    wf, name, added = _curate_stage(load_workflow(workflow, list(overrides)), stage)
-    given = {"where": list(where) if where else None, "strategy": strategy, "budget": budget,
-             "seed": seed}
+    wf, name, added = _curate_stage(load_workflow(workflow, list(options.get("overrides", ()))),
+                                    options.get("stage"))
+    where = options.get("where")
+    given = {"where": list(where) if where else None, "strategy": options.get("strategy"),
+             "budget": options.get("budget"), "seed": options.get("seed")}
     wf.deltas.setdefault(name, {}).update({k: v for k, v in given.items() if v is not None})
-    res = run_workflow(wf, workspace, [name], scheduler=scheduler, wait=wait,
-                       log=log)["stages"][-1]
+    res = run_workflow(wf, workspace, [name], scheduler=options.get("scheduler"),
+                       wait=options.get("wait", False), log=options.get("log"))["stages"][-1]
     out = res["outputs"]
     summary = json.loads(Path(out["selection_summary"]).read_text())
     sel = pl.read_parquet(out["selection"])

@@ -1,19 +1,19 @@
-"""`kdpipe audit`: run a workflow's audit stage (and whatever upstream is stale), summarise it,
-and optionally write the recommended thresholds back into a workflow file.
+"""`kdpipe audit`: run a workflow's audit stage (and whatever upstream is stale), summarise it, and
+optionally write the recommended thresholds back into a workflow file.
 
-The work is `kdpipe.api.run_audit` and `kdpipe.api.write_thresholds`; this module parses the
-options and prints. A workflow without an `audit` stage gets one for this run (it needs a stage
-producing `detections`, i.e. `teacher-label`). The thresholds marked on the curves are the
-workflow's own `[pseudo-label] sigma / class_thresholds` unless `[audit]` sets them, so after
-`--write-thresholds` the next audit shows the new operating point.
+The work is `kdpipe.api.run_audit` and `kdpipe.api.write_thresholds`; `kdpipe.cli` parses the
+options into an `AuditCommand`, this module calls and prints. A workflow without an `audit` stage
+gets one for this run (it needs a stage producing `detections`, i.e. `teacher-label`). The
+thresholds marked on the curves are the workflow's own `[pseudo-label] sigma / class_thresholds`
+unless `[audit]` sets them, so after `--write-thresholds` the next audit shows the new operating
+point.
 """
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
-
-import typer
+from typing import Any
 
 
 def summary(rep: dict[str, Any]) -> dict[str, Any]:
@@ -61,24 +61,22 @@ def _print(rep: dict[str, Any]) -> None:
     con.print(f"report: {rep['html']}")
 
 
-Opt = typer.Option
+@dataclass(frozen=True)
+class AuditCommand:
+    """`kdpipe audit`'s options (see `kdpipe audit --help`; `overrides` is `--set`)."""
+
+    workflow: Path
+    workspace: str = "workspace"
+    overrides: list[str] = field(default_factory=list)
+    precision_target: float | None = None
+    write_thresholds_to: Path | None = None
+    scheduler: str | None = None
+    force: bool = False
+    as_json: bool = False
 
 
-def audit(
-    workflow: Annotated[Path, Opt("--workflow", "-w", help="workflow TOML file")],
-    workspace: Annotated[str, Opt("--workspace", help="workspace directory")] = "workspace",
-    set_: Annotated[list[str] | None, Opt("--set", help="STAGE.KEY=VALUE")] = None,
-    precision_target: Annotated[float | None, Opt(
-        help="recommend the lowest threshold reaching this precision (else best F1)",
-        min=0.0, max=1.0)] = None,
-    write_thresholds_to: Annotated[Path | None, Opt(
-        "--write-thresholds", help="write the recommended thresholds into this workflow's "
-        "pseudo-label.class_thresholds")] = None,
-    scheduler: Annotated[str | None, Opt(help="sync | local[:N] | tcp://HOST:PORT")] = None,
-    force: Annotated[bool, Opt(help="re-run the audit even if cached")] = False,
-    as_json: Annotated[bool, Opt("--json", help="machine-readable output on stdout")] = False,
-) -> None:
-    """Audit pseudo-labels against held-out ground truth (PR/F1/AP, calibration, thresholds)."""
+def audit(cmd: AuditCommand) -> None:
+    """Run the audit, write the thresholds back if asked, print the table or the JSON."""
     import sys
 
     from rich.console import Console
@@ -86,13 +84,14 @@ def audit(
     from kdpipe.api import run_audit, write_thresholds
 
     err = Console(stderr=True, soft_wrap=True)
-    rep = run_audit(workflow, workspace, overrides=set_ or [], precision_target=precision_target,
-                    scheduler=scheduler, force=force, log=None if as_json else err.print)
-    if write_thresholds_to is not None:
+    rep = run_audit(cmd.workflow, cmd.workspace, overrides=cmd.overrides,
+                    precision_target=cmd.precision_target, scheduler=cmd.scheduler,
+                    force=cmd.force, log=None if cmd.as_json else err.print)
+    if cmd.write_thresholds_to is not None:
         rep["thresholds_written"] = write_thresholds(
-            write_thresholds_to, rep["report"]["recommended_thresholds"])
-        rep["workflow_out"] = str(write_thresholds_to)
-    if as_json:
+            cmd.write_thresholds_to, rep["report"]["recommended_thresholds"])
+        rep["workflow_out"] = str(cmd.write_thresholds_to)
+    if cmd.as_json:
         sys.stdout.write(json.dumps(summary(rep), indent=1, default=str) + "\n")
         return
     _print(rep)

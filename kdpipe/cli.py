@@ -158,10 +158,11 @@ def export_kitti(table: Table, ingest: Ingest,
                                                           "camera frame")] = "camera",
                  as_json: Json = False) -> None:
     """KITTI label files for the VoD evaluator (one per frame, empty when no boxes)."""
+    from kdpipe.export import Selection
     from kdpipe.export import export_kitti as run_export
 
-    summary = run_export(table, ingest, out_dir, split=split, all_states=all_states,
-                         table_frames=table_frames, camera=camera)
+    select = Selection(split=split, table_frames=table_frames, all_states=all_states)
+    summary = run_export(table, ingest, out_dir, select, camera=camera)
     _emit_json(summary) if as_json else out.print(
         f"wrote {summary['n_files']} label files ({summary['n_boxes']} boxes) to {out_dir}")
 
@@ -172,22 +173,93 @@ def export_nuscenes(table: Table, ingest: Ingest,
                     split: Split = None, all_states: AllStates = False,
                     table_frames: TableFrames = False, as_json: Json = False) -> None:
     """A nuScenes detection submission (every sample of the frame list present)."""
+    from kdpipe.export import Selection
     from kdpipe.export import export_nuscenes as run_export
 
-    summary = run_export(table, ingest, out_json, split=split, all_states=all_states,
-                         table_frames=table_frames)
+    select = Selection(split=split, table_frames=table_frames, all_states=all_states)
+    summary = run_export(table, ingest, out_json, select)
     _emit_json(summary) if as_json else out.print(
         f"wrote {out_json}: {summary['n_samples']} samples, {summary['n_boxes']} boxes")
 
 
-from kdpipe import curate_cli, show  # noqa: E402  (light modules: typer at import time)
+Opt = typer.Option
 
-app.command("curate")(curate_cli.curate)
-app.command("show")(show.show)
 
-from kdpipe import audit_cli  # noqa: E402
+@app.command("curate")
+def curate(
+    workflow: Annotated[Path, Opt("--workflow", "-w", help="workflow TOML file")],
+    workspace: Annotated[str, Opt("--workspace", help="workspace directory")] = "workspace",
+    where: Annotated[list[str] | None, Opt("--where", help="SQL filter over the frame table, "
+                                           "e.g. \"n_radar > 150\" (repeatable; replaces the "
+                                           "config's)")] = None,
+    strategy: Annotated[str | None, Opt(help="uncertainty | rare-class | radar-density | "
+                                        "diversity | mix")] = None,
+    budget: Annotated[int | None, Opt(help="frames to select", min=1)] = None,
+    seed: Annotated[int | None, Opt(help="tie-break / diversity seed")] = None,
+    stage: Annotated[str | None, Opt(help="which curate stage of the workflow")] = None,
+    set_: Annotated[list[str] | None, Opt("--set", help="STAGE.KEY=VALUE")] = None,
+    export: Annotated[str | None, Opt(help="kitti | nuscenes | csv")] = None,
+    out: Annotated[Path | None, Opt("--out", help="export folder (new or empty)")] = None,
+    split_name: Annotated[str, Opt(help="kitti: ImageSets/<name>.txt")] = "train",
+    files: Annotated[str, Opt(help="kitti: hardlink | symlink | copy the raw files")] = "hardlink",
+    scheduler: Annotated[str | None, Opt(help="sync | local[:N] | tcp://HOST:PORT")] = None,
+    as_json: Annotated[bool, Opt("--json", help="machine-readable output on stdout")] = False,
+) -> None:
+    """Select the frames most worth labeling (curate stage) and optionally export them."""
+    from kdpipe import curate_cli
 
-app.command("audit")(audit_cli.audit)
+    curate_cli.curate(curate_cli.CurateCommand(
+        workflow=workflow, workspace=workspace, where=where, strategy=strategy, budget=budget,
+        seed=seed, stage=stage, overrides=set_ or [], export=export, out=out,
+        split_name=split_name, files=files, scheduler=scheduler, as_json=as_json))
+
+
+@app.command("show")
+def show(
+    frame: Annotated[str, typer.Argument(help="frame id (vod/00549) or unique native id")],
+    workspace: Annotated[str, Opt("--workspace", help="workspace dir")] = "workspace",
+    out: Annotated[Path | None, Opt("--out", help="PNG path (default "
+                                    "<frame_id>.png here)")] = None,
+    detections: Annotated[str | None, Opt(help="stage name or Parquet path of scored "
+                                          "boxes to draw")] = None,
+    min_score: Annotated[float, Opt(help="detections below are not drawn")] = 0.1,
+    range_: Annotated[str | None, Opt("--range", help="x0,y0,x1,y1 metres (ego)")] = None,
+    open3d: Annotated[bool, Opt("--open3d", help="also open an open3d window "
+                                "(needs a display)")] = False,
+    weights: Annotated[bool, Opt("--weights", help="draw the frame's IMKD weight map "
+                                 "(imkd-weights) under the points")] = False,
+    as_json: Annotated[bool, Opt("--json", help="machine-readable output")] = False,
+) -> None:
+    """Render one frame's bird's-eye view (LiDAR, radar, GT, optional detections) to a PNG."""
+    from kdpipe import show as show_cli
+
+    show_cli.show(show_cli.ShowCommand(
+        frame=frame, workspace=workspace, out=out, detections=detections, min_score=min_score,
+        range_=range_, open3d=open3d, weights=weights, as_json=as_json))
+
+
+@app.command("audit")
+def audit(
+    workflow: Annotated[Path, Opt("--workflow", "-w", help="workflow TOML file")],
+    workspace: Annotated[str, Opt("--workspace", help="workspace directory")] = "workspace",
+    set_: Annotated[list[str] | None, Opt("--set", help="STAGE.KEY=VALUE")] = None,
+    precision_target: Annotated[float | None, Opt(
+        help="recommend the lowest threshold reaching this precision (else best F1)",
+        min=0.0, max=1.0)] = None,
+    write_thresholds_to: Annotated[Path | None, Opt(
+        "--write-thresholds", help="write the recommended thresholds into this workflow's "
+        "pseudo-label.class_thresholds")] = None,
+    scheduler: Annotated[str | None, Opt(help="sync | local[:N] | tcp://HOST:PORT")] = None,
+    force: Annotated[bool, Opt(help="re-run the audit even if cached")] = False,
+    as_json: Annotated[bool, Opt("--json", help="machine-readable output on stdout")] = False,
+) -> None:
+    """Audit pseudo-labels against held-out ground truth (PR/F1/AP, calibration, thresholds)."""
+    from kdpipe import audit_cli
+
+    audit_cli.audit(audit_cli.AuditCommand(
+        workflow=workflow, workspace=workspace, overrides=set_ or [],
+        precision_target=precision_target, write_thresholds_to=write_thresholds_to,
+        scheduler=scheduler, force=force, as_json=as_json))
 
 
 def _one_line(e: object) -> str:

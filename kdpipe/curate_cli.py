@@ -1,62 +1,62 @@
 """`kdpipe curate`: run a workflow's curate stage with command-line overrides, then export.
 
-The work is `kdpipe.api.run_curate` (and `kdpipe.curate_export`); this module parses the
-options and prints. The stage is the workflow's `curate` / `curate-frames` (or an instance of
-one; `--stage` picks among several). A workflow without one gets one added for this run:
-`curate` when a stage of it produces teacher `detections`, else `curate-frames`. Upstream
-stages run first when stale, as with `kdpipe run curate`.
+The work is `kdpipe.api.run_curate` (and `kdpipe.curate_export`); `kdpipe.cli` parses the options
+into a `CurateCommand`, this module calls and prints. The stage is the workflow's `curate` /
+`curate-frames` (or an instance of one; `--stage` picks among several). A workflow without one gets
+one added for this run: `curate` when a stage of it produces teacher `detections`, else
+`curate-frames`. Upstream stages run first when stale, as with `kdpipe run curate`.
 """
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated
-
-import typer
 
 from kdpipe.pipeline.errors import ConfigError
 
-Opt = typer.Option
+
+@dataclass(frozen=True)
+class CurateCommand:
+    """`kdpipe curate`'s options (see `kdpipe curate --help`; `overrides` is `--set`)."""
+
+    workflow: Path
+    workspace: str = "workspace"
+    where: list[str] | None = None
+    strategy: str | None = None
+    budget: int | None = None
+    seed: int | None = None
+    stage: str | None = None
+    overrides: list[str] = field(default_factory=list)
+    export: str | None = None
+    out: Path | None = None
+    split_name: str = "train"
+    files: str = "hardlink"
+    scheduler: str | None = None
+    as_json: bool = False
 
 
-def curate(
-    workflow: Annotated[Path, Opt("--workflow", "-w", help="workflow TOML file")],
-    workspace: Annotated[str, Opt("--workspace", help="workspace directory")] = "workspace",
-    where: Annotated[list[str] | None, Opt("--where", help="SQL filter over the frame table, "
-                                           "e.g. \"n_radar > 150\" (repeatable; replaces the "
-                                           "config's)")] = None,
-    strategy: Annotated[str | None, Opt(help="uncertainty | rare-class | radar-density | "
-                                        "diversity | mix")] = None,
-    budget: Annotated[int | None, Opt(help="frames to select", min=1)] = None,
-    seed: Annotated[int | None, Opt(help="tie-break / diversity seed")] = None,
-    stage: Annotated[str | None, Opt(help="which curate stage of the workflow")] = None,
-    set_: Annotated[list[str] | None, Opt("--set", help="STAGE.KEY=VALUE")] = None,
-    export: Annotated[str | None, Opt(help="kitti | nuscenes | csv")] = None,
-    out: Annotated[Path | None, Opt("--out", help="export folder (new or empty)")] = None,
-    split_name: Annotated[str, Opt(help="kitti: ImageSets/<name>.txt")] = "train",
-    files: Annotated[str, Opt(help="kitti: hardlink | symlink | copy the raw files")] = "hardlink",
-    scheduler: Annotated[str | None, Opt(help="sync | local[:N] | tcp://HOST:PORT")] = None,
-    as_json: Annotated[bool, Opt("--json", help="machine-readable output on stdout")] = False,
-) -> None:
-    """Select the frames most worth labeling (curate stage) and optionally export them."""
+def curate(cmd: CurateCommand) -> None:
+    """Run the curate stage, export the selection if asked, print the ranking or the JSON."""
     import sys
 
     from rich.console import Console
 
     from kdpipe.api import run_curate
 
+    export, out = cmd.export, cmd.out
     if (export is None) != (out is None):
         raise ConfigError("--export and --out go together")
     err, con = Console(stderr=True, soft_wrap=True), Console(soft_wrap=True)
-    rep = run_curate(workflow, workspace, stage=stage, where=where, strategy=strategy,
-                     budget=budget, seed=seed, overrides=set_ or [], scheduler=scheduler,
-                     log=None if as_json else err.print)
+    rep = run_curate(cmd.workflow, cmd.workspace, stage=cmd.stage, where=cmd.where,
+                     strategy=cmd.strategy, budget=cmd.budget, seed=cmd.seed,
+                     overrides=cmd.overrides, scheduler=cmd.scheduler,
+                     log=None if cmd.as_json else err.print)
     if export is not None and out is not None:
         from kdpipe.curate_export import export_selection
 
-        rep["export"] = export_selection(rep["selection"], export, out, name=split_name,
-                                         files=files)
-    if as_json:
+        rep["export"] = export_selection(rep["selection"], export, out, name=cmd.split_name,
+                                         files=cmd.files)
+    if cmd.as_json:
         sys.stdout.write(json.dumps(rep, indent=1, default=str) + "\n")
         return
     s = rep["summary"]

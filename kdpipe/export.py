@@ -6,6 +6,7 @@ frame list and hand over to ``kdpipe.evaluation``. Every input problem raises
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,19 @@ import polars as pl
 
 from kdpipe.evaluation.kitti_export import ExportError, table_kind, write_kitti_predictions
 from kdpipe.evaluation.nuscenes_eval import write_submission
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which frames and rows an export writes (`--split`, `--table-frames`, `--all-states`).
+
+    split: only this split's frames; table_frames: only the frames that appear in the table
+    (default: every frame of the ingest); all_states: pseudo-labels, also the 'ignore' rows.
+    """
+
+    split: str | None = None
+    table_frames: bool = False
+    all_states: bool = False
 
 
 def _read(path: Path, what: str) -> pl.DataFrame:
@@ -56,28 +70,30 @@ def frame_list(table: pl.DataFrame, frames: pl.DataFrame, split: str | None,
     return frames["frame_id"].to_list()
 
 
-def export_kitti(table: Path, ingest: Path, out_dir: Path, *, split: str | None = None,
-                 all_states: bool = False, table_frames: bool = False,
+def export_kitti(table: Path, ingest: Path, out_dir: Path, select: Selection | None = None, *,
                  camera: str = "camera") -> dict[str, Any]:
-    """KITTI label files (VoD evaluator format) for a detections / pseudo-labels / boxes table."""
+    """KITTI label files (VoD evaluator format) for a detections / pseudo-labels / boxes table;
+    `camera`: the calibration sensor whose frame the labels are in."""
+    sel = select or Selection()
     tab, frames = load_inputs(table, ingest)
     calib = _read(ingest / "calibration.parquet", "ingest calibration table")
-    ids = frame_list(tab, frames, split, table_frames)
-    mapping = write_kitti_predictions(tab, frames, calib, out_dir, ids, all_states=all_states,
-                                      camera=camera)
+    ids = frame_list(tab, frames, sel.split, sel.table_frames)
+    mapping = write_kitti_predictions(tab, frames, calib, out_dir, ids,
+                                      all_states=sel.all_states, camera=camera)
     n_rows = sum(len(p.read_text().splitlines())
                  for p in (out_dir / f"{s}.txt" for s in mapping.values()))
     return {"out": str(out_dir), "n_files": len(mapping), "n_boxes": n_rows}
 
 
-def export_nuscenes(table: Path, ingest: Path, out_json: Path, *, split: str | None = None,
-                    all_states: bool = False, table_frames: bool = False) -> dict[str, Any]:
+def export_nuscenes(table: Path, ingest: Path, out_json: Path,
+                    select: Selection | None = None) -> dict[str, Any]:
     """A nuScenes detection submission JSON for a detections / pseudo-labels / boxes table."""
+    sel = select or Selection()
     tab, frames = load_inputs(table, ingest)
     datasets = set(frames["dataset"].to_list())
     if datasets != {"nuscenes"}:
         raise ExportError(f"nuScenes export needs a nuScenes ingest, this one holds "
                           f"{', '.join(sorted(d or '?' for d in datasets)) or 'no frames'}")
-    ids = frame_list(tab, frames, split, table_frames)
-    summary = write_submission(tab, frames, out_json, ids, all_states=all_states)
+    ids = frame_list(tab, frames, sel.split, sel.table_frames)
+    summary = write_submission(tab, frames, out_json, ids, all_states=sel.all_states)
     return {"out": str(out_json), **summary}

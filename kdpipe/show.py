@@ -5,17 +5,17 @@ The frame is looked up in the workspace's committed ingest artifacts, newest fir
 `--detections` overlays a box table: a stage name (its newest committed artifact's first table
 with scores: teacher-label's detections, pseudo-label's positive pseudo-labels, evaluate's
 predictions) or a Parquet path. Drawing is `kdpipe.stages.audit.bev.render_bev`; `--open3d`
-also opens an open3d window where a display exists.
+also opens an open3d window where a display exists. `kdpipe.cli` parses the options into a
+`ShowCommand`.
 """
 from __future__ import annotations
 
 import difflib
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
-
-import typer
+from typing import Any, TypedDict, Unpack
 
 from kdpipe.pipeline.errors import KdpipeError
 
@@ -101,16 +101,31 @@ def o3d_geometries(lidar: Any, radar: Any, gt: Any, pred: Any) -> list[Any]:
     return geoms
 
 
-def render_frame(workspace: str, frame: str, out_png: Path | None = None, *,
-                 detections: str | None = None, min_score: float = 0.1,
-                 range_m: tuple[float, float, float, float] | None = None,
-                 weights: bool = False) -> dict[str, Any]:
+class FrameView(TypedDict, total=False):
+    """What `render_frame` draws over a frame's points and ground truth (every key optional).
+
+    detections: a stage name or Parquet path of scored boxes to overlay.
+    min_score: detections below are not drawn (default 0.1).
+    range_m: (x0, y0, x1, y1) ego metres (default: the weight map's grid, else the dataset's).
+    weights: draw the frame's IMKD weight map (imkd-weights) under the points.
+    """
+
+    detections: str | None
+    min_score: float
+    range_m: tuple[float, float, float, float] | None
+    weights: bool
+
+
+def render_frame(workspace: str, frame: str, out_png: Path | None = None,
+                 **view: Unpack[FrameView]) -> dict[str, Any]:
     """Write the PNG of one frame; the arrays and counts drawn (for --json and --open3d)."""
     import polars as pl
 
     from kdpipe.pipeline.store import Workspace
     from kdpipe.stages.audit.bev import frame_boxes, frame_points, render_bev
 
+    detections, min_score = view.get("detections"), view.get("min_score", 0.1)
+    range_m = view.get("range_m")
     ws = Workspace(workspace)
     art, row = find_frame(ws, frame)
     fid = row["frame_id"]
@@ -126,7 +141,7 @@ def render_frame(workspace: str, frame: str, out_png: Path | None = None, *,
         pred, pred_labels = frame_boxes(rows, fid)
         scores = rows["score"].to_numpy()
     wmap, wrange = None, None
-    if weights:  # IMKD weight map under the points, over its own grid
+    if view.get("weights", False):  # IMKD weight map under the points, over its own grid
         from kdpipe.runtime.weight_maps import frame_weight_map
 
         wmap, wrange = frame_weight_map(ws, fid)
@@ -146,38 +161,41 @@ def render_frame(workspace: str, frame: str, out_png: Path | None = None, *,
             "_arrays": (lidar, radar, gt, pred if pred is not None else gt[:0])}
 
 
-def show(
-    frame: Annotated[str, typer.Argument(help="frame id (vod/00549) or unique native id")],
-    workspace: Annotated[str, typer.Option("--workspace", help="workspace dir")] = "workspace",
-    out: Annotated[Path | None, typer.Option("--out", help="PNG path (default "
-                                             "<frame_id>.png here)")] = None,
-    detections: Annotated[str | None, typer.Option(help="stage name or Parquet path of scored "
-                                                   "boxes to draw")] = None,
-    min_score: Annotated[float, typer.Option(help="detections below are not drawn")] = 0.1,
-    range_: Annotated[str | None, typer.Option("--range", help="x0,y0,x1,y1 metres (ego)")] = None,
-    open3d: Annotated[bool, typer.Option("--open3d", help="also open an open3d window "
-                                         "(needs a display)")] = False,
-    weights: Annotated[bool, typer.Option("--weights", help="draw the frame's IMKD weight map "
-                                          "(imkd-weights) under the points")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
-) -> None:
-    """Render one frame's bird's-eye view (LiDAR, radar, GT, optional detections) to a PNG."""
+@dataclass(frozen=True)
+class ShowCommand:
+    """`kdpipe show`'s options (see `kdpipe show --help`; `range_` is `--range` as typed)."""
+
+    frame: str
+    workspace: str = "workspace"
+    out: Path | None = None
+    detections: str | None = None
+    min_score: float = 0.1
+    range_: str | None = None
+    open3d: bool = False
+    weights: bool = False
+    as_json: bool = False
+
+
+def show(cmd: ShowCommand) -> None:
+    """Render the frame, open it in open3d if asked, print what was drawn or the JSON."""
     import sys
 
+    import typer
+
     rng = None
-    if range_:
+    if cmd.range_:
         try:
-            x0, y0, x1, y1 = (float(v) for v in range_.split(","))
+            x0, y0, x1, y1 = (float(v) for v in cmd.range_.split(","))
         except ValueError:
-            raise KdpipeError(f"--range {range_!r}: expected x0,y0,x1,y1 in metres") from None
+            raise KdpipeError(f"--range {cmd.range_!r}: expected x0,y0,x1,y1 in metres") from None
         rng = (x0, y0, x1, y1)
-    rep = render_frame(workspace, frame, out, detections=detections, min_score=min_score,
-                       range_m=rng, weights=weights)
+    rep = render_frame(cmd.workspace, cmd.frame, cmd.out, detections=cmd.detections,
+                       min_score=cmd.min_score, range_m=rng, weights=cmd.weights)
     arrays = rep.pop("_arrays")
     lines = [f"wrote {rep['png']} ({rep['frame_id']}: {rep['n_lidar']} LiDAR, {rep['n_radar']} "
              f"radar points, {rep['n_gt']} GT boxes"
-             + (f", {rep['n_pred']} detections" if detections else "") + ")"]
-    if open3d:
+             + (f", {rep['n_pred']} detections" if cmd.detections else "") + ")"]
+    if cmd.open3d:
         if os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"):
             import open3d as o3d
 
@@ -186,7 +204,7 @@ def show(
         else:
             lines.append("no display (DISPLAY is not set): no open3d window, the PNG is written")
             rep["open3d"] = "no display"
-    if as_json:
+    if cmd.as_json:
         sys.stdout.write(json.dumps(rep, indent=1) + "\n")
     else:
         for line in lines:

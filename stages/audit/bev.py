@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict, Unpack
 
 import numpy as np
 import polars as pl
@@ -73,26 +73,36 @@ def _box_texts(labels: Sequence[str] | None, scores: np.ndarray | None, n: int) 
     return [f"{name} {float(s):.2f}".strip() for name, s in zip(names, scores, strict=True)]
 
 
+class BevLayers(TypedDict, total=False):
+    """What `render_bev` draws; every layer optional, all in the ego frame (metres).
+
+    weight_map: a BEV grid (e.g. a heatmap or loss weight) drawn under the points over the
+    view's range, row index along y and column index along x (the models' layout).
+    """
+
+    lidar_xyz_ego: np.ndarray | None    # (N, >=3)
+    radar_xyz_ego: np.ndarray | None    # (M, >=3)
+    gt_boxes: np.ndarray | None         # (K, 7) x, y, z, l, w, h, yaw
+    gt_labels: Sequence[str] | None
+    pred_boxes: np.ndarray | None       # (P, 7)
+    pred_scores: np.ndarray | None      # (P,)
+    pred_labels: Sequence[str] | None
+    weight_map: np.ndarray | None       # (H, W): rows along y, columns along x
+
+
 def render_bev(
     ax_or_path: Axes | str | Path, *,
-    lidar_xyz_ego: np.ndarray | None = None,    # (N, >=3) ego metres
-    radar_xyz_ego: np.ndarray | None = None,    # (M, >=3) ego metres
-    gt_boxes: np.ndarray | None = None,         # (K, 7) x, y, z, l, w, h, yaw (ego)
-    gt_labels: Sequence[str] | None = None,
-    pred_boxes: np.ndarray | None = None,       # (P, 7)
-    pred_scores: np.ndarray | None = None,      # (P,)
-    pred_labels: Sequence[str] | None = None,
     range_m: tuple[float, float, float, float] = (0.0, -25.6, 51.2, 25.6),  # x0, y0, x1, y1
     title: str = "",
-    weight_map: np.ndarray | None = None,       # (H, W): rows along y, columns along x
+    **layers: Unpack[BevLayers],
 ) -> Figure | None:
     """Draw one frame from above, x forward pointing up.
 
     Args:
         ax_or_path: an Axes to draw on, or a PNG path to write (Agg, no display needed).
         range_m: (x_min, y_min, x_max, y_max) in the ego frame; points outside are not drawn.
-        weight_map: a BEV grid (e.g. a heatmap or loss weight) drawn under the points over
-            ``range_m``, row index along y and column index along x (the models' layout).
+        title: drawn above the view.
+        **layers: the points, boxes and weight map to draw (`BevLayers`).
 
     Returns:
         The figure drawn on (None when a path was given: the figure is written and closed).
@@ -110,20 +120,25 @@ def render_bev(
         ax = ax_or_path  # type: ignore[assignment]
         fig = ax.figure
     x0, y0, x1, y1 = range_m
+    weight_map = layers.get("weight_map")
     if weight_map is not None:
         # (H, W) = (y, x) -> the image shown has x up and y along the (inverted) horizontal axis
         ax.imshow(np.asarray(weight_map, dtype=np.float64).T, origin="lower", cmap="Greys",
                   extent=(y0, y1, x0, x1), alpha=0.6, zorder=0, interpolation="nearest")
-    _points(ax, lidar_xyz_ego, range_m, color=LIDAR_COLOR, size=0.6, label="LiDAR")
-    _points(ax, radar_xyz_ego, range_m, color=RADAR_COLOR, size=9.0, label="radar")
+    _points(ax, layers.get("lidar_xyz_ego"), range_m, color=LIDAR_COLOR, size=0.6,
+            label="LiDAR")
+    _points(ax, layers.get("radar_xyz_ego"), range_m, color=RADAR_COLOR, size=9.0,
+            label="radar")
+    gt_boxes, pred_boxes = layers.get("gt_boxes"), layers.get("pred_boxes")
     if gt_boxes is not None:
         gt = np.asarray(gt_boxes, dtype=np.float64).reshape(-1, 7)
         _boxes_patches(ax, gt, color=GT_COLOR, filled=True, gid="gt",
-                       texts=_box_texts(gt_labels, None, len(gt)))
+                       texts=_box_texts(layers.get("gt_labels"), None, len(gt)))
     if pred_boxes is not None:
         pred = np.asarray(pred_boxes, dtype=np.float64).reshape(-1, 7)
         _boxes_patches(ax, pred, color=PRED_COLOR, filled=False, gid="pred",
-                       texts=_box_texts(pred_labels, pred_scores, len(pred)))
+                       texts=_box_texts(layers.get("pred_labels"), layers.get("pred_scores"),
+                                        len(pred)))
     ax.set_xlim(y1, y0)  # +y (left of the car) on the left of the picture
     ax.set_ylim(x0, x1)
     ax.set_aspect("equal")
