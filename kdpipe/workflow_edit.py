@@ -77,12 +77,13 @@ def set_stage_key(path: str | Path, stage: str, key: str, value: Any) -> None:
                        default=start)
             lines.insert(last + 1, new_line + "\n")
     out = "".join(lines)
-    _check(out, before, stage, names, key, value, p)
+    _check(out, before, stage, key, value, p)
     p.write_text(out)
 
 
-def _check(out: str, before: dict[str, Any], stage: str, names: set[str], key: str,
-           value: Any, p: Path) -> None:
+def _check(out: str, before: dict[str, Any], stage: str, key: str, value: Any, p: Path) -> None:
+    """`out` must parse to `before` with only `[stage] key = value` changed."""
+    names = _spellings(stage)
     try:
         after = tomllib.loads(out)
     except tomllib.TOMLDecodeError as e:

@@ -138,10 +138,24 @@ def _replicate(src: Path, dst: Path, n: int, width: int, skip: tuple[str, ...] =
     return ids
 
 
-def _file_corpus(dataset: str, src: Path, dst: Path, kinds: dict[str, Any], width: int,
-                 clean: int, skip: tuple[str, ...] = ()) -> Corpus:
-    ids = _replicate(src, dst, len(kinds) + clean, width, skip)
-    corpus = Corpus(dataset, dst, len(ids))
+@dataclass(frozen=True)
+class _FileLayout:
+    """A file-per-frame dataset as the corpus damages it.
+
+    kinds: kind -> (file pattern with {f}, damage, check ingest must report); width: digits of
+    a frame id; skip: folders left out of the copy.
+    """
+
+    dataset: str
+    kinds: dict[str, tuple[str, Callable[[Path], None], str]]
+    width: int
+    skip: tuple[str, ...] = ()
+
+
+def _file_corpus(layout: _FileLayout, src: Path, dst: Path, clean: int) -> Corpus:
+    kinds = layout.kinds
+    ids = _replicate(src, dst, len(kinds) + clean, layout.width, layout.skip)
+    corpus = Corpus(layout.dataset, dst, len(ids))
     for fid, (kind, (pattern, damage, check)) in zip(ids[clean:], sorted(kinds.items()),
                                                       strict=True):
         damage(dst / pattern.format(f=fid))
@@ -151,7 +165,8 @@ def _file_corpus(dataset: str, src: Path, dst: Path, kinds: dict[str, Any], widt
 
 def vod_corpus(src: Path, dst: Path, clean: int = 2) -> Corpus:
     """Every VoD kind on its own frame, `clean` untouched frames, plus two duplicate kinds."""
-    corpus = _file_corpus("vod", src, dst, VOD_KINDS, 5, clean, skip=("label_2_json",))
+    vod = _FileLayout("vod", VOD_KINDS, 5, skip=("label_2_json",))
+    corpus = _file_corpus(vod, src, dst, clean)
     ids = sorted({p.stem for p in (dst / "lidar/training/label_2").glob("*.txt")})
     # one frame number spelled twice ("00100" and "100"): the second spelling is the duplicate
     spelled = str(int(ids[0]))
@@ -170,7 +185,8 @@ def vod_corpus(src: Path, dst: Path, clean: int = 2) -> Corpus:
 
 def kitti_corpus(src: Path, dst: Path, clean: int = 2) -> Corpus:
     """KITTI object layout (`ingest.format = "kitti-radar"`, LiDAR-only)."""
-    return _file_corpus("kitti", src, dst, KITTI_KINDS, 6, clean, skip=("mmdet3d_demo",))
+    kitti = _FileLayout("kitti", KITTI_KINDS, 6, skip=("mmdet3d_demo",))
+    return _file_corpus(kitti, src, dst, clean)
 
 
 # ----------------------------------------------------------------------------- nuScenes

@@ -24,9 +24,9 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 from kdpipe.config import toml_value
 from kdpipe.testing import TINY_DETECTOR
@@ -227,15 +227,32 @@ def compare(ws: Path, ref: Path) -> dict[str, Any]:
             "leftovers": leftovers(ws)}
 
 
-def crash_drill(tmp: Path, world: Path, *, kills: int, seed: int = 0, scheduler: str = "local:2",
-                kills_per_chain: int = 3, epochs: int = 3, targets: Sequence[str] = (),
-                log: Any = None) -> dict[str, Any]:
-    """Run the drill; returns the JSON report (see the module docstring).
+class DrillOptions(TypedDict, total=False):
+    """How `crash_drill` runs (every key optional).
 
-    `targets`: a fixed order of kill targets (keys of TARGETS) instead of seeded random choices.
+    seed: draws the kill targets and moments (default 0).
+    scheduler: of every `kdpipe run` (default "local:2").
+    kills_per_chain: kills before a chain is run to completion and compared (default 3).
+    epochs: of the drill workflow's training stages (default 3).
+    targets: a fixed order of kill targets (keys of TARGETS) instead of seeded random choices.
     """
+
+    seed: int
+    scheduler: str
+    kills_per_chain: int
+    epochs: int
+    targets: Sequence[str]
+
+
+def crash_drill(tmp: Path, world: Path, *, kills: int,
+                log: Callable[[dict[str, Any]], Any] | None = None,
+                **options: Unpack[DrillOptions]) -> dict[str, Any]:
+    """Run the drill; returns the JSON report (see the module docstring). `log` gets each
+    kill's record as it happens."""
+    seed, scheduler = options.get("seed", 0), options.get("scheduler", "local:2")
+    kills_per_chain, targets = options.get("kills_per_chain", 3), options.get("targets", ())
     rng = random.Random(seed)  # noqa: S311 -- seeded kill moments, not cryptography
-    wf = drill_workflow(tmp / "drill.toml", world, epochs=epochs)
+    wf = drill_workflow(tmp / "drill.toml", world, epochs=options.get("epochs", 3))
     ref = tmp / "reference"
     t0 = time.perf_counter()
     run_to_completion(wf, ref, scheduler)
