@@ -10,8 +10,9 @@ evaluator ignores anything it cannot see).
 from __future__ import annotations
 
 import csv
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict, Unpack
 
 import numpy as np
 import polars as pl
@@ -28,6 +29,44 @@ TableKind = Literal["detections", "pseudo_labels", "boxes"]
 
 class ExportError(KdpipeError):
     """Input an export cannot use (missing columns or calibration, unknown frames, bad values)."""
+
+
+class LabelNames(TypedDict, total=False):
+    """names: table label -> the format's class string (each writer documents its default)."""
+
+    names: dict[str, str] | None
+
+
+class BoxOptions(LabelNames, total=False):
+    """Which rows of a box table are written, and as what class; every key optional.
+
+    all_states: pseudo-labels, write the ``ignore`` rows too (default: ``positive`` only).
+    """
+
+    all_states: bool
+
+
+class KittiOptions(BoxOptions, total=False):
+    """`write_kitti_predictions`'s options: a `BoxOptions` plus ``camera``, the calibration
+    sensor whose frame the labels are in (default ``"camera"``)."""
+
+    camera: str
+
+
+class TruthOptions(LabelNames, total=False):
+    """`write_kitti_ground_truth`'s options: ``names``, ``camera`` (as in `KittiOptions`) and
+    ``frame_ids``, the frames to write (default: every frame of ``frames``)."""
+
+    frame_ids: list[str] | None
+    camera: str
+
+
+@dataclass(frozen=True)
+class _LabelStyle:
+    """How rows become KITTI lines: class names (label -> KITTI class) and the camera."""
+
+    names: dict[str, str]
+    camera: str
 
 
 def table_kind(table: pl.DataFrame) -> TableKind:
@@ -148,8 +187,8 @@ def resolve_frames(table: pl.DataFrame, frames: pl.DataFrame,
 
 
 def _write(table: pl.DataFrame, frames: pl.DataFrame, calibration: pl.DataFrame,
-           out_dir: str | Path, frame_ids: list[str] | None, names: dict[str, str] | None,
-           camera: str) -> dict[str, str]:
+           out_dir: str | Path, frame_ids: list[str] | None, style: _LabelStyle) -> dict[str, str]:
+    camera = style.camera
     ids = resolve_frames(table, frames, frame_ids)
     stems = kitti_stems(frames)
     table = table.filter(pl.col("frame_id").is_in(ids))
@@ -176,7 +215,7 @@ def _write(table: pl.DataFrame, frames: pl.DataFrame, calibration: pl.DataFrame,
         if fid not in cams:
             raise ExportError(f"frame {fid} has boxes but no '{camera}' calibration with "
                               "intrinsics in the ingest")
-        write_kitti_labels(out / f"{stem}.txt", _labels(rows, cams[fid], names or {}))
+        write_kitti_labels(out / f"{stem}.txt", _labels(rows, cams[fid], style.names))
     with (out / FRAME_MAP).open("w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(["frame_id", "stem"])
@@ -186,8 +225,7 @@ def _write(table: pl.DataFrame, frames: pl.DataFrame, calibration: pl.DataFrame,
 
 def write_kitti_predictions(
     dets: pl.DataFrame, frames: pl.DataFrame, calibration: pl.DataFrame, out_dir: str | Path,
-    frame_ids: list[str] | None = None, names: dict[str, str] | None = None, *,
-    all_states: bool = False, camera: str = "camera",
+    frame_ids: list[str] | None = None, **options: Unpack[KittiOptions],
 ) -> dict[str, str]:
     """Write a prediction folder for the VoD/KITTI evaluator.
 
@@ -199,21 +237,21 @@ def write_kitti_predictions(
         out_dir: folder for ``<stem>.txt`` and ``frame_map.csv`` (keep other ``.txt`` files and
             sub-folders out of it: the evaluator walks it recursively).
         frame_ids: frames to write (an empty file for each without rows); default: the table's.
-        names: table label -> KITTI class string (unmapped labels are written verbatim).
-        all_states: pseudo-labels: write ``ignore`` rows too.
-        camera: calibration sensor whose frame the labels are in.
+        **options: `KittiOptions`: ``names`` (table label -> KITTI class string; unmapped
+            labels are written verbatim), ``all_states`` (pseudo-labels: write ``ignore`` rows
+            too), ``camera`` (calibration sensor whose frame the labels are in).
 
     Returns:
         frame_id -> file stem (also written to ``frame_map.csv``).
     """
-    return _write(select_boxes(dets, all_states=all_states), frames, calibration, out_dir,
-                  frame_ids, names, camera)
+    style = _LabelStyle(options.get("names") or {}, options.get("camera", "camera"))
+    rows = select_boxes(dets, all_states=options.get("all_states", False))
+    return _write(rows, frames, calibration, out_dir, frame_ids, style)
 
 
 def write_kitti_ground_truth(
     boxes: pl.DataFrame, frames: pl.DataFrame, calibration: pl.DataFrame, out_dir: str | Path,
-    names: dict[str, str] | None = None, *, frame_ids: list[str] | None = None,
-    camera: str = "camera",
+    **options: Unpack[TruthOptions],
 ) -> dict[str, str]:
     """Write the evaluator's ground-truth folder from an ingested BOXES table.
 
@@ -224,8 +262,10 @@ def write_kitti_ground_truth(
     """
     if "class_name" not in boxes.columns:
         raise ExportError("ground truth needs a BOXES table (with class_name)")
+    frame_ids = options.get("frame_ids")
     ids = frames["frame_id"].to_list() if frame_ids is None else frame_ids
-    return _write(select_boxes(boxes), frames, calibration, out_dir, ids, names, camera)
+    style = _LabelStyle(options.get("names") or {}, options.get("camera", "camera"))
+    return _write(select_boxes(boxes), frames, calibration, out_dir, ids, style)
 
 
 def read_frame_map(folder: str | Path) -> dict[str, str]:

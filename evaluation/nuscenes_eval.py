@@ -12,13 +12,14 @@ import io
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 
 import numpy as np
 import polars as pl
 
 from kdpipe.evaluation.kitti_export import (
     BOX_COLUMNS,
+    BoxOptions,
     ExportError,
     resolve_frames,
     select_boxes,
@@ -93,10 +94,16 @@ def _records(rows: pl.DataFrame, token: str, pose: Any, kind: str) -> list[dict[
     return out
 
 
+class SubmissionOptions(BoxOptions, total=False):
+    """`write_submission`'s options: a `BoxOptions` plus ``meta``, the submission's ``meta``
+    (default: radar only)."""
+
+    meta: dict[str, bool] | None
+
+
 def write_submission(
     dets: pl.DataFrame, frames: pl.DataFrame, out_json: str | Path,
-    frame_ids: list[str] | None = None, meta: dict[str, bool] | None = None,
-    names: dict[str, str] | None = None, *, all_states: bool = False,
+    frame_ids: list[str] | None = None, **options: Unpack[SubmissionOptions],
 ) -> dict[str, Any]:
     """Write a nuScenes detection submission.
 
@@ -109,10 +116,10 @@ def write_submission(
         out_json: output file.
         frame_ids: frames (samples) to write; default: every frame of ``frames``. Each gets an
             entry, empty when it has no boxes.
-        meta: the submission's ``meta`` (default: radar only).
-        names: table label -> detection class; default: identity for nuScenes classes and
-            Car/Pedestrian/Cyclist -> car/pedestrian/bicycle.
-        all_states: pseudo-labels: write ``ignore`` rows too.
+        **options: `SubmissionOptions`: ``meta`` (the submission's ``meta``; default: radar
+            only), ``names`` (table label -> detection class; default: identity for nuScenes
+            classes and Car/Pedestrian/Cyclist -> car/pedestrian/bicycle), ``all_states``
+            (pseudo-labels: write ``ignore`` rows too).
 
     Returns:
         ``{"n_samples", "n_boxes", "n_truncated"}`` (boxes beyond 500 in a sample, lowest
@@ -123,8 +130,8 @@ def write_submission(
             pseudo-labels table, or a frame without a world pose.
     """
     kind = table_kind(dets)
-    rows = select_boxes(dets, all_states=all_states)
-    mapping = {**DEFAULT_NAMES, **(names or {})}
+    rows = select_boxes(dets, all_states=options.get("all_states", False))
+    mapping = {**DEFAULT_NAMES, **(options.get("names") or {})}
     rows = rows.with_columns(name=pl.col("name").replace(mapping))
     if kind == "boxes":
         keep = pl.col("name").is_in(DETECTION_NAMES)
@@ -160,7 +167,8 @@ def write_submission(
         n_truncated += g.height - len(results[token])
     out = Path(out_json)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"meta": {**DEFAULT_META, **(meta or {})}, "results": results}))
+    meta = {**DEFAULT_META, **(options.get("meta") or {})}
+    out.write_text(json.dumps({"meta": meta, "results": results}))
     return {"n_samples": len(results), "n_boxes": n_boxes, "n_truncated": n_truncated}
 
 

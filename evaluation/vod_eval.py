@@ -23,12 +23,13 @@ import contextlib
 import io
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 
 import numpy as np
 import polars as pl
 
 from kdpipe.evaluation.kitti_export import (
+    BoxOptions,
     ExportError,
     write_kitti_ground_truth,
     write_kitti_predictions,
@@ -131,12 +132,13 @@ def score_vod(gt_dir: str | Path, pred_dir: str | Path,
 
 def evaluate_tables(dets: pl.DataFrame, gt_boxes: pl.DataFrame, frames: pl.DataFrame,
                     calibration: pl.DataFrame, frame_ids: list[str] | None,
-                    workdir: str | Path, names: dict[str, str] | None = None, *,
-                    all_states: bool = False) -> dict[str, float]:
+                    workdir: str | Path, **options: Unpack[BoxOptions]) -> dict[str, float]:
     """Write ``workdir/gt`` and ``workdir/pred`` for ``frame_ids`` and score them.
 
     ``frame_ids=None`` evaluates every frame of ``frames`` that has ground truth or detections;
     pass the split's frames so frames without either still count (they can only add FPs).
+    ``options`` (``names``, ``all_states``) apply to the detections, as in
+    ``write_kitti_predictions``.
     """
     if frame_ids is None:
         have = set(gt_boxes["frame_id"].to_list()) | set(dets["frame_id"].to_list())
@@ -144,6 +146,5 @@ def evaluate_tables(dets: pl.DataFrame, gt_boxes: pl.DataFrame, frames: pl.DataF
     work = Path(workdir)
     # siblings, never nested: the evaluator walks the prediction folder recursively
     write_kitti_ground_truth(gt_boxes, frames, calibration, work / "gt", frame_ids=frame_ids)
-    write_kitti_predictions(dets, frames, calibration, work / "pred", frame_ids, names,
-                            all_states=all_states)
+    write_kitti_predictions(dets, frames, calibration, work / "pred", frame_ids, **options)
     return score_vod(work / "gt", work / "pred")
