@@ -39,7 +39,7 @@ def load_train_frames(store: IngestStore, frames: pl.DataFrame, spec: FrameSpec,
     out = []
     for (source, scene), g in frames.group_by("source", "scene", maintain_order=True):
         arrays = read_group_frames(store, str(source), str(scene), g["frame_index"].to_list(),
-                                   sensors, spec.pc_range, spec.cameras)
+                                   sensors, spec.pc_range, cameras=spec.cameras)
         out += [TrainFrame(str(fid), pts, targets.get(str(fid), empty), cams)
                 for fid, (pts, cams) in zip(g["frame_id"], arrays, strict=True)]
     return out

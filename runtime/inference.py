@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import polars as pl
@@ -90,7 +90,8 @@ def run_task(task: InferTask) -> str:
     pc_range = model.config.point_cloud_range_m
     arrays = [frame_arrays(pts, cams) for pts, cams in read_group_frames(
         task.store, task.source, task.scene, task.frame_indices,
-        sensor_map(task.radar_sensor, model.modalities), pc_range, camera_channels(model))]
+        sensor_map(task.radar_sensor, model.modalities), pc_range,
+        cameras=camera_channels(model))]
     frames_out = []
     with torch.inference_mode():
         for start in range(0, len(arrays), task.batch_size):
@@ -106,11 +107,25 @@ def run_task(task: InferTask) -> str:
     return task.part
 
 
-def infer(ctx: StageContext[Any], store: IngestStore, checkpoint: Path, frames: pl.DataFrame, *,
-          radar_sensor: str, batch_size: int, top_k: int, score_floor: float, device: str
-          ) -> tuple[pl.DataFrame, pl.DataFrame]:
+class InferenceSettings(Protocol):
+    """How `infer` runs the model: the fields teacher-label's and evaluate's configs share."""
+
+    @property
+    def radar_sensor(self) -> str: ...      # store sensor fed to the radar branch
+    @property
+    def batch_size(self) -> int: ...
+    @property
+    def top_k(self) -> int: ...             # boxes kept per frame after peak extraction
+    @property
+    def score_floor(self) -> float: ...     # boxes below are not decoded
+    @property
+    def device(self) -> str: ...            # "auto", "cpu", "cuda", ...
+
+
+def infer(ctx: StageContext[Any], store: IngestStore, checkpoint: Path, frames: pl.DataFrame,
+          settings: InferenceSettings) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Detections for `frames` (rows of `store`'s frames/1) and the frame list, zero-detection
-    frames kept.
+    frames kept. `settings`: a stage config with the `InferenceSettings` fields.
 
     Tasks ask for a GPU worker resource when the cluster has one; without a GPU they run on
     the CPU workers (no code path needs a GPU).
@@ -122,7 +137,8 @@ def infer(ctx: StageContext[Any], store: IngestStore, checkpoint: Path, frames: 
         tasks.append(InferTask(
             store, str(checkpoint), str(source), str(scene),
             tuple(g["frame_id"].to_list()), tuple(int(i) for i in g["frame_index"]),
-            radar_sensor, batch_size, top_k, score_floor, device,
+            settings.radar_sensor, settings.batch_size, settings.top_k, settings.score_floor,
+            settings.device,
             str(parts_dir / f"{len(tasks):06d}.parquet")))
     gpu = {"GPU": 1.0} if ctx.executor.has_resource("GPU") else None
     paths = ctx.map(run_task, tasks, desc="inference groups", resources=gpu)

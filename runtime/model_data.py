@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import numpy as np
 import polars as pl
@@ -61,15 +61,22 @@ class GroupReader:
         return out
 
 
+class ReadOptions(TypedDict, total=False):
+    """cameras: store camera channels whose images are read too (camera models; default none)."""
+
+    cameras: Sequence[str]
+
+
 def read_group_frames(store: IngestStore, source: str, scene: str, frame_indices: Sequence[int],
                       sensors: Mapping[str, str], pc_range: Sequence[float],
-                      cameras: Sequence[str] = ()
+                      **options: Unpack[ReadOptions]
                       ) -> list[tuple[dict[str, np.ndarray], CameraInputs | None]]:
     """Model inputs of some frames of one group, cropped to the range, in the order given:
-    per frame the point clouds by modality and, for `cameras` (store channels), the images.
+    per frame the point clouds by modality and, for `options["cameras"]`, the images.
 
     The one reader behind training, inference and the benchmark's bare-forward baseline.
     """
+    cameras = options.get("cameras", ())
     reader = GroupReader(store, source, scene, sensors)
     points = [{m: crop(a, pc_range) for m, a in reader.frame(int(i)).items()}
               for i in frame_indices]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import numpy as np
 import torch
@@ -77,18 +77,32 @@ def augment(frame: TrainFrame, rng: np.random.Generator, cfg: OptimConfig
     return out, Targets(both[:n], t.labels, both[n:, :7])
 
 
-def fit(model: torch.nn.Module, frames: Sequence[TrainFrame], cfg: OptimConfig, *,
-        workdir: Path, seed: int, device: torch.device, loss_fn: LossFn = default_loss,
-        progress: Callable[[str, int, int], None] | None = None,
-        trainable: Sequence[torch.nn.Module] = (),
-        modalities: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    """Train `model` (plus extra `trainable` modules, e.g. distillation adapters) in place.
+class FitOptions(TypedDict, total=False):
+    """What `fit` trains besides the plain detector loop (every key optional).
 
-    `modalities`: what goes into each batch (default: the model's own; distillation adds the
-    teacher's LiDAR). Returns one log row per epoch; resumes from `workdir/train_state.pt`.
+    loss_fn: the loss (default: the model's own, `default_loss`; distillation adds its terms).
+    progress: called with ("epochs", done, total) after each epoch.
+    trainable: extra modules trained with the model, e.g. distillation adapters.
+    modalities: what goes into each batch (default: the model's own; distillation adds the
+        teacher's LiDAR).
     """
-    modalities = tuple(modalities or model.modalities)
-    modules = [model, *trainable]
+
+    loss_fn: LossFn
+    progress: Callable[[str, int, int], None] | None
+    trainable: Sequence[torch.nn.Module]
+    modalities: Sequence[str] | None
+
+
+def fit(model: torch.nn.Module, frames: Sequence[TrainFrame], cfg: OptimConfig, *,
+        workdir: Path, seed: int, device: torch.device,
+        **options: Unpack[FitOptions]) -> list[dict[str, Any]]:
+    """Train `model` (plus the `trainable` modules of `options`) in place.
+
+    Returns one log row per epoch; resumes from `workdir/train_state.pt`.
+    """
+    modalities = tuple(options.get("modalities") or model.modalities)
+    loss_fn, progress = options.get("loss_fn", default_loss), options.get("progress")
+    modules = [model, *options.get("trainable", ())]
     params = [p for m in modules for p in m.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr_start, weight_decay=cfg.weight_decay)
     steps_per_epoch = max(1, -(-len(frames) // cfg.batch_size))

@@ -98,9 +98,7 @@ def run(ctx: StageContext[EvaluateConfig]) -> None:
     cfg = ctx.config
     store = IngestStore.from_inputs(ctx.inputs, ctx.stage)
     frames = store.select_frames([cfg.split], labeled_only=True)
-    dets, _ = infer(ctx, store, ctx.inputs["checkpoint"], frames, radar_sensor=cfg.radar_sensor,
-                    batch_size=cfg.batch_size, top_k=cfg.top_k, score_floor=cfg.score_floor,
-                    device=cfg.device)
+    dets, _ = infer(ctx, store, ctx.inputs["checkpoint"], frames, cfg)
     cleanup_parts(ctx)
     metrics = score(dets, frames, store, cfg, ctx.workdir / "_scratch")
     metrics.update(split=cfg.split, frames=frames.height, detections=dets.height)

@@ -35,9 +35,7 @@ def run(ctx: StageContext[TeacherLabelConfig]) -> None:
     cfg = ctx.config
     store = IngestStore.from_inputs(ctx.inputs, ctx.stage)
     frames = store.select_frames(cfg.splits)
-    dets, frame_list = infer(ctx, store, ctx.inputs["teacher"], frames,
-                             radar_sensor=cfg.radar_sensor, batch_size=cfg.batch_size,
-                             top_k=cfg.top_k, score_floor=cfg.score_floor, device=cfg.device)
+    dets, frame_list = infer(ctx, store, ctx.inputs["teacher"], frames, cfg)
     dets.write_parquet(ctx.outputs["detections"], metadata=ctx.file_metadata())
     frame_list.write_parquet(ctx.outputs["detection_frames"], metadata=ctx.file_metadata())
     cleanup_parts(ctx)
