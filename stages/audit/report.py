@@ -9,6 +9,7 @@ import base64
 import html
 import io
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +30,31 @@ def png_data_uri(fig: Figure) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def _mark(ax: Any, point: dict[str, float] | None, x: str, y: str, style: str, label: str,
-          color: str) -> None:
+@dataclass(frozen=True)
+class _Marker:
+    """How a marked point looks: matplotlib format ("o", "*"...), legend label (None: none)."""
+
+    style: str
+    label: str | None
+    color: str
+
+
+@dataclass(frozen=True)
+class WorstFrames:
+    """What the page draws the worst frames from: the ingest store, their FRAMES rows, the
+    ground truth and the kept pseudo-labels (tables of those frames), the radar sensor."""
+
+    ingest: IngestStore
+    frames: pl.DataFrame
+    gt: pl.DataFrame
+    kept: pl.DataFrame
+    radar_sensor: str = "radar"
+
+
+def _mark(ax: Any, point: dict[str, float] | None, x: str, y: str, marker: _Marker) -> None:
     if point is not None:
-        ax.plot(point[x], point[y], style, color=color, markersize=8, label=label,
-                markeredgecolor="black", markeredgewidth=0.6)
+        ax.plot(point[x], point[y], marker.style, color=marker.color, markersize=8,
+                label=marker.label, markeredgecolor="black", markeredgewidth=0.6)
 
 
 def fig_pr(report: dict[str, Any]) -> Figure:
@@ -47,12 +68,13 @@ def fig_pr(report: dict[str, Any]) -> Figure:
         ax = fig.add_subplot(rows, cols, i + 1)
         color = _PALETTE[i % len(_PALETTE)]
         ax.plot(c["pr_curve"]["recall"], c["pr_curve"]["precision"], color=color, lw=1.6)
-        _mark(ax, c["marked"]["sigma"], "recall", "precision", "o", "sigma", "white")
-        _mark(ax, c["marked"].get("class_threshold"), "recall", "precision", "s",
-              "class threshold", "#cccccc")
-        _mark(ax, c["recommended"]["best_f1"], "recall", "precision", "*", "best F1", color)
-        _mark(ax, c["recommended"]["precision_target"], "recall", "precision", "^",
-              "precision target", color)
+        _mark(ax, c["marked"]["sigma"], "recall", "precision", _Marker("o", "sigma", "white"))
+        _mark(ax, c["marked"].get("class_threshold"), "recall", "precision",
+              _Marker("s", "class threshold", "#cccccc"))
+        _mark(ax, c["recommended"]["best_f1"], "recall", "precision",
+              _Marker("*", "best F1", color))
+        _mark(ax, c["recommended"]["precision_target"], "recall", "precision",
+              _Marker("^", "precision target", color))
         ax.set_xlim(-0.02, 1.02)  # a curve lying on 0 stays visible
         ax.set_ylim(-0.02, 1.02)
         ax.set_xlabel("recall")
@@ -73,7 +95,7 @@ def fig_f1(report: dict[str, Any], sigma: float, class_thresholds: dict[str, flo
         ax.plot(c["f1_curve"]["threshold"], c["f1_curve"]["f1"], color=color, lw=1.6, label=name)
         if name in class_thresholds:
             ax.axvline(class_thresholds[name], color=color, ls=":", lw=1.2)
-        _mark(ax, c["recommended"]["best_f1"], "threshold", "f1", "*", None, color)  # type: ignore[arg-type]
+        _mark(ax, c["recommended"]["best_f1"], "threshold", "f1", _Marker("*", None, color))
     ax.axvline(sigma, color="black", ls="--", lw=1.0, label=f"sigma {sigma:g}")
     ax.set_xlim(0, 1)
     ax.set_ylim(-0.02, 1.02)
@@ -152,9 +174,10 @@ def band_tables(section: dict[str, Any]) -> str:
     return "".join(out)
 
 
-def bev_images(report: dict[str, Any], ingest: IngestStore, frames: pl.DataFrame, gt: pl.DataFrame,
-               kept: pl.DataFrame, radar_sensor: str) -> list[tuple[str, str]]:
+def bev_images(report: dict[str, Any], worst: WorstFrames) -> list[tuple[str, str]]:
     """(caption, data URI) of each worst frame: points, ground truth, kept pseudo-labels."""
+    ingest, frames, gt, kept = worst.ingest, worst.frames, worst.gt, worst.kept
+    radar_sensor = worst.radar_sensor
     out = []
     rng = tuple(report["protocol"]["bev_range_m"])
     by_id = {r["frame_id"]: r for r in frames.to_dicts()}
@@ -181,14 +204,13 @@ text-align:right;font-size:13px}th{background:#f0f0f0}img{max-width:100%;border:
 figcaption{font-size:12px}"""
 
 
-def write_html(path: Path, report: dict[str, Any], *, ingest: IngestStore, frames: pl.DataFrame,
-               gt: pl.DataFrame, kept: pl.DataFrame, radar_sensor: str = "radar") -> None:
+def write_html(path: Path, report: dict[str, Any], worst: WorstFrames) -> None:
     """Write the report page; every image is a data URI, so the file stands alone."""
     cfg, proto = report["config"], report["protocol"]
     figs = {"pr": fig_pr(report), "f1": fig_f1(report, cfg["sigma"], cfg["class_thresholds"]),
             "reliability": fig_reliability(report)}
     img = {k: png_data_uri(f) for k, f in figs.items()}
-    bevs = bev_images(report, ingest, frames, gt, kept, radar_sensor)
+    bevs = bev_images(report, worst)
     nus = report.get("nuscenes")
     head = (f"<p>splits {html.escape(', '.join(report['splits']))}: {report['n_frames']} frames, "
             f"{report['n_detections']} detections; criterion <b>{proto['criterion']}</b> "

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict, Unpack
 
 import numpy as np
 import polars as pl
@@ -168,13 +168,19 @@ def compute(cfg: AuditConfig, frames: pl.DataFrame, dets: pl.DataFrame, boxes: p
     return report, table, kept
 
 
+class OutputOptions(TypedDict, total=False):
+    """metadata: Parquet key-value metadata of the frames table (a stage's lineage facts)."""
+
+    metadata: dict[str, str] | None
+
+
 def write_outputs(cfg: AuditConfig, ingest: IngestStore | Path, frames: pl.DataFrame,
                   dets: pl.DataFrame, boxes: pl.DataFrame, outputs: dict[str, Path],
-                  metadata: dict[str, str] | None = None) -> dict[str, Any]:
+                  **options: Unpack[OutputOptions]) -> dict[str, Any]:
     """Audit `dets` against `boxes` on `frames` and write the JSON, Parquet and HTML outputs
     (paths under `outputs` by port name); returns the report. `ingest`: the store (a stage's
     ports) or an `ingest` artifact directory (`kdpipe audit --submission`)."""
-    from kdpipe.stages.audit.report import write_html
+    from kdpipe.stages.audit.report import WorstFrames, write_html
 
     ingest = ingest if isinstance(ingest, IngestStore) else IngestStore.from_artifact(ingest)
     report, table, kept = compute(cfg, frames, dets, boxes, det_radar_fn=lambda d: radar_counts(
@@ -184,11 +190,11 @@ def write_outputs(cfg: AuditConfig, ingest: IngestStore | Path, frames: pl.DataF
     report.update(splits=cfg.splits, n_frames=frames.height, n_detections=dets.height,
                   worst_frames=worst.drop("errors").to_dicts(), config=cfg.model_dump(mode="json"))
     outputs["audit_json"].write_text(json.dumps(report, indent=1, sort_keys=True))
-    table.write_parquet(outputs["audit_frames"], metadata=metadata)
+    table.write_parquet(outputs["audit_frames"], metadata=options.get("metadata"))
     gt = boxes.filter(pl.col("label").is_in(report["protocol"]["classes"]))
-    write_html(outputs["audit_html"], report, ingest=ingest,
-               frames=frames.filter(pl.col("frame_id").is_in(worst["frame_id"].implode())),
-               gt=gt, kept=kept, radar_sensor=cfg.radar_sensor)
+    write_html(outputs["audit_html"], report, WorstFrames(
+        ingest, frames.filter(pl.col("frame_id").is_in(worst["frame_id"].implode())), gt, kept,
+        cfg.radar_sensor))
     return report
 
 
@@ -201,7 +207,7 @@ def run(ctx: StageContext[AuditConfig]) -> None:
     dets = pl.read_parquet(ctx.inputs["detections"]).filter(pl.col("frame_id").is_in(ids))
     boxes = store.read_boxes().filter(pl.col("frame_id").is_in(ids))
     write_outputs(cfg, store, frames, dets, boxes, dict(ctx.outputs),
-                  ctx.file_metadata())
+                  metadata=ctx.file_metadata())
 
 
 STAGE = Stage(

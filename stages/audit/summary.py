@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import numpy as np
 
@@ -72,9 +72,20 @@ def class_summary(c: Curve, spec: SummarySpec, name: str, is_tp_sorted: np.ndarr
     }
 
 
-def _breakdown(det: BoxSet, gt: BoxSet, matched: np.ndarray, det_bin: np.ndarray,
-               gt_bin: np.ndarray, names: list[str], spec: SummarySpec) -> dict[str, Any]:
+@dataclass(frozen=True)
+class _Bins:
+    """A breakdown's bins: index of each detection's and ground truth's bin (-1 unknown) and
+    the bins' names."""
+
+    det: np.ndarray     # (P,)
+    gt: np.ndarray      # (G,)
+    names: list[str]
+
+
+def _breakdown(det: BoxSet, gt: BoxSet, matched: np.ndarray, bins: _Bins,
+               spec: SummarySpec) -> dict[str, Any]:
     assert det.score is not None
+    det_bin, gt_bin, names = bins.det, bins.gt, bins.names
     tp = matched >= 0
     # a true positive sits in its ground truth's bin; a false positive in its own
     d_bin = np.where(tp, gt_bin[np.where(tp, matched, 0)], det_bin)
@@ -98,16 +109,27 @@ def _breakdown(det: BoxSet, gt: BoxSet, matched: np.ndarray, det_bin: np.ndarray
     return out
 
 
-def summarise(det: BoxSet, gt: BoxSet, matched: np.ndarray, *, det_range_m: np.ndarray,
-              gt_range_m: np.ndarray, det_radar: np.ndarray, gt_radar: np.ndarray,
-              spec: SummarySpec) -> dict[str, Any]:
+class BoxFacts(TypedDict):
+    """Per-box facts the breakdowns bin by (all required).
+
+    det_range_m, gt_range_m: (P,) / (G,) BEV centre range from the ego origin, metres.
+    det_radar: (P,) radar points inside each detection box (-1 unknown); gt_radar: (G,) the
+    ground truth's `num_radar_pts` (-1 unknown).
+    """
+
+    det_range_m: np.ndarray
+    gt_range_m: np.ndarray
+    det_radar: np.ndarray
+    gt_radar: np.ndarray
+
+
+def summarise(det: BoxSet, gt: BoxSet, matched: np.ndarray, *, spec: SummarySpec,
+              **facts: Unpack[BoxFacts]) -> dict[str, Any]:
     """All figures of one audit.
 
     Args:
         matched: (P,) from `greedy_match` at the audit's matching threshold.
-        det_range_m, gt_range_m: BEV centre range from the ego origin, metres.
-        det_radar: radar points inside each detection box (-1 unknown); gt_radar: the ground
-            truth's `num_radar_pts` (-1 unknown).
+        **facts: the boxes' ranges and radar point counts (`BoxFacts`).
     """
     assert det.score is not None
     tp = matched >= 0
@@ -123,21 +145,20 @@ def summarise(det: BoxSet, gt: BoxSet, matched: np.ndarray, *, det_range_m: np.n
         if pick is not None:
             recommended[name] = round(float(pick["threshold"]), 4)
     overall = reliability(det.score, tp, spec.calibration_bins)
-    dist_names = bin_names(spec.distance_bands_m, " m")
-    radar_names = bin_names(spec.radar_bins, integer=True)
+    det_radar, gt_radar = facts["det_radar"], facts["gt_radar"]
+    by_distance = _Bins(bin_index(facts["det_range_m"], spec.distance_bands_m),
+                        bin_index(facts["gt_range_m"], spec.distance_bands_m),
+                        bin_names(spec.distance_bands_m, " m"))
+    by_radar = _Bins(np.where(det_radar < 0, -1, bin_index(det_radar, spec.radar_bins)),
+                     np.where(gt_radar < 0, -1, bin_index(gt_radar, spec.radar_bins)),
+                     bin_names(spec.radar_bins, integer=True))
     return {
         "classes": classes,
         "mean_ap": float(np.mean([v["ap"] for v in classes.values()])) if classes else 0.0,
         "calibration": overall,
         "recommended_thresholds": recommended,
-        "by_distance": _breakdown(det, gt, matched, bin_index(det_range_m, spec.distance_bands_m),
-                                  bin_index(gt_range_m, spec.distance_bands_m), dist_names, spec),
-        "by_radar_points": _breakdown(det, gt, matched,
-                                      np.where(det_radar < 0, -1,
-                                               bin_index(det_radar, spec.radar_bins)),
-                                      np.where(gt_radar < 0, -1,
-                                               bin_index(gt_radar, spec.radar_bins)),
-                                      radar_names, spec),
+        "by_distance": _breakdown(det, gt, matched, by_distance, spec),
+        "by_radar_points": _breakdown(det, gt, matched, by_radar, spec),
     }
 
 

@@ -20,15 +20,16 @@ from kdpipe.stages.audit.metrics import (
 )
 from kdpipe.stages.audit.summary import SummarySpec, frame_counts, summarise
 
+SIZE_LWH = (4.0, 2.0, 1.5)  # every box: a car, heading along x (yaw 0)
+
 
 def _set(frame: list[int], cls: list[int], xy: list[tuple[float, float]],
-         score: list[float] | None = None, size: tuple[float, float, float] = (4.0, 2.0, 1.5),
-         z: float = 0.0, yaw: float = 0.0) -> BoxSet:
+         score: list[float] | None = None, z: float = 0.0) -> BoxSet:
     n = len(frame)
     boxes = np.zeros((n, 7))
     if n:
         boxes[:, :2] = np.asarray(xy, dtype=np.float64)
-        boxes[:, 2], boxes[:, 3:6], boxes[:, 6] = z, size, yaw
+        boxes[:, 2], boxes[:, 3:6], boxes[:, 6] = z, SIZE_LWH, 0.0
     return BoxSet(np.asarray(frame, np.int64), np.asarray(cls, np.int64), boxes,
                   boxes[:, :2].copy(), None if score is None else np.asarray(score, np.float64))
 
