@@ -11,7 +11,7 @@ the MSE here is summed over (C, H, W) and averaged over the batch: our reading, 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import torch
 from torch import nn
@@ -37,12 +37,21 @@ def feature_mse(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     return (student - teacher.detach()).pow(2).flatten(1).sum(1).mean()
 
 
+class AdapterOptions(TypedDict, total=False):
+    """frfd_adapters: 2 (FRFD: L' and R', default) or 1 (FRFD*: one adapter to the fused
+    channels); kernel: the adapters' conv kernel size (default 3)."""
+
+    frfd_adapters: int
+    kernel: int
+
+
 class SCKDAdapters(nn.Module):
     """The adapters one SCKD student needs, sized from the student and teacher channels."""
 
     def __init__(self, c_student: int, c_lidar: int, c_fusion: int, *, lrfd: bool, frfd: bool,
-                 frfd_adapters: int = 2, kernel: int = 3) -> None:
+                 **options: Unpack[AdapterOptions]) -> None:
         super().__init__()
+        frfd_adapters, kernel = options.get("frfd_adapters", 2), options.get("kernel", 3)
         self.lidar = FeatureAdapter(c_student, c_lidar, kernel) if lrfd else None
         self.fusion: nn.ModuleList | None = None
         if frfd:
