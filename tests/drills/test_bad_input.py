@@ -19,6 +19,7 @@ import polars as pl
 import pytest
 
 from kdpipe.config import toml_value
+from kdpipe.datasets.synth import SynthConfig, write_nuscenes, write_vod
 from kdpipe.testing.corrupt import (
     KITTI_KINDS,
     NUS_KINDS,
@@ -29,7 +30,6 @@ from kdpipe.testing.corrupt import (
     vod_corpus,
 )
 from kdpipe.testing.drills import artifact_digests
-from kdpipe.datasets.synth import SynthConfig, write_nuscenes, write_vod
 
 PORTS = ("points", "frames", "boxes", "calibration", "rejects")
 CORPORA = {"vod-real": VOD_KINDS, "vod-synth": VOD_KINDS, "kitti-real": KITTI_KINDS,
@@ -215,8 +215,8 @@ def _full_disk(*_: object, **__: object) -> None:
 
 def test_disk_full_injected(tmp_path: Path, real: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """ENOSPC raised by a group write (no tmpfs needed): a StageError naming the cause."""
-    from kdpipe.pipeline.errors import StageError
     from kdpipe.datasets.common import GroupWriter
+    from kdpipe.pipeline.errors import StageError
     from kdpipe.testing import ingest_store
 
     monkeypatch.setattr(GroupWriter, "write", _full_disk)

@@ -11,10 +11,10 @@ import numpy as np
 import polars as pl
 import pytest
 import zarr
-from kdpipe.schemas.tables import check_table
+
 from kdpipe.datasets.formats.kitti import read_kitti_calib
 from kdpipe.datasets.store_dataset import StoreDataset
-
+from kdpipe.schemas.tables import check_table
 from kdpipe.testing import ingest_store
 
 KITTI = ("000000", "000001", "000002")

@@ -17,14 +17,6 @@ import numpy as np
 import polars as pl
 import pytest
 import zarr
-from kdpipe.schemas.tables import check_table
-from kdpipe.datasets import nuscenes as nus
-from kdpipe.datasets import nuscenes_io as nio
-from kdpipe.datasets.nuscenes import NuscenesIngestConfig as IngestConfig
-from kdpipe.datasets.common import GroupWriter, Storage
-from kdpipe.datasets.store_dataset import StoreDataset
-from kdpipe.datasets.synth import SynthConfig, write_nuscenes
-from kdpipe.testing import ingest_store
 from nuscenes.eval.common.utils import quaternion_yaw
 from nuscenes.eval.detection.utils import category_to_detection_name
 from nuscenes.nuscenes import NuScenes
@@ -32,7 +24,15 @@ from nuscenes.utils.data_classes import LidarPointCloud, RadarPointCloud
 from nuscenes.utils.geometry_utils import transform_matrix
 from pyquaternion import Quaternion
 
+from kdpipe.datasets import nuscenes as nus
+from kdpipe.datasets import nuscenes_io as nio
+from kdpipe.datasets.common import GroupWriter, Storage
+from kdpipe.datasets.nuscenes import NuscenesIngestConfig as IngestConfig
+from kdpipe.datasets.store_dataset import StoreDataset
+from kdpipe.datasets.synth import SynthConfig, write_nuscenes
 from kdpipe.pipeline.errors import KdpipeError
+from kdpipe.schemas.tables import check_table
+from kdpipe.testing import ingest_store
 
 V = "v1.0-mini"
 RADARS = nio.RADARS

@@ -16,10 +16,10 @@ import pytest
 import torch
 
 from kdpipe.api import run_workflow
-from kdpipe.schemas import boxes as bx
-from kdpipe.schemas.tables import check_table
 from kdpipe.datasets.formats.kitti import read_kitti_calib
 from kdpipe.datasets.store_dataset import StoreDataset
+from kdpipe.schemas import boxes as bx
+from kdpipe.schemas.tables import check_table
 from kdpipe.testing import ingest_store, ingest_workflow
 
 FRAMES = ("00549", "01047", "01201")
@@ -43,7 +43,8 @@ def copy_vod(real: Path, dst: Path, frames: dict[str, str] | None = None) -> Pat
                                  ("lidar", "image_2", "jpg")]:
             d = dst / sensor / "training" / sub
             d.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(real / "vod" / sensor / "training" / sub / f"{old}.{ext}", d / f"{new}.{ext}")
+            shutil.copyfile(real / "vod" / sensor / "training" / sub / f"{old}.{ext}",
+                            d / f"{new}.{ext}")
     return dst
 
 
@@ -63,11 +64,14 @@ def test_real_vod_frames(tmp_path: Path, real: Path) -> None:
         assert len(item["lidar"]) == lidar_bin.stat().st_size // 16
         assert len(item["radar"]) == radar_bin.stat().st_size // 28
         # LiDAR is the ego frame: stored bytes equal the file's
-        np.testing.assert_array_equal(item["lidar"], np.fromfile(lidar_bin, np.float32).reshape(-1, 4))
+        np.testing.assert_array_equal(item["lidar"],
+                                      np.fromfile(lidar_bin, np.float32).reshape(-1, 4))
         # radar back to its own frame with the calibration table: the raw coordinates
         raw = np.fromfile(radar_bin, np.float32).reshape(-1, 7)
-        t_cam_l = read_kitti_calib(real / "vod/lidar/training/calib" / f"{fid}.txt")["T_rect_from_velo"]
-        t_cam_r = read_kitti_calib(real / "vod/radar/training/calib" / f"{fid}.txt")["T_rect_from_velo"]
+        t_cam_l = read_kitti_calib(real / "vod/lidar/training/calib" / f"{fid}.txt")[
+            "T_rect_from_velo"]
+        t_cam_r = read_kitti_calib(real / "vod/radar/training/calib" / f"{fid}.txt")[
+            "T_rect_from_velo"]
         back = bx.transform_points(np.linalg.inv(t_cam_r) @ t_cam_l, item["radar"][:, :3])
         np.testing.assert_allclose(back, raw[:, :3], atol=2e-4)
         np.testing.assert_array_equal(item["radar"][:, 3:], raw[:, 3:])
@@ -97,9 +101,11 @@ def test_dataloader_with_workers_reads_the_same(tmp_path: Path, real: Path) -> N
 
 CORRUPTIONS = {
     # kind: (file to corrupt, how, expected check)
-    "truncated_bin": ("lidar/training/velodyne/{f}.bin", lambda p: p.write_bytes(p.read_bytes()[:-5]), "size"),
+    "truncated_bin": ("lidar/training/velodyne/{f}.bin",
+                      lambda p: p.write_bytes(p.read_bytes()[:-5]), "size"),
     "nan_coords": ("radar/training/velodyne/{f}.bin",
-                   lambda p: p.write_bytes(np.full((3, 7), np.nan, np.float32).tobytes()), "finite"),
+                   lambda p: p.write_bytes(np.full((3, 7), np.nan, np.float32).tobytes()),
+                   "finite"),
     "empty_cloud": ("radar/training/velodyne/{f}.bin", lambda p: p.write_bytes(b""), "empty"),
     "missing_calib": ("radar/training/calib/{f}.txt", lambda p: p.unlink(), "missing"),
     "calib_without_p2": ("lidar/training/calib/{f}.txt",
@@ -108,16 +114,20 @@ CORRUPTIONS = {
     "missing_pose": ("lidar/training/pose/{f}.json", lambda p: p.unlink(), "missing"),
     "corrupt_pose": ("lidar/training/pose/{f}.json", lambda p: p.write_text("{not json"), "pose"),
     "unknown_class": ("lidar/training/label_2/{f}.txt",
-                      lambda p: p.write_text(p.read_text().replace("Pedestrian", "Dinosaur", 1)), "class"),
+                      lambda p: p.write_text(p.read_text().replace("Pedestrian", "Dinosaur", 1)),
+                      "class"),
     "negative_size": ("lidar/training/label_2/{f}.txt",
-                      lambda p: p.write_text("Car 0 0 0 10 10 50 90 -1.5 1.6 3.9 1 1 10 0 1\n"), "box_size"),
-    "bad_label_line": ("lidar/training/label_2/{f}.txt", lambda p: p.write_text("Car 0 0\n"), "label"),
+                      lambda p: p.write_text("Car 0 0 0 10 10 50 90 -1.5 1.6 3.9 1 1 10 0 1\n"),
+                      "box_size"),
+    "bad_label_line": ("lidar/training/label_2/{f}.txt", lambda p: p.write_text("Car 0 0\n"),
+                       "label"),
     "missing_lidar": ("lidar/training/velodyne/{f}.bin", lambda p: p.unlink(), "missing"),
 }
 
 
 @pytest.mark.parametrize("kind", sorted(CORRUPTIONS))
-def test_bad_input_becomes_one_reject_and_the_rest_goes_on(tmp_path: Path, real: Path, kind: str) -> None:
+def test_bad_input_becomes_one_reject_and_the_rest_goes_on(tmp_path: Path, real: Path,
+                                                           kind: str) -> None:
     root = copy_vod(real, tmp_path / "vod")
     rel, corrupt, check = CORRUPTIONS[kind]
     corrupt(root / rel.format(f="01047"))
@@ -138,7 +148,8 @@ def test_accumulated_radar_both_spellings(tmp_path: Path, real: Path) -> None:
         d = root / spelling / "training" / "velodyne"
         d.mkdir(parents=True)
         for f in FRAMES:
-            one = np.fromfile(root / "radar/training/velodyne" / f"{f}.bin", np.float32).reshape(-1, 7)
+            one = np.fromfile(root / "radar/training/velodyne" / f"{f}.bin",
+                              np.float32).reshape(-1, 7)
             scans = [one.copy() for _ in range(n)]
             for t, s in enumerate(scans):
                 s[:, 6] = -t
@@ -146,7 +157,8 @@ def test_accumulated_radar_both_spellings(tmp_path: Path, real: Path) -> None:
     art = ingest(tmp_path, root)
     ds = StoreDataset(art, sensors=("radar", "radar_3", "radar_5"))
     item = ds[0]
-    assert len(item["radar_3"]) == 3 * len(item["radar"]) and len(item["radar_5"]) == 5 * len(item["radar"])
+    assert len(item["radar_3"]) == 3 * len(item["radar"]) \
+        and len(item["radar_5"]) == 5 * len(item["radar"])
     assert sorted(set(item["radar_5"][:, 6].tolist())) == [-4, -3, -2, -1, 0]
 
 
@@ -168,20 +180,24 @@ def test_sigkill_mid_ingest_redoes_only_unfinished_groups(tmp_path: Path, real: 
     partial = next(ws.glob("artifacts/ingest/*.partial"))
     done = sorted(p.parent.name for p in partial.glob("_parts/*/*/_done"))
     assert 3 <= len(done) < 10
-    before = {s: (partial / "points.zarr/vod" / s / "lidar/points/zarr.json").stat().st_mtime_ns for s in done}
+    before = {s: (partial / "points.zarr/vod" / s / "lidar/points/zarr.json").stat().st_mtime_ns
+              for s in done}
     rep = run_workflow(wf, str(ws), scheduler="sync")
     art = Path(rep["stages"][0]["path"])
-    after = {s: (art / "points.zarr/vod" / s / "lidar/points/zarr.json").stat().st_mtime_ns for s in done}
+    after = {s: (art / "points.zarr/vod" / s / "lidar/points/zarr.json").stat().st_mtime_ns
+             for s in done}
     assert after == before  # finished groups were not rewritten
     clean_art = Path(clean["stages"][0]["path"])
     for name in ("frames", "boxes", "calibration", "rejects", "_sources"):
-        assert (art / f"{name}.parquet").read_bytes() == (clean_art / f"{name}.parquet").read_bytes()
+        assert (art / f"{name}.parquet").read_bytes() \
+            == (clean_art / f"{name}.parquet").read_bytes()
     from kdpipe.pipeline.hashing import digest_path
 
     assert digest_path(art / "points.zarr") == digest_path(clean_art / "points.zarr")
     lin = [json.loads((x / "_lineage.json").read_text()) for x in (art, clean_art)]
     assert lin[0]["outputs"] == lin[1]["outputs"]  # digests recorded while writing agree too
-    assert lin[0]["sources"]["files"] == 10 * 7  # every raw file (7 a frame), resumed groups included
+    # every raw file (7 a frame), resumed groups included
+    assert lin[0]["sources"]["files"] == 10 * 7
 
 
 def test_synthetic_vod_world_matches_the_official_devkit(tmp_path: Path) -> None:
