@@ -15,9 +15,13 @@ from typing import Any
 import polars as pl
 
 from kdpipe.datasets.store import IngestStore
-from kdpipe.models.batch import Targets, TrainFrame, empty_targets
+from kdpipe.models.batch import Targets, empty_targets
 from kdpipe.pipeline.errors import ConfigError
-from kdpipe.runtime.model_data import read_group_frames, sensor_map, targets_from_table
+from kdpipe.runtime.model_data import targets_from_table
+from kdpipe.runtime.train_data import FrameRef, StoreFrames
+
+_REF_COLUMNS = {"frame_id": pl.String, "source": pl.String, "scene": pl.String,
+                "frame_index": pl.Int32}
 
 
 @dataclass(frozen=True)
@@ -32,26 +36,22 @@ class FrameSpec:
 
 
 def load_train_frames(store: IngestStore, frames: pl.DataFrame, spec: FrameSpec,
-                      targets: Mapping[str, Targets]) -> list[TrainFrame]:
-    """Cropped per-frame arrays for `frames` (rows of frames/1), read group by group."""
+                      targets: Mapping[str, Targets]) -> StoreFrames:
+    """Training frames for `frames` (rows of frames/1, in that order), read when a batch asks."""
     empty = empty_targets(spec.box_width)
-    sensors = sensor_map(spec.radar_sensor, spec.modalities)
-    out = []
-    for (source, scene), g in frames.group_by("source", "scene", maintain_order=True):
-        arrays = read_group_frames(store, str(source), str(scene), g["frame_index"].to_list(),
-                                   sensors, spec.pc_range, cameras=spec.cameras)
-        out += [TrainFrame(str(fid), pts, targets.get(str(fid), empty), cams)
-                for fid, (pts, cams) in zip(g["frame_id"], arrays, strict=True)]
-    return out
+    refs = [FrameRef(str(f), str(s), str(g), int(i)) for f, s, g, i in frames.select(
+        "frame_id", "source", "scene", "frame_index").iter_rows()]
+    return StoreFrames(store, refs, [targets.get(r.frame_id, empty) for r in refs],
+                       spec.modalities, spec.radar_sensor, tuple(spec.pc_range),
+                       spec.box_width, spec.cameras)
 
 
-def point_counts(frames: Sequence[TrainFrame]) -> dict[str, int]:
-    """Points per modality over `frames` (after cropping): what a model was trained on."""
-    out: dict[str, int] = {}
-    for f in frames:
-        for m, p in f.points.items():
-            out[m] = out.get(m, 0) + len(p)
-    return dict(sorted(out.items()))
+def train_points(log: Sequence[Mapping[str, Any]]) -> dict[str, int]:
+    """Points per modality a training run read in its last epoch (every frame once, cropped),
+    from its log rows (`points_<modality>`): what the model was trained on."""
+    last = log[-1] if log else {}
+    return {k.removeprefix("points_"): int(v) for k, v in sorted(last.items())
+            if k.startswith("points_")}
 
 
 def restrict_to_selection(listed: pl.DataFrame, selection: Path) -> pl.DataFrame:
@@ -78,13 +78,13 @@ def student_config(teacher: Any, deltas: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def training_frames(stage: str, cfg: Any, inputs: Mapping[str, Path], classes: Sequence[str],
-                    spec: FrameSpec) -> list[TrainFrame]:
+                    spec: FrameSpec) -> StoreFrames:
     """SSOD frames (pseudo-labels, cut to a `selection` input when there is one), then GT
     frames; `cfg` carries `ssod`, `gt`, `unlabeled_splits`, `gt_splits`,
     `max_unlabeled_frames` (`distill` and `imkd-distill` configs)."""
     store = IngestStore.from_inputs(inputs, stage)
     vel = spec.box_width == 9
-    out: list[TrainFrame] = []
+    out = load_train_frames(store, pl.DataFrame(schema=_REF_COLUMNS), spec, {})
     if cfg.ssod:
         listed = pl.read_parquet(inputs["pseudo_label_frames"]).filter(
             pl.col("split").is_in(cfg.unlabeled_splits)).sort("frame_id")
@@ -96,12 +96,12 @@ def training_frames(stage: str, cfg: Any, inputs: Mapping[str, Path], classes: S
             listed.select("frame_id"), on="frame_id").sort("source", "scene", "frame_index")
         targets = targets_from_table(pl.read_parquet(inputs["pseudo_labels"]), classes,
                                      with_velocity=vel)
-        out += load_train_frames(store, frames, spec, targets)
+        out = out + load_train_frames(store, frames, spec, targets)
     if cfg.gt:
         frames = store.select_frames(cfg.gt_splits, labeled_only=True)
         targets = targets_from_table(store.read_boxes(), classes, with_velocity=vel)
-        out += load_train_frames(store, frames, spec, targets)
-    if not out:
+        out = out + load_train_frames(store, frames, spec, targets)
+    if not len(out):
         gt = cfg.gt_splits if cfg.gt else "off"
         raise ConfigError(f"{stage}: no training frames (ssod splits "
                           f"{cfg.unlabeled_splits}, gt splits {gt})")

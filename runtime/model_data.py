@@ -51,7 +51,7 @@ class GroupReader:
                 raise ConfigError(f"sensor '{sensor}' is not in the store for {source}/{scene} "
                                   f"(have: {sorted(p.name for p in base.iterdir() if p.is_dir())})")
             g = zarr.open_group(store=str(base / sensor), mode="r")
-            cols = _columns(list(g["points"].attrs["fields"]), modality)
+            cols = frame_columns(list(g["points"].attrs["fields"]), modality)
             self.arrays[modality] = (g["points"][:][:, cols], g["offsets"][:])
 
     def frame(self, index: int) -> dict[str, np.ndarray]:
@@ -91,7 +91,7 @@ def frame_arrays(points: dict[str, np.ndarray], cameras: CameraInputs | None) ->
     return TrainFrame("", points, EMPTY, cameras).arrays()
 
 
-def _columns(fields: list[str], modality: str) -> list[int]:
+def frame_columns(fields: list[str], modality: str) -> list[int]:
     want = MODEL_FIELDS[modality]
     missing = [f for f in want if f not in fields]
     if missing:

@@ -3,14 +3,18 @@
 SCKD's recipe (METHODS.md A1.4): AdamW, initial LR 1e-3, weight decay 0.01, a one-cycle
 ("cyclical decay") schedule peaking at 1e-2 and ending at 1e-7; random flip and global scaling
 0.95-1.05. Every epoch ends with an atomic `train_state.pt` in the stage's work directory, and
-every epoch's randomness (order, augmentation, modality dropout) is derived from (seed, epoch),
-so a run killed after epoch k and resumed produces the same weights as one that never stopped.
+every epoch's randomness (order, augmentation, modality dropout) is derived from (seed, epoch)
+and (seed, epoch, frame), so a run killed after epoch k and resumed produces the same weights as
+one that never stopped, whatever the number of loader workers. Data comes from a `FrameSource`
+through `runtime/train_data.py`'s loader; under torch.distributed every rank trains on its share
+of each global batch inside DistributedDataParallel, and rank 0 writes the state.
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypedDict, Unpack
+from typing import Any, Literal, TypedDict, Unpack
 
 import numpy as np
 import torch
@@ -18,17 +22,25 @@ from pydantic import Field
 
 from kdpipe.models.augment import random_flip_scale
 from kdpipe.models.batch import (
+    MODEL_FIELDS,
     FrameArrays,
     Targets,
     TrainFrame,
-    collate,
     target_tensors,
     to_device,
 )
 from kdpipe.pipeline.stage import StageConfig
 from kdpipe.runtime.camera_data import augment_geometry
 from kdpipe.runtime.checkpoints import atomic_save
-from kdpipe.runtime.model_data import batches
+from kdpipe.runtime.train_data import (
+    BatchDataset,
+    BatchPlan,
+    EpochSampler,
+    FrameSource,
+    MemoryFrames,
+    Shard,
+    make_loader,
+)
 
 
 class OptimConfig(StageConfig):
@@ -42,6 +54,10 @@ class OptimConfig(StageConfig):
     flip_y: bool = True                   # SCKD "random flip along the x-axis": y -> -y
     scale_range: tuple[float, float] = (0.95, 1.05)
     device: str = "auto"                  # auto | cpu | cuda[:N]
+    # Batches are read, augmented and collated in this many DataLoader worker processes
+    # (0: in the training process; each worker keeps one thread, see pipeline/threads.py).
+    loader_workers: int = Field(0, ge=0)
+    amp: Literal["fp32", "bf16"] = "fp32"   # bf16 autocast of forward + loss (CUDA, or asked)
 
 
 LossFn = Callable[[torch.nn.Module, dict[str, Any], list[dict[str, Any]],
@@ -54,7 +70,7 @@ def default_loss(model: torch.nn.Module, batch: dict[str, Any], targets: list[di
 
 
 def augment(frame: TrainFrame, rng: np.random.Generator, cfg: OptimConfig
-            ) -> tuple[FrameArrays, Targets]:
+            ) -> tuple[FrameArrays, Targets]:  # rng: this frame's, drawn from (seed, epoch, i)
     """SCKD's flip (y -> -y; x stays forward, the VoD range is x in [0, 51.2]) and scaling,
     applied to targets and ignore regions alike, and to camera geometry (IMKD)."""
     t = frame.targets
@@ -93,45 +109,99 @@ class FitOptions(TypedDict, total=False):
     modalities: Sequence[str] | None
 
 
-def fit(model: torch.nn.Module, frames: Sequence[TrainFrame], cfg: OptimConfig, *,
+class _Step(torch.nn.Module):
+    """Model + trained extras + loss as one module, so DistributedDataParallel sees every
+    trained parameter in one forward (the loss calls the adapters, not the model's forward)."""
+
+    def __init__(self, model: torch.nn.Module, extras: Sequence[torch.nn.Module],
+                 loss_fn: LossFn) -> None:
+        super().__init__()
+        self.model, self.extras = model, torch.nn.ModuleList(extras)
+        self.loss_fn = loss_fn  # a plain callable: a frozen teacher inside is not a submodule
+
+    def forward(self, batch: dict[str, Any], targets: list[dict[str, Any]]
+                ) -> dict[str, torch.Tensor]:
+        return self.loss_fn(self.model, batch, targets, ())
+
+
+def _shard() -> Shard:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return Shard(dist.get_rank(), dist.get_world_size())
+    return Shard()
+
+
+def _mean_over_ranks(sums: dict[str, float], shard: Shard, device: torch.device
+                     ) -> dict[str, float]:
+    if shard.world == 1:
+        return sums
+    import torch.distributed as dist
+
+    keys = sorted(sums)
+    t = torch.tensor([sums[k] for k in keys], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return {k: float(v) / shard.world for k, v in zip(keys, t.tolist(), strict=True)}
+
+
+def _restore(state_path: Path, modules: Sequence[torch.nn.Module], optim: tuple[Any, Any],
+             device: torch.device) -> tuple[int, list[dict[str, Any]]]:
+    """Load the last finished epoch's state, if any: (epochs done, log so far)."""
+    if not state_path.exists():
+        return 0, []
+    st = torch.load(state_path, map_location=device, weights_only=True)
+    for m, sd in zip(modules, st["modules"], strict=True):
+        m.load_state_dict(sd)
+    optim[0].load_state_dict(st["optimizer"])
+    optim[1].load_state_dict(st["scheduler"])
+    return int(st["epoch"]), list(st["log"])
+
+
+def fit(model: torch.nn.Module, frames: FrameSource | Sequence[TrainFrame], cfg: OptimConfig, *,
         workdir: Path, seed: int, device: torch.device,
         **options: Unpack[FitOptions]) -> list[dict[str, Any]]:
-    """Train `model` (plus the `trainable` modules of `options`) in place.
+    """Train `model` (plus the `trainable` modules of `options`) in place, data-parallel over
+    the process group when one is initialised (rank 0 writes the state).
 
     Returns one log row per epoch; resumes from `workdir/train_state.pt`.
     """
+    if not hasattr(frames, "frame"):
+        frames = MemoryFrames(frames)  # type: ignore[arg-type]
+    source: FrameSource = frames  # type: ignore[assignment]
     modalities = tuple(options.get("modalities") or model.modalities)
     loss_fn, progress = options.get("loss_fn", default_loss), options.get("progress")
     modules = [model, *options.get("trainable", ())]
     params = [p for m in modules for p in m.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr_start, weight_decay=cfg.weight_decay)
-    steps_per_epoch = max(1, -(-len(frames) // cfg.batch_size))
+    shard = _shard()
+    plan = BatchPlan(len(source), cfg.batch_size, seed, shard)
     sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=cfg.lr_max, total_steps=cfg.epochs * steps_per_epoch,
+        opt, max_lr=cfg.lr_max, total_steps=cfg.epochs * plan.steps,
         div_factor=cfg.lr_max / cfg.lr_start, final_div_factor=cfg.lr_start / cfg.lr_min)
     state_path = workdir / "train_state.pt"
-    log: list[dict[str, Any]] = []
-    start = 0
-    if state_path.exists():
-        st = torch.load(state_path, map_location=device, weights_only=True)
-        for m, sd in zip(modules, st["modules"], strict=True):
-            m.load_state_dict(sd)
-        opt.load_state_dict(st["optimizer"])
-        sched.load_state_dict(st["scheduler"])
-        start, log = int(st["epoch"]), list(st["log"])
+    start, log = _restore(state_path, modules, (opt, sched), device)
+    step_module: torch.nn.Module = _Step(model, options.get("trainable", ()), loss_fn)
+    if shard.world > 1:
+        step_module = torch.nn.parallel.DistributedDataParallel(
+            step_module, device_ids=[device.index] if device.type == "cuda" else None)
+    sampler = EpochSampler(plan)
+    loader = make_loader(BatchDataset(source, plan, functools.partial(augment, cfg=cfg),
+                                      modalities),
+                         sampler, workers=cfg.loader_workers, pin_memory=device.type == "cuda")
+    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp == "bf16")
     for epoch in range(start, cfg.epochs):
-        rng = np.random.default_rng([seed, epoch])
-        torch.manual_seed(seed * 1_000_003 + epoch)
+        torch.manual_seed(seed * 1_000_003 + epoch)  # modality dropout: same on every rank
         for m in modules:
             m.train()
-        order = rng.permutation(len(frames))
+        sampler.set_epoch(epoch)
         sums: dict[str, float] = {}
+        points = dict.fromkeys((m for m in modalities if m in MODEL_FIELDS), 0.0)
         n_steps = 0
-        for idx in batches(order, cfg.batch_size):
-            chunk = [frames[i] for i in idx]
-            aug = [augment(f, rng, cfg) for f in chunk]
-            batch = to_device(collate([a[0] for a in aug], modalities), device)
-            losses = loss_fn(model, batch, target_tensors([a[1] for a in aug], device), chunk)
+        for batch, targets, _ids in loader:
+            for m in points:  # what the model is trained on, for the log and lineage
+                points[m] += batch[m].shape[0]
+            with amp:
+                losses = step_module(to_device(batch, device), target_tensors(targets, device))
             opt.zero_grad(set_to_none=True)
             losses["loss"].backward()
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip_norm)
@@ -140,13 +210,21 @@ def fit(model: torch.nn.Module, frames: Sequence[TrainFrame], cfg: OptimConfig, 
             n_steps += 1
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
-        row = {"epoch": epoch + 1, "steps": n_steps, "frames": len(frames),
+        sums = _mean_over_ranks(sums, shard, device)
+        points = {k: v * shard.world for k, v in _mean_over_ranks(points, shard, device).items()}
+        row = {"epoch": epoch + 1, "steps": n_steps, "frames": len(source),
                "lr_end": float(sched.get_last_lr()[0]),  # no wall times: artifacts must be
-               **{k: v / max(1, n_steps) for k, v in sorted(sums.items())}}  # reproducible
+               **{k: v / max(1, n_steps) for k, v in sorted(sums.items())},  # reproducible
+               **{f"points_{m}": int(round(v)) for m, v in sorted(points.items())}}
         log.append(row)
-        atomic_save({"modules": [m.state_dict() for m in modules], "optimizer": opt.state_dict(),
-                     "scheduler": sched.state_dict(), "epoch": epoch + 1, "log": log},
-                    state_path)
+        if shard.rank == 0:
+            atomic_save({"modules": [m.state_dict() for m in modules],
+                         "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                         "epoch": epoch + 1, "log": log}, state_path)
+        if shard.world > 1:  # nobody starts the next epoch before the state is on disk
+            import torch.distributed as dist
+
+            dist.barrier()
         if progress:
             progress("epochs", epoch + 1, cfg.epochs)
     for m in modules:

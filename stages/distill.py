@@ -17,7 +17,6 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-import polars as pl
 import torch
 from pydantic import Field, model_validator
 
@@ -30,10 +29,10 @@ from kdpipe.pipeline.stage import (
     StageContext,
     ZarrArtifact,
 )
-from kdpipe.runtime.checkpoints import input_refs, load_model, save_checkpoint
-from kdpipe.runtime.frames import FrameSpec, point_counts, student_config, training_frames
-from kdpipe.runtime.model_data import resolve_device, tune_allocator, worker_threads
-from kdpipe.runtime.train_loop import OptimConfig, fit
+from kdpipe.runtime.distributed import LaunchConfig, TrainJob, TrainSetup
+from kdpipe.runtime.frames import FrameSpec, student_config, training_frames
+from kdpipe.runtime.train_loop import OptimConfig
+from kdpipe.runtime.training import run_training
 
 
 class DistillConfig(StageConfig):
@@ -50,6 +49,7 @@ class DistillConfig(StageConfig):
     max_unlabeled_frames: int | None = None
     radar_sensor: str = "radar"
     optim: OptimConfig = OptimConfig()
+    launch: LaunchConfig = LaunchConfig()  # nproc > 1: data-parallel ranks (runtime/distributed.py)
 
     @model_validator(mode="after")
     def _some_target(self) -> DistillConfig:
@@ -58,45 +58,40 @@ class DistillConfig(StageConfig):
         return self
 
 
-def run(ctx: StageContext[DistillConfig]) -> None:
+def build(job: TrainJob, device: torch.device) -> TrainSetup:
+    """Student, adapters and SCKD loss around the frozen teacher (every rank the same)."""
     from kdpipe.models import create_model
     from kdpipe.models.distill import SCKDAdapters, SCKDLoss
+    from kdpipe.runtime.checkpoints import load_model
 
-    cfg = ctx.config
-    torch.set_num_threads(worker_threads())
-    tune_allocator()
-    device = resolve_device(cfg.optim.device)
-    teacher, _ = load_model(ctx.inputs["teacher"], device)
+    cfg = job.config
+    teacher, _ = load_model(job.inputs["teacher"], device)
     for p in teacher.parameters():
         p.requires_grad_(False)
-    torch.manual_seed(ctx.seed)
+    torch.manual_seed(job.seed)
     student = create_model(cfg.student, **student_config(teacher, cfg.detector)).to(device)
     feature_kd = cfg.lrfd_weight > 0 or cfg.frfd_weight > 0
     # The teacher's LiDAR is read and batched only when a feature term needs the teacher.
     modalities = ("lidar", "radar") if feature_kd else tuple(student.modalities)
     spec = FrameSpec(modalities, cfg.radar_sensor, student.config.point_cloud_range_m,
                      9 if student.config.with_velocity else 7)
-    data = training_frames(ctx.stage, cfg, ctx.inputs, student.classes, spec)
+    data = training_frames(job.stage, cfg, job.inputs, student.classes, spec)
     c_s = student.config.encoder_channels
     c_l = teacher.config.encoder_channels
     adapters = SCKDAdapters(c_s, c_l, 2 * c_l, lrfd=cfg.lrfd_weight > 0,
                             frfd=cfg.frfd_weight > 0, frfd_adapters=cfg.frfd_adapters,
                             kernel=cfg.adapter_kernel).to(device)
     loss_fn = SCKDLoss(teacher, adapters, cfg.lrfd_weight, cfg.frfd_weight)
-    ctx.facts.update(train_frames=len(data), train_points=point_counts(data))
-    log = fit(student, data, cfg.optim, workdir=ctx.workdir, seed=ctx.seed, device=device,
-              loss_fn=loss_fn, progress=ctx.progress, trainable=[adapters],
-              modalities=modalities)
-    meta = {"stage": ctx.stage, "key": ctx.key, "config": cfg.model_dump(mode="json"),
-            "inputs": input_refs(ctx.inputs), "train_frames": len(data),
-            "final": log[-1] if log else {}}
-    save_checkpoint(ctx.outputs["student"], student, meta)
-    pl.DataFrame(log).write_parquet(ctx.outputs["distill_log"], metadata=ctx.file_metadata())
-    (ctx.workdir / "train_state.pt").unlink(missing_ok=True)
+    return TrainSetup(student, data, {"loss_fn": loss_fn, "trainable": [adapters],
+                                      "modalities": modalities})
+
+
+def run(ctx: StageContext[DistillConfig]) -> None:
+    run_training(ctx, f"{__name__}:build", "student", "distill_log")
 
 
 STAGE = Stage(
-    name="distill", config=DistillConfig, run=run, version=1,
+    name="distill", config=DistillConfig, run=run, version=2,
     inputs=(Port("teacher", CheckpointArtifact, "checkpoint/1"),
             Port("points", ZarrArtifact, "points/1"), Port("frames", ParquetArtifact, "frames/1"),
             Port("boxes", ParquetArtifact, "boxes/1"),

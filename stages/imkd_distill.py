@@ -18,9 +18,9 @@ Training data, the loop and the checkpoint are `distill`'s (`runtime.frames.trai
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
-import polars as pl
 import torch
 from pydantic import Field, model_validator
 
@@ -35,11 +35,11 @@ from kdpipe.pipeline.stage import (
     ZarrArtifact,
 )
 from kdpipe.runtime.camera_data import camera_channels
-from kdpipe.runtime.checkpoints import input_refs, load_model, save_checkpoint
-from kdpipe.runtime.frames import FrameSpec, point_counts, student_config, training_frames
-from kdpipe.runtime.model_data import resolve_device, tune_allocator, worker_threads
-from kdpipe.runtime.train_loop import OptimConfig, fit
-from kdpipe.runtime.weight_maps import attach_weight_maps
+from kdpipe.runtime.distributed import LaunchConfig, TrainJob, TrainSetup
+from kdpipe.runtime.frames import FrameSpec, student_config, training_frames
+from kdpipe.runtime.train_loop import OptimConfig
+from kdpipe.runtime.training import run_training
+from kdpipe.runtime.weight_maps import weight_map_reader
 
 
 class IMKDDistillConfig(StageConfig):
@@ -58,6 +58,7 @@ class IMKDDistillConfig(StageConfig):
     max_unlabeled_frames: int | None = None
     radar_sensor: str = "radar"
     optim: OptimConfig = OptimConfig()
+    launch: LaunchConfig = LaunchConfig()  # nproc > 1: data-parallel ranks (runtime/distributed.py)
 
     @model_validator(mode="after")
     def _some_target(self) -> IMKDDistillConfig:
@@ -66,18 +67,17 @@ class IMKDDistillConfig(StageConfig):
         return self
 
 
-def run(ctx: StageContext[IMKDDistillConfig]) -> None:
+def build(job: TrainJob, device: torch.device) -> TrainSetup:
+    """Camera+radar student, adapters and IMKD loss around the frozen LiDAR teacher."""
     from kdpipe.models import create_model
     from kdpipe.models.imkd import IMKDAdapters, IMKDLoss
+    from kdpipe.runtime.checkpoints import load_model
 
-    cfg = ctx.config
-    torch.set_num_threads(worker_threads())
-    tune_allocator()
-    device = resolve_device(cfg.optim.device)
-    teacher, _ = load_model(ctx.inputs["teacher"], device)
+    cfg = job.config
+    teacher, _ = load_model(job.inputs["teacher"], device)
     for p in teacher.parameters():
         p.requires_grad_(False)
-    torch.manual_seed(ctx.seed)
+    torch.manual_seed(job.seed)
     deltas = {"with_velocity": teacher.config.with_velocity,
               "intensity_gate": cfg.level3_weight > 0, **cfg.detector}
     student = create_model(cfg.student, **student_config(teacher, deltas)).to(device)
@@ -87,28 +87,25 @@ def run(ctx: StageContext[IMKDDistillConfig]) -> None:
     modalities = tuple(dict.fromkeys((*(("lidar",) if l1 or l2 else ()), *student.modalities)))
     spec = FrameSpec(modalities, cfg.radar_sensor, student.config.point_cloud_range_m,
                      9 if student.config.with_velocity else 7, camera_channels(student))
-    data = training_frames(ctx.stage, cfg, ctx.inputs, student.classes, spec)
+    data = training_frames(job.stage, cfg, job.inputs, student.classes, spec)
     if l1 or l2 or l3:
-        attach_weight_maps(ctx.stage, ctx.inputs["weight_maps"], ctx.inputs["weight_frames"],
-                           data, student.config)
+        data = replace(data, weight_maps=weight_map_reader(
+            job.stage, job.inputs["weight_maps"], job.inputs["weight_frames"],
+            [r.frame_id for r in data.refs], student.config))
     c_s, c_t = student.config.encoder_channels, teacher.config.encoder_channels
     adapters = IMKDAdapters(c_s, c_t, level1=l1, level2=l2, kernel=cfg.adapter_kernel).to(device)
     loss_fn = IMKDLoss(teacher, adapters, (cfg.level1_weight, cfg.level2_weight,
                                            cfg.level3_weight), student.config.point_cloud_range_m)
-    ctx.facts.update(train_frames=len(data), train_points=point_counts(data))
-    log = fit(student, data, cfg.optim, workdir=ctx.workdir, seed=ctx.seed, device=device,
-              loss_fn=loss_fn, progress=ctx.progress, trainable=[adapters],
-              modalities=modalities)
-    meta = {"stage": ctx.stage, "key": ctx.key, "config": cfg.model_dump(mode="json"),
-            "inputs": input_refs(ctx.inputs), "train_frames": len(data),
-            "final": log[-1] if log else {}}
-    save_checkpoint(ctx.outputs["student"], student, meta)
-    pl.DataFrame(log).write_parquet(ctx.outputs["distill_log"], metadata=ctx.file_metadata())
-    (ctx.workdir / "train_state.pt").unlink(missing_ok=True)
+    return TrainSetup(student, data, {"loss_fn": loss_fn, "trainable": [adapters],
+                                      "modalities": modalities})
+
+
+def run(ctx: StageContext[IMKDDistillConfig]) -> None:
+    run_training(ctx, f"{__name__}:build", "student", "distill_log")
 
 
 STAGE = Stage(
-    name="imkd-distill", config=IMKDDistillConfig, run=run, version=1,
+    name="imkd-distill", config=IMKDDistillConfig, run=run, version=2,
     inputs=(Port("teacher", CheckpointArtifact, "checkpoint/1"),
             Port("points", ZarrArtifact, "points/1"), Port("frames", ParquetArtifact, "frames/1"),
             Port("boxes", ParquetArtifact, "boxes/1"),

@@ -26,15 +26,11 @@ from kdpipe.pipeline.stage import (
     ZarrArtifact,
 )
 from kdpipe.runtime.camera_data import camera_channels
-from kdpipe.runtime.checkpoints import input_refs, save_checkpoint
-from kdpipe.runtime.frames import FrameSpec, load_train_frames, point_counts
-from kdpipe.runtime.model_data import (
-    resolve_device,
-    targets_from_table,
-    tune_allocator,
-    worker_threads,
-)
-from kdpipe.runtime.train_loop import OptimConfig, fit
+from kdpipe.runtime.distributed import LaunchConfig, TrainJob, TrainSetup
+from kdpipe.runtime.frames import FrameSpec, load_train_frames
+from kdpipe.runtime.model_data import targets_from_table
+from kdpipe.runtime.train_loop import OptimConfig
+from kdpipe.runtime.training import run_training
 
 
 class TeacherTrainConfig(StageConfig):
@@ -44,39 +40,32 @@ class TeacherTrainConfig(StageConfig):
     radar_sensor: str = "radar"           # radar | radar_3 | radar_5 (VoD accumulated scans)
     max_frames: int | None = None
     optim: OptimConfig = OptimConfig()
+    launch: LaunchConfig = LaunchConfig()  # nproc > 1: data-parallel ranks (runtime/distributed.py)
 
 
-def run(ctx: StageContext[TeacherTrainConfig]) -> None:
+def build(job: TrainJob, device: torch.device) -> TrainSetup:
+    """The model and its labeled frames (every rank builds the same)."""
     from kdpipe.models import create_model
 
-    cfg = ctx.config
-    torch.set_num_threads(worker_threads())
-    tune_allocator()
-    torch.manual_seed(ctx.seed)  # weight init
+    cfg = job.config
+    torch.manual_seed(job.seed)  # weight init
     model = create_model(cfg.model, **cfg.detector)
-    device = resolve_device(cfg.optim.device)
-    store = IngestStore.from_inputs(ctx.inputs, ctx.stage)
+    store = IngestStore.from_inputs(job.inputs, job.stage)
     frames = store.select_frames(cfg.splits, labeled_only=True, max_frames=cfg.max_frames)
     boxes = store.read_boxes().filter(pl.col("frame_id").is_in(frames["frame_id"].implode()))
     vel = model.config.with_velocity
     targets = targets_from_table(boxes, model.classes, with_velocity=vel)
     spec = FrameSpec(model.modalities, cfg.radar_sensor, model.config.point_cloud_range_m,
                      9 if vel else 7, camera_channels(model))
-    data = load_train_frames(store, frames, spec, targets)
-    model.to(device)
-    ctx.facts.update(train_frames=len(data), train_points=point_counts(data))
-    log = fit(model, data, cfg.optim, workdir=ctx.workdir, seed=ctx.seed, device=device,
-              progress=ctx.progress)
-    meta = {"stage": ctx.stage, "key": ctx.key, "config": cfg.model_dump(mode="json"),
-            "inputs": input_refs(ctx.inputs),
-            "train_frames": len(data), "final": log[-1] if log else {}}
-    save_checkpoint(ctx.outputs["teacher"], model, meta)
-    pl.DataFrame(log).write_parquet(ctx.outputs["train_log"], metadata=ctx.file_metadata())
-    (ctx.workdir / "train_state.pt").unlink(missing_ok=True)  # resume state, not an output
+    return TrainSetup(model.to(device), load_train_frames(store, frames, spec, targets))
+
+
+def run(ctx: StageContext[TeacherTrainConfig]) -> None:
+    run_training(ctx, f"{__name__}:build", "teacher", "train_log")
 
 
 STAGE = Stage(
-    name="teacher-train", config=TeacherTrainConfig, run=run, version=1,
+    name="teacher-train", config=TeacherTrainConfig, run=run, version=2,
     inputs=(Port("points", ZarrArtifact, "points/1"), Port("frames", ParquetArtifact, "frames/1"),
             Port("boxes", ParquetArtifact, "boxes/1")),
     outputs=(Port("teacher", CheckpointArtifact, "checkpoint/1"),
