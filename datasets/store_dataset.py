@@ -1,12 +1,12 @@
 """A torch `Dataset` over an ingested store: random access by frame, multi-worker safe.
 
-Zarr arrays are opened lazily per process (after a DataLoader fork/spawn each worker opens its
-own handles), and each item reads one contiguous slice `points[offsets[i]:offsets[i+1]]` per
-sensor, touching only the shards that hold that frame.
+Each item reads one contiguous slice `points[offsets[i]:offsets[i+1]]` per sensor through
+`PointsReader` (datasets/points_reader.py), which reads only the chunks holding that frame, and
+is 10x+ faster than a zarr-python slice in random order. The reader reopens its files in each
+process (after a DataLoader fork) and pickles without them (spawn).
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +14,7 @@ import numpy as np
 import polars as pl
 from torch.utils.data import Dataset
 
+from kdpipe.datasets.points_reader import PointsReader
 from kdpipe.datasets.store import IngestStore
 
 
@@ -49,30 +50,16 @@ class StoreDataset(Dataset):  # type: ignore[type-arg]
                 self.boxes[str(fid)] = (g.select(cols).to_numpy().astype(np.float32),
                                         g["label"].to_numpy())
         self.with_boxes = with_boxes
-        self._handles: dict[tuple[str, str, str], Any] = {}
-        self._pid = -1
+        self.reader = PointsReader(self.store.points)
 
     def __len__(self) -> int:
         return len(self.frames)
 
-    def _arrays(self, source: str, scene: str, sensor: str) -> tuple[Any, np.ndarray]:
-        if self._pid != os.getpid():  # new worker process: never share handles across a fork
-            self._handles, self._pid = {}, os.getpid()
-        k = (source, scene, sensor)
-        if k not in self._handles:
-            import zarr
-
-            g = zarr.open_group(store=str(self.store.group(source, scene) / sensor), mode="r")
-            self._handles[k] = (g["points"], g["offsets"][:])
-        return self._handles[k]
-
     def __getitem__(self, i: int) -> dict[str, Any]:
         f = self.frames[i]
         item: dict[str, Any] = {"frame_id": f["frame_id"]}
-        for s in self.sensors:
-            points, offsets = self._arrays(f["source"], f["scene"], s)
-            j = f["frame_index"]
-            item[s] = points[int(offsets[j]):int(offsets[j + 1])]  # (N, C) float32
+        for s in self.sensors:  # (N, C) float32, a new array per item
+            item[s] = self.reader.frame(f["source"], f["scene"], s, f["frame_index"])
         if self.with_boxes:
             b, labels = self.boxes.get(f["frame_id"], (np.zeros((0, 7), np.float32),
                                                         np.array([], dtype=str)))
