@@ -1,8 +1,8 @@
 """Direct reads of one frame's points from the `points/1` Zarr layout (schemas/points.py).
 
 Why not zarr-python for every read: a frame is one contiguous row range, but a zarr-python
-slice costs ~2 ms (event loop round trip, codec pipeline, the shard index read and parsed again
-on every call), 30x a per-frame `np.fromfile`. This reader does only what the slice needs: it
+slice costs 1-3 ms (event loop round trip, codec pipeline, the shard index read and parsed again
+on every call), 20-30x a per-frame `np.fromfile`. This reader does only what the slice needs: it
 parses the array's `zarr.json` once, reads each shard's index once (checking its crc32c), maps
 each shard file once (`mmap`: blosc decodes straight from the page cache, no read copy) and
 decodes the chunks a frame touches with numcodecs' blosc, which takes codec, shuffle and
