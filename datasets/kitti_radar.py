@@ -82,7 +82,8 @@ class KittiLayout:
         found = [base / n for n in ("velodyne", "lidar") if (base / n).is_dir()]
         if not found:
             raise ConfigError(f"kitti-radar root {root}: no velodyne/ or lidar/ folder "
-                              "(looked in the root and in training/)")
+                              "(looked in the root and in training/; check ingest.roots and "
+                              "ingest.format)")
         if len(found) == 2 and found[0].resolve() != found[1].resolve():
             raise ConfigError(f"kitti-radar root {root}: both velodyne/ and lidar/ exist; keep one")
         radar = base / "radar"

@@ -129,7 +129,9 @@ def load_db(version: str, root: Path) -> NusDb:
         _CACHE.move_to_end(key)
         return hit[1]
     if not fp:
-        raise ConfigError(f"nuScenes tables not found: {root / version} (check ingest.version)")
+        raise ConfigError(f"nuScenes tables not found: {root / version} (format 'nuscenes' "
+                          f"expects {version}/*.json tables and the samples/ and sweeps/ files "
+                          f"they name; check ingest.version, ingest.roots and ingest.format)")
     try:
         nusc = TolerantNuScenes(version=version, dataroot=str(root), verbose=False)
     except _TableError as e:

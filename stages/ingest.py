@@ -45,16 +45,36 @@ def run(ctx: StageContext[IngestConfig]) -> None:
                        "{points,offsets}", **ctx.file_metadata()})
     storage = Storage(cfg.chunk_rows, cfg.shard_chunks, cfg.clevel, cfg.compressor)
     fmt = get_format(cfg.format)
-    tasks = []
-    for name, path in _sources(cfg, fmt):
+    tasks, roots = [], _sources(cfg, fmt)
+    for name, path in roots:
         root.require_group(name)  # created here, once: tasks only create their own subgroup
-        tasks += fmt.make_tasks(cfg, name, path, ctx.workdir, zarr_root, storage)
+        mine = fmt.make_tasks(cfg, name, path, ctx.workdir, zarr_root, storage)
+        if not mine:
+            raise _no_frames(fmt, path)
+        tasks += mine
     ctx.map(fmt.run_task, tasks, desc="ingest groups")
     sources, ctx.output_digests["points"] = assemble(
         ctx.workdir, zarr_root,
         {k: ctx.outputs[k] for k in ("frames", "boxes", "calibration", "rejects")},
         ctx.file_metadata())
+    import polars as pl
+
+    seen = {s for k in ("frames", "rejects")
+            for s in pl.read_parquet(ctx.outputs[k], columns=["source"])["source"].to_list()}
+    for name, path in roots:  # tasks that found no frame at all (e.g. nuScenes scenes, no sample)
+        if name not in seen:
+            raise _no_frames(fmt, path)
     ctx.record_sources(sources)
+
+
+def _no_frames(fmt: IngestFormat, root: Path) -> ConfigError:
+    """A root where the format finds no frame (not even a rejected one) is a wrong root or a
+    wrong `ingest.format`, never an empty success."""
+    held = sorted(p.name + "/" * p.is_dir() for p in root.iterdir())
+    what = (f"no {fmt.name} frame found (it holds {', '.join(held[:6])}"
+            f"{', ...' if len(held) > 6 else ''})" if held else "an empty folder")
+    return ConfigError(f"ingest root {root}: {what}; format '{fmt.name}' expects "
+                       f"{fmt.expected_layout} (check ingest.roots and ingest.format)")
 
 
 STAGE = Stage(
