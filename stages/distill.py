@@ -18,8 +18,9 @@ from dataclasses import replace
 from typing import Any
 
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from kdpipe.models.names import check_model_name
 from kdpipe.pipeline.stage import (
     CheckpointArtifact,
     ParquetArtifact,
@@ -50,6 +51,8 @@ class DistillConfig(StageConfig):
     radar_sensor: str = "radar"
     optim: OptimConfig = OptimConfig()
     launch: LaunchConfig = LaunchConfig()  # nproc > 1: data-parallel ranks (runtime/distributed.py)
+
+    _student_name = field_validator("student")(check_model_name)  # at plan time
 
     @model_validator(mode="after")
     def _some_target(self) -> DistillConfig:

@@ -13,9 +13,10 @@ from typing import Any
 
 import polars as pl
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from kdpipe.datasets.store import IngestStore
+from kdpipe.models.names import check_model_name
 from kdpipe.pipeline.stage import (
     CheckpointArtifact,
     ParquetArtifact,
@@ -41,6 +42,8 @@ class TeacherTrainConfig(StageConfig):
     max_frames: int | None = None
     optim: OptimConfig = OptimConfig()
     launch: LaunchConfig = LaunchConfig()  # nproc > 1: data-parallel ranks (runtime/distributed.py)
+
+    _model_name = field_validator("model")(check_model_name)  # at plan time, not in the stage
 
 
 def build(job: TrainJob, device: torch.device) -> TrainSetup:
