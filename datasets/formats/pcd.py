@@ -97,7 +97,8 @@ def read_radar_pcd(path: str | Path) -> npt.NDArray[np.void]:
 
     Raises:
         FormatError: ``path``, ``empty``, ``header`` (malformed or unsupported header),
-            ``payload`` (fewer than ``POINTS * stride`` bytes after the header), ``finite``.
+            ``payload`` (fewer than ``POINTS * stride`` bytes after the header, or records that
+            are zero in every byte: zero padding counted as points), ``finite``.
     """
     try:
         raw = Path(path).read_bytes()
@@ -118,9 +119,33 @@ def read_radar_pcd(path: str | Path) -> npt.NDArray[np.void]:
     float_fields = [n for n in dtype.names or () if dtype[n].kind == "f"]
     if n_points and any(np.isnan(records[n][0]).any() for n in float_fields):
         return records[:0]
+    _check_no_zero_records(path, raw[offset:offset + need], dtype.itemsize)
     if {"x", "y", "z"} <= set(dtype.names or ()):
         check_finite_xyz(path, np.column_stack([records[k] for k in ("x", "y", "z")]))
     return records
+
+
+def _check_no_zero_records(path: str | Path, payload: bytes, stride: int) -> None:
+    """Refuse records that are zero in every byte (hence every field).
+
+    Real files end in zero padding after the last record (see the module doc); a header whose
+    POINTS runs into that padding turns it into points at the sensor origin with zero RCS and
+    velocity. A real return is never at the sensor origin with every other field 0 as well (the
+    real fixtures: x >= 2.2 m, is_quality_valid = 1, pdh0 >= 1), so one such record makes the file
+    a `payload` reject instead of fake points.
+    """
+    if not payload:
+        return
+    rows = np.frombuffer(payload, np.uint8).reshape(-1, stride)  # (N, stride)
+    zero = ~rows.any(axis=1)  # (N,)
+    n_zero = int(zero.sum())
+    if not n_zero:
+        return
+    n, first = len(zero), int(np.argmax(zero))
+    why = (f"the header promises {n} points but the payload holds {first}, then zero bytes"
+           if zero[first:].all() else "zero-filled records are not points")
+    raise FormatError(path, "payload", f"{n_zero} of {n} records are all zero in every field "
+                                       f"({why}).")
 
 
 def _pcd_header(dtype: np.dtype, n_points: int) -> bytes:
