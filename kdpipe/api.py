@@ -130,9 +130,45 @@ def run_workflow(workflow: str | Path | Workflow, workspace: str, stages: Sequen
 
 
 def workflow_status(workflow: str | Path | Workflow, workspace: str,
-                    overrides: Sequence[str] = ()) -> list[dict[str, Any]]:
+                    overrides: Sequence[str] = (), *, require_workspace: bool = False
+                    ) -> list[dict[str, Any]]:
+    """Each stage of the plan: up to date, stale (and why) or missing. The workspace is never
+    created; a missing one is all "missing", or a `WorkspaceError` with `require_workspace`
+    (`kdpipe status`; the plan is checked first)."""
     wf = _load(workflow, overrides)
-    return status(build_plan(wf.stages, wf.deltas), Workspace(workspace))
+    plan = build_plan(wf.stages, wf.deltas)
+    ws = Workspace(workspace, create=False)
+    return status(plan, ws.require() if require_workspace else ws)
+
+
+def collect_garbage(workspace: str, workflow: str | Path | None = None, *, delete: bool = False,
+                    **options: Unpack[RunnerOptions]) -> dict[str, Any]:
+    """What `kdpipe gc` lists (and with `delete`, deletes), under the workspace lock.
+
+    Always: `<key>.partial/` work dirs, `<key>.replaced-*` copies and `<key>/` dirs without a
+    lineage record. With `workflow`: also committed artifacts of its stages whose key is not
+    the current plan's (refused when a raw input root is missing: the keys would be wrong).
+    """
+    ws = Workspace(workspace, create=False).require()
+    with ws.lock(wait=options.get("wait", False)):
+        found = ws.leftovers()
+        if workflow is not None:
+            wf = _load(workflow, options.get("overrides", ()))
+            plan = build_plan(wf.stages, wf.deltas)
+            for n in plan.order:
+                node = plan.nodes[n]
+                gone = [r for r in (node.stage.sources(node.config) if node.stage.sources else ())
+                        if not Path(r).exists()]
+                if gone:
+                    raise ConfigError(f"gc: {n} input {gone[0]} not found, so the current keys "
+                                      f"of {wf.path} are unknown; nothing was deleted")
+            found += ws.unreferenced({n: plan.nodes[n].key for n in plan.order})
+        items = [{"kind": g.kind, "path": g.path, "bytes": ws.garbage_bytes(g)} for g in found]
+        if delete:
+            for g in found:
+                ws.remove(g)
+    return {"workspace": ws.url, "deleted": delete, "items": items,
+            "bytes": sum(i["bytes"] for i in items)}
 
 
 def _audit_stage(wf: Workflow) -> tuple[Workflow, str, bool]:

@@ -75,7 +75,7 @@ def status(workflow: Workflow = Path("workflows/smoke.toml"), workspace: Ws = "w
     """Each stage: up to date, stale (and why) or missing."""
     from kdpipe.api import workflow_status
 
-    rows = workflow_status(workflow, workspace, overrides=set_ or [])
+    rows = workflow_status(workflow, workspace, overrides=set_ or [], require_workspace=True)
     if as_json:
         _emit_json(rows)
         return
@@ -97,7 +97,7 @@ def lineage(target: Annotated[str, typer.Argument(help="artifact path, STAGE/KEY
     from kdpipe.pipeline import ancestry
     from kdpipe.pipeline.store import Workspace
 
-    ws = Workspace(workspace)
+    ws = Workspace(workspace, create=False).require()
     node = ancestry.tree(ws, *ancestry.resolve(ws, target))
     if as_json:
         _emit_json(node)
@@ -119,24 +119,76 @@ def lineage(target: Annotated[str, typer.Argument(help="artifact path, STAGE/KEY
     out.print(root)
 
 
+Overwrite = Annotated[bool, typer.Option("--overwrite",
+                                          help="empty a non-empty OUT first (else refused)")]
+
+
+def _synth_out(out_dir: Path, overwrite: bool) -> None:
+    """A world written over another leaves the old one's files behind: OUT must be new or
+    empty, or emptied with --overwrite (never a folder holding the current directory)."""
+    import shutil
+
+    from kdpipe.pipeline.errors import ConfigError
+
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"synth: {out_dir} is a file, not a folder")
+    if not out_dir.is_dir() or not any(out_dir.iterdir()):
+        return
+    if not overwrite:
+        raise ConfigError(f"synth: {out_dir} is not empty; its old files would mix with the new "
+                          f"world (pass --overwrite to empty it first, or pick a new folder)")
+    here, target = Path.cwd().resolve(), out_dir.resolve()
+    if target == here or target in here.parents or target == Path.home().resolve():
+        raise ConfigError(f"synth --overwrite: refusing to empty {out_dir}, which holds the "
+                          f"current or home directory")
+    for child in out_dir.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+
+
 @synth_app.command("vod")
 def synth_vod(out_dir: Path, frames: Annotated[int, typer.Option(min=1)] = 64,
-              seed: int = 0, as_json: Json = False) -> None:
+              seed: int = 0, overwrite: Overwrite = False, as_json: Json = False) -> None:
     """A synthetic View-of-Delft world (LiDAR, 4D radar, camera, labels, calib, poses)."""
     from kdpipe.datasets.synth import write_vod
 
+    _synth_out(out_dir, overwrite)
     summary = write_vod(out_dir, frames, seed)
     _emit_json(summary) if as_json else out.print(f"wrote {out_dir}: {summary}")
 
 
 @synth_app.command("nuscenes")
 def synth_nuscenes(out_dir: Path, scenes: Annotated[int, typer.Option(min=1)] = 2,
-                   seed: int = 0, as_json: Json = False) -> None:
+                   seed: int = 0, overwrite: Overwrite = False, as_json: Json = False) -> None:
     """A synthetic nuScenes v1.0-mini world (tables, LIDAR_TOP, 5 radars, cameras)."""
     from kdpipe.datasets.synth import write_nuscenes
 
+    _synth_out(out_dir, overwrite)
     summary = write_nuscenes(out_dir, scenes, seed)
     _emit_json(summary) if as_json else out.print(f"wrote {out_dir}: {summary}")
+
+
+@app.command()
+def gc(workspace: Ws = "workspace",
+       workflow: Annotated[Path | None, typer.Option(
+           "--workflow", "-w", help="also list this workflow's committed artifacts whose key "
+           "is not the current one")] = None,
+       yes: Annotated[bool, typer.Option("--yes", help="delete (default: only list)")] = False,
+       wait: Wait = False, as_json: Json = False) -> None:
+    """List (with --yes: delete) stale .partial work dirs, leftovers and superseded artifacts."""
+    from kdpipe.api import collect_garbage
+
+    rep = collect_garbage(workspace, workflow, delete=yes, wait=wait)
+    if as_json:
+        _emit_json(rep)
+        return
+    verb = "deleted" if yes else "would delete"
+    for r in rep["items"]:
+        out.print(f"{verb} {r['kind']:<12} {r['bytes']:>12,} B  {r['path']}", highlight=False)
+    hint = "; pass --yes to delete" if rep["items"] and not yes else ""
+    out.print(f"{verb} {len(rep['items'])} item(s), {rep['bytes']:,} B{hint}", highlight=False)
 
 
 export_app = typer.Typer(help="Write a box table in an official evaluation format.")

@@ -16,6 +16,11 @@ class PlanError(KdpipeError):
     """The stage graph cannot be built: cycle, missing producer, port type mismatch."""
 
 
+class WorkspaceError(KdpipeError):
+    """The workspace path cannot be used: missing (for commands that only read one), a file, or
+    under a regular file."""
+
+
 class WorkspaceBusyError(KdpipeError):
     """Another `kdpipe run` holds the workspace lock."""
 

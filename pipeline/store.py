@@ -24,12 +24,13 @@ import shutil
 import socket
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import fsspec
 
-from kdpipe.pipeline.errors import WorkspaceBusyError
+from kdpipe.pipeline.errors import WorkspaceBusyError, WorkspaceError
 
 LINEAGE = "_lineage.json"
 PARTIAL = ".partial"
@@ -38,23 +39,45 @@ ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.
                                 errno.EROFS})
 
 
+@dataclass(frozen=True)
+class Garbage:
+    """Something `kdpipe gc` may delete."""
+
+    kind: str    # partial | replaced | uncommitted | unreferenced
+    path: str
+    local: bool  # on this machine's disk (else in a remote workspace, through fsspec)
+
+
 class Workspace:
     """A workspace directory or fsspec URL holding artifacts keyed by stage and cache key."""
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    def __init__(self, root: str | os.PathLike[str], *, create: bool = True) -> None:
+        """`create=False` leaves a missing workspace missing (commands that only read one check
+        `require()`); either way a path under a regular file raises `WorkspaceError`."""
         url = str(root)
         self.fs, path = fsspec.core.url_to_fs(url)
         self.is_local = "file" in _protocols(self.fs)
         self.url = url
         self.root = Path(path).resolve() if self.is_local else Path(path)
         if self.is_local:
-            self.root.mkdir(parents=True, exist_ok=True)
+            _local_dir(self.root, url, create)
             self.local_root = self.root
         else:  # remote: scratch, lock and materialised inputs live in a local cache
             tag = hashlib.sha256(url.encode()).hexdigest()[:16]
             self.local_root = Path(os.environ.get("KDPIPE_CACHE", Path.home() / ".cache/kdpipe"))
             self.local_root = self.local_root / "workspaces" / tag
             self.local_root.mkdir(parents=True, exist_ok=True)
+
+    def exists(self) -> bool:
+        if self.is_local:
+            return self.root.is_dir()
+        return bool(self.fs.isdir(str(self.root)))
+
+    def require(self) -> Workspace:
+        """This workspace, which must exist (`status`, `lineage` and `gc` never create one)."""
+        if not self.exists():
+            raise WorkspaceError(f"workspace not found: {self.url}")
+        return self
 
     # -- paths ---------------------------------------------------------------------------
     def artifact_dir(self, stage: str, key: str) -> str:
@@ -156,6 +179,51 @@ class Workspace:
             old = self.fs.cat(path) if self.fs.exists(path) else b""
             self.fs.pipe(path, old + line.encode())
 
+    # -- garbage (`kdpipe gc`; only under the lock, when no run can be using any of it) -------
+    def leftovers(self) -> list[Garbage]:
+        """What killed or failed runs left: `<key>.partial/` work dirs (their resumable work is
+        lost when deleted), `<key>.replaced-<pid>/` copies retired by `--force`, and `<key>/`
+        dirs without a lineage record (a publish cut short; the next run removes them too)."""
+        base = self.local_root / "artifacts"
+        found = [Garbage("partial", str(d), True) for d in sorted(base.glob(f"*/*{PARTIAL}"))]
+        if self.is_local:
+            found += [Garbage("replaced", str(d), True)
+                      for d in sorted(base.glob("*/*.replaced-*"))]
+            found += [Garbage("uncommitted", str(d), True) for d in sorted(base.glob("*/*"))
+                      if d.is_dir() and "." not in d.name and not (d / LINEAGE).exists()]
+        return found
+
+    def unreferenced(self, current: dict[str, str]) -> list[Garbage]:
+        """Committed artifacts of the stages in `current` (stage -> its key now) under any
+        other key."""
+        found = []
+        for stage, key in current.items():
+            base = f"{self.root}/artifacts/{stage}"
+            if not self.fs.exists(base):
+                continue
+            for d in sorted(str(x).rstrip("/") for x in self.fs.ls(base, detail=False)):
+                name = d.rsplit("/", 1)[-1]
+                if name != key and "." not in name and self.is_committed(stage, name):
+                    found.append(Garbage("unreferenced", self.artifact_dir(stage, name),
+                                         self.is_local))
+        return found
+
+    def garbage_bytes(self, g: Garbage) -> int:
+        if not g.local:
+            return int(self.fs.du(g.path))
+        return sum(os.lstat(os.path.join(d, f)).st_size
+                   for d, _, files in os.walk(g.path) for f in files)
+
+    def remove(self, g: Garbage) -> None:
+        """Delete `g`, the lineage record first: a half-deleted artifact never looks committed."""
+        if not g.local:
+            self.fs.rm(f"{g.path}/{LINEAGE}")
+            self.fs.rm(g.path, recursive=True)
+            return
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(g.path, LINEAGE))
+        shutil.rmtree(g.path)
+
     # -- lock ----------------------------------------------------------------------------
     @contextlib.contextmanager
     def lock(self, *, wait: bool = False) -> Iterator[None]:
@@ -177,6 +245,19 @@ class Workspace:
             yield
         finally:
             os.close(fd)
+
+
+def _local_dir(root: Path, url: str, create: bool) -> None:
+    """Check (and with `create`, make) a local workspace folder: a regular file at `root` or
+    above it is one clear error, not a NotADirectoryError from deep inside a run."""
+    if root.is_dir():
+        return
+    blocker = next((p for p in (root, *root.parents) if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        what = "is a file" if blocker == root else f"is under {blocker}, which is a file"
+        raise WorkspaceError(f"workspace {url} {what}, not a folder; pick another --workspace")
+    if create:
+        root.mkdir(parents=True, exist_ok=True)
 
 
 def _protocols(fs: fsspec.AbstractFileSystem) -> tuple[str, ...]:
