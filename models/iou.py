@@ -10,6 +10,10 @@ candidates are sorted by angle around their mean and the shoelace formula gives 
 invalid slots are overwritten with the first valid vertex so they add zero-length edges.
 Only pairs whose circumscribed circles overlap are evaluated (the rest have IoU 0), so NMS over
 a whole scene does not pay for every far-apart pair.
+
+NMS runs on the boxes' device, batched over frames, with no per-box Python loop and no copy of
+the IoU matrix to the host: greedy suppression is solved exactly as the fixed point of "kept
+unless a kept, higher-ranked box overlaps it" (`_greedy_keep`).
 """
 from __future__ import annotations
 
@@ -17,6 +21,10 @@ import torch
 from torch import Tensor
 
 _EPS_M = 1e-6  # inside/on-edge tolerance (metres); far below any box edge length
+_PREFILTER_SLACK_M = 1e-3  # batched NMS: widens the circle test (see _upper_over)
+# Batched NMS holds a few dense (frames, k, k) float64 arrays: this many entries per step
+# (32 MB each) bounds its memory when top_k is large; at k = 100 that is 419 frames per step.
+_NMS_ENTRIES_PER_STEP = 1 << 22
 _PAIRS_PER_CHUNK = 1 << 15  # bounds peak memory (~24 candidates x float64 per pair)
 _CORNER_SIGNS = torch.tensor([[0.5, 0.5], [-0.5, 0.5], [-0.5, -0.5], [0.5, -0.5]],
                              dtype=torch.float64)  # counter-clockwise
@@ -138,6 +146,94 @@ def boxes_iou_3d(boxes_a: Tensor, boxes_b: Tensor) -> Tensor:
     return iou.clamp(0.0, 1.0).to(boxes_a.dtype)
 
 
+def _upper_over(boxes: Tensor, valid: Tensor, iou_threshold: float) -> Tensor:
+    """(B, k, 7+) ranked boxes -> (B, k, k) bool: over[b, i, j] = i < j, both valid and
+    BEV IoU(i, j) > threshold.
+
+    The IoU of each pair is computed exactly as `boxes_iou_bev` does (float64, the same pair
+    arithmetic, cast to the boxes' dtype before the comparison), so the relation, and with it
+    the kept set, is the one a per-frame `boxes_iou_bev` gives.
+    """
+    batch, k = valid.shape
+    b = boxes[..., :7].double()  # (B, k, 7)
+    radius = b[..., 3:5].norm(dim=-1) / 2  # (B, k) circumscribed circles
+    # Circle test on squared distances (no sqrt, no reduction over a size-2 dim: both are slow
+    # on a CPU). The extra millimetre keeps it a superset of boxes_iou_bev's pair set; the pairs
+    # it adds lie >= 1 um apart, where the candidate polygon is empty and the IoU exactly 0.
+    reach = radius[:, :, None] + radius[:, None, :] + _EPS_M + _PREFILTER_SLACK_M  # (B, k, k)
+    dx = b[:, :, None, 0] - b[:, None, :, 0]  # (B, k, k)
+    dy = b[:, :, None, 1] - b[:, None, :, 1]
+    upper = torch.ones(k, k, dtype=torch.bool, device=b.device).triu(1)  # only j > i is used
+    cand = upper & valid[:, :, None] & valid[:, None, :] & (dx * dx + dy * dy <= reach * reach)
+    iou = torch.zeros(batch, k, k, dtype=boxes.dtype, device=b.device)  # (B, k, k)
+    fb, ia, ib = torch.nonzero(cand, as_tuple=True)  # one host sync: the pair count
+    area = b[..., 3] * b[..., 4]  # (B, k)
+    for start in range(0, fb.numel(), _PAIRS_PER_CHUNK):
+        sl = slice(start, start + _PAIRS_PER_CHUNK)
+        f, i, j = fb[sl], ia[sl], ib[sl]
+        inter = _intersection_area_pairs(b[f, i], b[f, j])  # (P,)
+        union = area[f, i] + area[f, j] - inter  # same operation order as boxes_iou_bev
+        iou[f, i, j] = (inter / union.clamp(min=1e-12)).clamp(0.0, 1.0).to(boxes.dtype)
+    # Pairs outside `cand` have IoU 0; comparing the full matrix keeps a threshold < 0 exact too.
+    return (iou > iou_threshold) & upper & valid[:, :, None] & valid[:, None, :]
+
+
+def _greedy_keep(over: Tensor, valid: Tensor) -> Tensor:
+    """Greedy NMS keep mask (B, k) from the ranked (B, k, k) upper-triangular `over` relation.
+
+    Greedy keeps box j iff no kept box i < j has over[i, j]. Iterating
+    keep <- valid & ~any_i(keep[i] & over[i, j]) from keep = valid fixes one more leading box
+    per step (box 0 is final after one, box t after t + 1), so it reaches greedy's unique fixed
+    point in at most k + 1 steps; in practice in a few (the longest chain of suppressions).
+    One host sync per step (the convergence test), none per box.
+    """
+    keep = valid.clone()
+    for _ in range(valid.shape[-1] + 1):
+        suppressed = (keep.unsqueeze(2) & over).any(1)  # (B, k): a kept earlier box overlaps
+        new = valid & ~suppressed
+        if torch.equal(new, keep):
+            break
+        keep = new
+    return keep
+
+
+def rank_by_score(scores: Tensor, valid: Tensor) -> Tensor:
+    """(B, k) -> (B, k) int64 ranks: valid entries by descending score, ties in index order
+    (`argsort(stable=True)`, as a per-frame sort of the valid entries alone), invalid last."""
+    masked = torch.where(valid, scores, torch.full_like(scores, float("-inf")))
+    return torch.argsort(masked, dim=1, descending=True, stable=True)
+
+
+def nms_bev_batched(boxes: Tensor, scores: Tensor, valid: Tensor, iou_threshold: float
+                    ) -> tuple[Tensor, Tensor]:
+    """Greedy rotated NMS of every frame of a padded batch at once, on the boxes' device.
+
+    Args:
+        boxes: (B, k, 7+) boxes (padding rows: anything finite).
+        scores: (B, k) scores.
+        valid: (B, k) bool, False for padding (never kept, never suppresses).
+        iou_threshold: suppression threshold on BEV IoU.
+
+    Returns:
+        order (B, k) int64: each frame's entries ranked as `nms_bev` ranks them, and
+        keep (B, k) bool in that ranked order: frame b keeps ``order[b][keep[b]]``, which is
+        exactly ``nms_bev(boxes[b][valid[b]], scores[b][valid[b]])`` mapped back to indices
+        of the padded row.
+    """
+    if boxes.ndim != 3 or boxes.shape[2] < 7 or scores.shape != boxes.shape[:2] \
+            or valid.shape != scores.shape:
+        raise ValueError(f"need boxes (B, k, 7+), scores and valid (B, k); got "
+                         f"{tuple(boxes.shape)}, {tuple(scores.shape)}, {tuple(valid.shape)}")
+    order = rank_by_score(scores, valid)  # (B, k)
+    ranked = boxes.gather(1, order.unsqueeze(-1).expand(-1, -1, boxes.shape[2]))  # (B, k, 7+)
+    ranked_valid = valid.gather(1, order)  # (B, k)
+    k = max(1, scores.shape[1])
+    step = max(1, _NMS_ENTRIES_PER_STEP // (k * k))  # frames per step: every one at k = 100
+    keep = [_greedy_keep(_upper_over(ranked[s:s + step], ranked_valid[s:s + step], iou_threshold),
+                         ranked_valid[s:s + step]) for s in range(0, ranked.shape[0], step)]
+    return order, torch.cat(keep) if keep else ranked_valid.clone()
+
+
 def nms_bev(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     """Greedy rotated NMS: keep the best box, drop every later box with BEV IoU > threshold.
 
@@ -147,20 +243,12 @@ def nms_bev(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
         iou_threshold: suppression threshold on BEV IoU.
 
     Returns:
-        (K,) int64 indices into ``boxes`` of the kept boxes, by descending score.
+        (K,) int64 indices into ``boxes`` of the kept boxes, by descending score (ties in index
+        order).
     """
     if boxes.shape[0] != scores.shape[0]:
         raise ValueError("boxes and scores must have the same length")
-    order = torch.argsort(scores, descending=True, stable=True)
-    if order.numel() == 0:
-        return order
-    over = (boxes_iou_bev(boxes[order], boxes[order]) > iou_threshold).cpu().numpy()  # (N, N)
-    suppressed = over[0] & False  # (N,) all False, numpy bool
-    keep = []
-    # O(N) steps of O(N) numpy work: the pairwise IoU above is the expensive, vectorised part.
-    for i in range(order.numel()):
-        if suppressed[i]:
-            continue
-        keep.append(i)
-        suppressed |= over[i]
-    return order[torch.as_tensor(keep, dtype=torch.long, device=order.device)]
+    _check(boxes, "boxes")
+    valid = torch.ones(1, scores.shape[0], dtype=torch.bool, device=scores.device)  # (1, N)
+    order, keep = nms_bev_batched(boxes[None], scores[None], valid, iou_threshold)
+    return order[0][keep[0]]

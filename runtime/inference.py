@@ -4,12 +4,21 @@ Shared by `teacher-label` and `evaluate`. Each task reads its group's arrays onc
 on batches of consecutive frames and writes a Parquet part into the stage's work directory; a
 re-run after a kill skips finished parts. The model is loaded once per worker process (a
 module-level cache keyed by checkpoint path and device), not once per task.
+
+Reads overlap compute: a background thread (`Prefetcher`; Dask workers are daemonic processes,
+so no DataLoader worker processes) reads the group and collates each next batch, in pinned host
+memory when the model is on CUDA, while the model runs the current one. `amp = "bf16"` runs the
+forward under autocast; decoding always runs in float32.
 """
 from __future__ import annotations
 
+import contextlib
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Generic, Literal, Protocol, TypeVar, cast
 
 import numpy as np
 import polars as pl
@@ -17,6 +26,7 @@ import torch
 
 from kdpipe.datasets.store import IngestStore
 from kdpipe.models.batch import collate, to_device
+from kdpipe.pipeline.errors import ConfigError
 from kdpipe.pipeline.stage import StageContext
 from kdpipe.runtime.camera_data import camera_channels
 from kdpipe.runtime.checkpoints import load_model
@@ -30,7 +40,13 @@ from kdpipe.runtime.model_data import (
 )
 from kdpipe.schemas.tables import DETECTION_FRAMES, DETECTIONS
 
+if TYPE_CHECKING:
+    from kdpipe.models.contract import Detector
+
 _MODELS: dict[tuple[str, str], tuple[torch.nn.Module, dict[str, Any]]] = {}
+AmpMode = Literal["fp32", "bf16"]  # the model forward's precision; decoding is always fp32
+_PREFETCH_BATCHES = 2  # batches collated ahead: one in the queue, one being built
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -47,16 +63,17 @@ class InferTask:
     score_floor: float
     device: str
     part: str                       # Parquet part this task writes
+    amp: AmpMode = "fp32"
 
 
-def cached_model(checkpoint: str, device: str) -> torch.nn.Module:
+def cached_model(checkpoint: str, device: str) -> Detector:
     key = (checkpoint, device)
     if key not in _MODELS:
         torch.set_num_threads(worker_threads())
         tune_allocator()
         _MODELS.clear()  # one model per worker: a new checkpoint replaces the old one
         _MODELS[key] = load_model(Path(checkpoint), resolve_device(device))
-    return _MODELS[key][0]
+    return cast("Detector", _MODELS[key][0])  # checkpoints hold registry models: Detectors
 
 
 def detection_frame(frame_ids: list[str], dets: list[dict[str, torch.Tensor]],
@@ -81,25 +98,99 @@ def detection_frame(frame_ids: list[str], dets: list[dict[str, torch.Tensor]],
     ).with_columns(pl.col("vx_ego_mps", "vy_ego_mps").fill_nan(None))
 
 
+class Prefetcher(Generic[_T]):
+    """Runs an iterator on a daemon thread, up to `depth` items ahead of the consumer.
+
+    Iterate it in a `with` block: leaving the block early (an error in the consumer) stops the
+    producer at its next item. An exception in the producer is re-raised to the consumer, in
+    order, after the items before it.
+    """
+
+    def __init__(self, produce: Callable[[], Iterable[_T]], depth: int = _PREFETCH_BATCHES
+                 ) -> None:
+        self._queue: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(produce,), daemon=True,
+                                        name="kdpipe-prefetch")
+        self._thread.start()
+
+    def _run(self, produce: Callable[[], Iterable[_T]]) -> None:
+        try:
+            for item in produce():
+                if not self._put(("item", item)):
+                    return
+        except BaseException as e:  # handed to the consumer, which re-raises it
+            self._put(("error", e))
+            return
+        self._put(("done", None))
+
+    def _put(self, msg: tuple[str, Any]) -> bool:
+        # Bounded waits: a consumer that stopped early must not leave this blocked on a full queue.
+        while not self._stop.is_set():
+            try:
+                self._queue.put(msg, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def __iter__(self) -> Iterator[_T]:
+        while True:
+            kind, payload = self._queue.get()
+            if kind == "done":
+                return
+            if kind == "error":
+                raise payload
+            yield payload
+
+    def __enter__(self) -> Prefetcher[_T]:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _input_batches(task: InferTask, model: Detector, pin: bool
+                   ) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(first frame's position in the task, collated batch) for each batch, read and collated
+    here (the prefetch thread); tensors pinned when they go to CUDA (non-blocking copies)."""
+    arrays = [frame_arrays(pts, cams) for pts, cams in read_group_frames(
+        task.store, task.source, task.scene, task.frame_indices,
+        sensor_map(task.radar_sensor, model.modalities), model.config.point_cloud_range_m,
+        cameras=camera_channels(model))]
+    for start in range(0, len(arrays), task.batch_size):
+        batch = collate(arrays[start:start + task.batch_size], model.modalities)
+        if pin:
+            batch = {k: v.pin_memory() if torch.is_tensor(v) else v for k, v in batch.items()}
+        yield start, batch
+
+
+def forward_precision(device: torch.device, amp: AmpMode) -> contextlib.AbstractContextManager[Any]:
+    """The context the model forward runs in: autocast to bfloat16 for "bf16", else nothing."""
+    if amp == "fp32":
+        return contextlib.nullcontext()
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ConfigError(f"amp = 'bf16' asked for, but {torch.cuda.get_device_name(device)} "
+                          "has no bfloat16 support; use amp = 'fp32'")
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
 def run_task(task: InferTask) -> str:
     part = Path(task.part)
     if part.exists():  # finished before a kill
         return task.part
     model = cached_model(task.checkpoint, task.device)
     device = next(model.parameters()).device
-    pc_range = model.config.point_cloud_range_m
-    arrays = [frame_arrays(pts, cams) for pts, cams in read_group_frames(
-        task.store, task.source, task.scene, task.frame_indices,
-        sensor_map(task.radar_sensor, model.modalities), pc_range,
-        cameras=camera_channels(model))]
     frames_out = []
-    with torch.inference_mode():
-        for start in range(0, len(arrays), task.batch_size):
-            end = start + task.batch_size
-            out = model(to_device(collate(arrays[start:end], model.modalities), device))
+    prefetch = Prefetcher(lambda: _input_batches(task, model, pin=device.type == "cuda"))
+    with prefetch, torch.inference_mode():
+        for start, batch in prefetch:
+            with forward_precision(device, task.amp):  # the forward only: decode runs in fp32
+                out = model(to_device(batch, device))
             dets = model.decode(out, score_threshold=task.score_floor, top_k=task.top_k)
-            frames_out.append(detection_frame(list(task.frame_ids[start:end]), dets,
-                                              model.classes))
+            frames_out.append(detection_frame(
+                list(task.frame_ids[start:start + task.batch_size]), dets, model.classes))
     df = pl.concat(frames_out) if frames_out else pl.DataFrame(schema=DETECTIONS)
     tmp = part.with_name(part.name + ".tmp")
     df.write_parquet(tmp)
@@ -120,6 +211,22 @@ class InferenceSettings(Protocol):
     def score_floor(self) -> float: ...     # boxes below are not decoded
     @property
     def device(self) -> str: ...            # "auto", "cpu", "cuda", ...
+    @property
+    def amp(self) -> AmpMode: ...           # forward precision: "fp32" or "bf16" (autocast)
+
+
+def infer_tasks(store: IngestStore, checkpoint: Path, frames: pl.DataFrame,
+                settings: InferenceSettings, parts_dir: Path) -> list[InferTask]:
+    """One task per (source, scene) group of `frames`, in order, each writing a part in
+    `parts_dir` (also what benchmarks/teacher.py runs in-process)."""
+    tasks: list[InferTask] = []
+    for (source, scene), g in frames.group_by("source", "scene", maintain_order=True):
+        tasks.append(InferTask(
+            store, str(checkpoint), str(source), str(scene),
+            tuple(g["frame_id"].to_list()), tuple(int(i) for i in g["frame_index"]),
+            settings.radar_sensor, settings.batch_size, settings.top_k, settings.score_floor,
+            settings.device, str(parts_dir / f"{len(tasks):06d}.parquet"), settings.amp))
+    return tasks
 
 
 def infer(ctx: StageContext[Any], store: IngestStore, checkpoint: Path, frames: pl.DataFrame,
@@ -132,14 +239,7 @@ def infer(ctx: StageContext[Any], store: IngestStore, checkpoint: Path, frames: 
     """
     parts_dir = ctx.workdir / "_parts"
     parts_dir.mkdir(exist_ok=True)
-    tasks = []
-    for (source, scene), g in frames.group_by("source", "scene", maintain_order=True):
-        tasks.append(InferTask(
-            store, str(checkpoint), str(source), str(scene),
-            tuple(g["frame_id"].to_list()), tuple(int(i) for i in g["frame_index"]),
-            settings.radar_sensor, settings.batch_size, settings.top_k, settings.score_floor,
-            settings.device,
-            str(parts_dir / f"{len(tasks):06d}.parquet")))
+    tasks = infer_tasks(store, checkpoint, frames, settings, parts_dir)
     gpu = {"GPU": 1.0} if ctx.executor.has_resource("GPU") else None
     paths = ctx.map(run_task, tasks, desc="inference groups", resources=gpu)
     dets = pl.concat([pl.read_parquet(p) for p in paths]) if paths else \

@@ -32,7 +32,7 @@ from kdpipe.pipeline.stage import (
     StageContext,
     ZarrArtifact,
 )
-from kdpipe.runtime.inference import cleanup_parts, infer
+from kdpipe.runtime.inference import AmpMode, cleanup_parts, infer
 
 
 class EvaluateConfig(StageConfig):
@@ -43,6 +43,7 @@ class EvaluateConfig(StageConfig):
     top_k: int = Field(100, ge=1)
     score_floor: float = Field(0.01, ge=0.0, lt=1.0)
     device: str = "auto"
+    amp: AmpMode = "fp32"  # forward precision; "bf16": autocast (decode stays fp32)
     # nuScenes: where the devkit finds the tables; default: the ingest root and version
     nuscenes_dataroot: str | None = None
     nuscenes_version: str | None = None

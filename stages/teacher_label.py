@@ -19,7 +19,7 @@ from kdpipe.pipeline.stage import (
     StageContext,
     ZarrArtifact,
 )
-from kdpipe.runtime.inference import cleanup_parts, infer
+from kdpipe.runtime.inference import AmpMode, cleanup_parts, infer
 
 
 class TeacherLabelConfig(StageConfig):
@@ -29,6 +29,7 @@ class TeacherLabelConfig(StageConfig):
     top_k: int = Field(100, ge=1)         # boxes kept per frame after peak extraction
     score_floor: float = Field(0.01, ge=0.0, lt=1.0)  # below every threshold anyone would use
     device: str = "auto"
+    amp: AmpMode = "fp32"  # forward precision; "bf16": autocast (decode stays fp32)
 
 
 def run(ctx: StageContext[TeacherLabelConfig]) -> None:
