@@ -216,9 +216,13 @@ def make_loader(dataset: BatchDataset, sampler: EpochSampler, *, workers: int,
         extra = {"prefetch_factor": 2, "persistent_workers": True,
                  "worker_init_fn": _worker_init, "multiprocessing_context": "fork"
                  if "fork" in torch.multiprocessing.get_all_start_methods() else None}
+    # Its own generator: the loader draws worker seeds when an iterator starts (per epoch
+    # without workers, once with persistent ones); from torch's global generator that would
+    # shift the model's random stream (modality dropout) with the number of workers.
     return torch.utils.data.DataLoader(dataset, batch_size=None, sampler=sampler,
                                        num_workers=workers, pin_memory=pin_memory,
-                                       collate_fn=_identity, **extra)
+                                       collate_fn=_identity,
+                                       generator=torch.Generator().manual_seed(0), **extra)
 
 
 def _identity(x: Any) -> Any:

@@ -101,3 +101,21 @@ def test_ranks_split_each_global_batch() -> None:
             assert set(whole) <= {i for p in parts for i in p}
             if len(whole) >= world:
                 assert sorted(i for p in parts for i in p) == sorted(whole)
+
+
+def test_fit_gives_the_same_weights_with_or_without_loader_workers(store_frames, tmp_path: Path
+                                                                   ) -> None:  # type: ignore[no-untyped-def]
+    """The SCKD teacher draws modality dropout from torch's generator: the loader must not."""
+    from kdpipe.runtime.train_loop import fit
+
+    data = store_frames[4]
+    weights = []
+    for workers in (0, 2):
+        torch.manual_seed(0)
+        model = create_model("sckd-teacher", **TINY_DETECTOR)
+        cfg = OptimConfig(epochs=2, batch_size=4, loader_workers=workers, device="cpu")
+        (tmp_path / str(workers)).mkdir()
+        fit(model, data, cfg, workdir=tmp_path / str(workers), seed=1,
+            device=torch.device("cpu"))
+        weights.append(model.state_dict())
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
