@@ -144,3 +144,24 @@ def test_decode_of_a_tiny_model_batch_equals_reference(name: str) -> None:
             want = _reference_decode_boxes(out["heatmap"], out["box"], model.config, threshold)
             _assert_same(got, want)
     assert sum(len(d["scores"]) for d in got) > 0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_decode_on_cuda_equals_the_cpu_reference() -> None:
+    cfg = DetectorConfig(**TINY_DETECTOR, nms_iou_bev=0.1)
+    g = torch.Generator().manual_seed(5)
+    heat = torch.randn(8, len(cfg.classes), 24, 32, generator=g) * 2  # (B, K, H, W)
+    box = torch.randn(8, 8, 24, 32, generator=g)  # (B, 8, H, W)
+    box[:, 3:5] = box[:, 3:5] * 0.3 + 1.5
+    got = decode_boxes(heat.cuda(), box.cuda(), cfg, 0.05, 100)
+    assert got[0]["boxes"].is_cuda
+    cpu = [{k: v.cpu() for k, v in d.items()} for d in got]
+    # CUDA's atan2/exp may round differently from the CPU's: boxes are compared to 1e-5 (no
+    # IoU in these cases lies within rounding of the threshold, so the kept sets agree).
+    _assert_same(cpu, _reference_decode_boxes(heat, box, cfg, 0.05, 100))
+    for seed in range(20):
+        boxes, scores, valid, thr = _random_batch(seed)
+        order, keep = nms_bev_batched(boxes.cuda(), scores.cuda(), valid.cuda(), thr)
+        want = nms_bev_batched(boxes, scores, valid, thr)
+        assert torch.equal(order.cpu(), want[0]) and torch.equal(keep.cpu(), want[1]), seed
