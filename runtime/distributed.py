@@ -86,9 +86,12 @@ def train(job: TrainJob, device: torch.device, progress: Any = None) -> TrainRes
     launch: LaunchConfig = job.config.launch
     if launch.nproc * launch.nnodes == 1:
         setup = build(job, device)
+        seconds: list[float] = []
         log = fit(setup.model, setup.frames, job.config.optim, workdir=job.workdir,
-                  seed=job.seed, device=device, progress=progress, **setup.options)
-        return TrainResult(setup.model, log, {"world_size": 1, "devices": [str(device)]})
+                  seed=job.seed, device=device, progress=progress, epoch_seconds=seconds,
+                  **setup.options)
+        return TrainResult(setup.model, log, {"world_size": 1, "devices": [str(device)],
+                                              "epoch_seconds": seconds})
     job_file = job.workdir / "launch_job.pkl"  # other nodes join with this file
     job_file.write_bytes(pickle.dumps(job))
     results = _launch(job, launch)
@@ -173,10 +176,11 @@ def _rank_main(job: TrainJob) -> dict[str, Any]:
     try:
         setup = build(job, device)
         _maybe_drill_kill(job)
+        seconds: list[float] = []
         log = fit(setup.model, setup.frames, job.config.optim, workdir=job.workdir,
-                  seed=job.seed, device=device, **setup.options)
+                  seed=job.seed, device=device, epoch_seconds=seconds, **setup.options)
         world = {"world_size": dist.get_world_size(), "backend": backend,
-                 "devices": _all_devices(device)}
+                 "devices": _all_devices(device), "epoch_seconds": seconds}
         if dist.get_rank() == 0:
             torch.save(setup.model.state_dict(), job.workdir / "rank0_model.pt")
             torch.save({"log": log, "world": world}, job.workdir / "rank0_world.pt")

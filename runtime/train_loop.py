@@ -12,6 +12,7 @@ of each global batch inside DistributedDataParallel, and rank 0 writes the state
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypedDict, Unpack
@@ -98,6 +99,8 @@ class FitOptions(TypedDict, total=False):
 
     loss_fn: the loss (default: the model's own, `default_loss`; distillation adds its terms).
     progress: called with ("epochs", done, total) after each epoch.
+    epoch_seconds: a list that receives each epoch's wall time (for lineage, never the log:
+        artifacts must be byte-identical between runs).
     trainable: extra modules trained with the model, e.g. distillation adapters.
     modalities: what goes into each batch (default: the model's own; distillation adds the
         teacher's LiDAR).
@@ -105,6 +108,7 @@ class FitOptions(TypedDict, total=False):
 
     loss_fn: LossFn
     progress: Callable[[str, int, int], None] | None
+    epoch_seconds: list[float]
     trainable: Sequence[torch.nn.Module]
     modalities: Sequence[str] | None
 
@@ -194,6 +198,7 @@ def fit(model: torch.nn.Module, frames: FrameSource | Sequence[TrainFrame], cfg:
         for m in modules:
             m.train()
         sampler.set_epoch(epoch)
+        t0 = time.perf_counter()
         sums: dict[str, float] = {}
         points = dict.fromkeys((m for m in modalities if m in MODEL_FIELDS), 0.0)
         n_steps = 0
@@ -225,6 +230,7 @@ def fit(model: torch.nn.Module, frames: FrameSource | Sequence[TrainFrame], cfg:
             import torch.distributed as dist
 
             dist.barrier()
+        options.get("epoch_seconds", []).append(round(time.perf_counter() - t0, 3))
         if progress:
             progress("epochs", epoch + 1, cfg.epochs)
     for m in modules:
