@@ -119,3 +119,14 @@ def test_fit_gives_the_same_weights_with_or_without_loader_workers(store_frames,
             device=torch.device("cpu"))
         weights.append(model.state_dict())
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_bf16_autocast_trains_on_the_cpu_when_asked(store_frames, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from kdpipe.runtime.train_loop import fit
+
+    torch.manual_seed(0)
+    model = create_model("radar-only", **TINY_DETECTOR)
+    cfg = OptimConfig(epochs=2, batch_size=4, amp="bf16", device="cpu")
+    log = fit(model, store_frames[4], cfg, workdir=tmp_path, seed=1, device=torch.device("cpu"))
+    assert all(np.isfinite(r["loss"]) for r in log) and log[-1]["loss"] < log[0]["loss"]
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # weights stay fp32
