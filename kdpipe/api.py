@@ -126,7 +126,12 @@ def run_workflow(workflow: str | Path | Workflow, workspace: str, stages: Sequen
         results = execute(plan, ws, names, executor=executor, seed=wf.seed,
                           force=options.get("force", False), progress=progress,
                           on_stage=on_stage)
-    return {"workflow": wf.name, "workspace": ws.url, "stages": [asdict(r) for r in results]}
+    from kdpipe.results import summarize
+
+    report = {"workflow": wf.name, "workspace": ws.url, "stages": [asdict(r) for r in results]}
+    # results: headline metrics of every evaluated model (None when nothing was evaluated);
+    # warnings: one line per result that is not what it seems (kdpipe/results.py)
+    return {**report, **summarize(report)}
 
 
 def workflow_status(workflow: str | Path | Workflow, workspace: str,

@@ -66,6 +66,39 @@ def run(
     for r in report["stages"]:
         out.print(f"{r['stage']:<{width}} {r['status']:<7} {r['key']}  {r['seconds']:.1f}s  "
                   f"{r['path']}")
+    _print_results(report)
+
+
+def _print_results(report: dict[str, Any]) -> None:
+    """The results block (when something was evaluated), then one `warning:` line each."""
+    from rich.markup import escape
+
+    from kdpipe.results import render
+
+    if report.get("results"):
+        for table in render(report["results"]):
+            out.print(table)
+    for w in report.get("warnings", []):
+        out.print(f"[yellow]warning:[/] {escape(w)}", highlight=False)
+
+
+@app.command()
+def metrics(names: Annotated[list[str] | None, typer.Argument(
+                help="evaluate stages, STAGE/KEY or key prefixes (default: all)")] = None,
+            workspace: Ws = "workspace",
+            workflow: Annotated[Path | None, typer.Option(
+                "--workflow", "-w", help="only this workflow's current evaluate keys")] = None,
+            as_json: Json = False) -> None:
+    """Evaluate metrics of committed artifacts side by side, with a diff column."""
+    from kdpipe.results import MetricsQuery, metrics_show, render_metrics
+
+    rep = metrics_show(MetricsQuery(workspace, workflow, names or []))
+    if as_json:
+        _emit_json(rep)
+    elif not rep["columns"]:
+        out.print(f"no committed evaluate artifacts in {workspace}", highlight=False)
+    else:
+        out.print(render_metrics(rep))
 
 
 @app.command()
