@@ -77,7 +77,7 @@ def _print_results(report: dict[str, Any]) -> None:
 
     if report.get("results"):
         for table in render(report["results"]):
-            out.print(table)
+            _print_wide(table)
     for w in report.get("warnings", []):
         out.print(f"[yellow]warning:[/] {escape(w)}", highlight=False)
 
@@ -98,7 +98,15 @@ def metrics(names: Annotated[list[str] | None, typer.Argument(
     elif not rep["columns"]:
         out.print(f"no committed evaluate artifacts in {workspace}", highlight=False)
     else:
-        out.print(render_metrics(rep))
+        _print_wide(render_metrics(rep))
+
+
+def _print_wide(table: Any) -> None:
+    """A table at its natural width when output is not a terminal (rich would use 80)."""
+    from rich.measure import Measurement
+
+    need = Measurement.get(out, out.options.update_width(400), table).maximum
+    (out if out.is_terminal else Console(width=max(out.width, need))).print(table)
 
 
 @app.command()

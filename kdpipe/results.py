@@ -186,7 +186,7 @@ def render(res: dict[str, Any]) -> list[Any]:
 
     models = res["models"]
     t = Table(title="results", title_justify="left")
-    t.add_column("metric")
+    t.add_column("metric", no_wrap=True)
     for m in models:
         t.add_column(model_label(m), justify="right")
     labels = dict(VOD_HEADLINE + NUSCENES_HEADLINE)
@@ -198,7 +198,7 @@ def render(res: dict[str, Any]) -> list[Any]:
     t.add_row("highest detection score", *(_fmt(m["max_score"], 4) for m in models))
     tables = [t]
     data = Table(title="data", title_justify="left")
-    data.add_column("")
+    data.add_column("", no_wrap=True)
     cols = [*res["pseudo_labels"], *res["ingest"]]
     for c in cols:
         data.add_column(c["stage"], justify="right")
@@ -242,13 +242,14 @@ def _committed_evaluates(root: str) -> list[Artifact]:
     return found
 
 
-def flat_metrics(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:
-    out: dict[str, float] = {}
+def flat_metrics(metrics: dict[str, Any], prefix: str = "") -> dict[str, float | int]:
+    """Numeric metrics with nested keys joined by '.' (ints stay ints)."""
+    out: dict[str, float | int] = {}
     for k, v in sorted(metrics.items()):
         if isinstance(v, dict):
             out.update(flat_metrics(v, f"{prefix}{k}."))
         elif isinstance(v, int | float) and not isinstance(v, bool):
-            out[f"{prefix}{k}"] = float(v)
+            out[f"{prefix}{k}"] = v
     return out
 
 
@@ -272,6 +273,7 @@ def metrics_show(q: MetricsQuery) -> dict[str, Any]:
             raise ConfigError(f"metrics: no committed evaluate artifact matches "
                               f"{', '.join(unknown)} in {q.workspace}")
         arts = picked
+    arts.sort(key=lambda a: (str(a.lineage.get("end", "")), a.stage, a.key))  # oldest first
     cols = []
     for a in arts:
         cols.append({"stage": a.stage, "key": a.key, "checkpoint": _checkpoint(a),
@@ -289,17 +291,17 @@ def render_metrics(rep: dict[str, Any]) -> Any:
     from rich.table import Table
 
     t = Table()
-    t.add_column("metric")
+    t.add_column("metric", no_wrap=True)
     for c in rep["columns"]:
         ck = c["checkpoint"]
         t.add_column(f"{c['stage']}/{c['key'][:8]}\n{ck['stage']}/{str(ck['key'])[:8]}",
                      justify="right")
     if rep["diff"] is not None:
-        t.add_column("diff (last - first)", justify="right")
+        t.add_column("diff", justify="right")
     for k in rep["metrics"]:
         row = [_fmt(c["metrics"].get(k)) for c in rep["columns"]]
         if rep["diff"] is not None:
             d = rep["diff"].get(k)
-            row.append("-" if d is None else f"{d:+.2f}")
+            row.append("-" if d is None else f"{d:+d}" if isinstance(d, int) else f"{d:+.2f}")
         t.add_row(k, *row)
     return t
