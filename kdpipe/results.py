@@ -274,15 +274,13 @@ def metrics_show(q: MetricsQuery) -> dict[str, Any]:
                               f"{', '.join(unknown)} in {q.workspace}")
         arts = picked
     arts.sort(key=lambda a: (str(a.lineage.get("end", "")), a.stage, a.key))  # oldest first
-    cols = []
-    for a in arts:
-        cols.append({"stage": a.stage, "key": a.key, "checkpoint": _checkpoint(a),
-                     "end": a.lineage.get("end"),
-                     "metrics": flat_metrics(_read_json(a.file("metrics")))})
-    keys = list(dict.fromkeys(k for c in cols for k in c["metrics"]))
+    values = [flat_metrics(_read_json(a.file("metrics"))) for a in arts]
+    cols = [{"stage": a.stage, "key": a.key, "checkpoint": _checkpoint(a),
+             "end": a.lineage.get("end"), "metrics": v} for a, v in zip(arts, values, strict=True)]
+    keys = list(dict.fromkeys(k for v in values for k in v))
     diff = None
-    if len(cols) >= 2:
-        first, last = cols[0]["metrics"], cols[-1]["metrics"]
+    if len(values) >= 2:  # like `dvc metrics diff`: the newest minus the oldest
+        first, last = values[0], values[-1]
         diff = {k: last[k] - first[k] for k in keys if k in first and k in last}
     return {"workspace": ws.url, "columns": cols, "metrics": keys, "diff": diff}
 
