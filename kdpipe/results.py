@@ -38,6 +38,7 @@ class Artifact:
     key: str
     path: str
     lineage: dict[str, Any]
+    fs: Any  # the workspace's fsspec filesystem (paths carry no protocol)
 
     def file(self, port: str) -> str:
         return f"{self.path}/{self.lineage['outputs'][port]['file']}"
@@ -46,18 +47,18 @@ class Artifact:
         return set(self.lineage.get("outputs", {}))
 
 
-def _read_json(path: str) -> dict[str, Any]:
-    with fsspec.open(path, "rt") as f:
+def _read_json(fs: Any, path: str) -> dict[str, Any]:
+    with fs.open(path, "rt") as f:
         return dict(json.load(f))
 
 
-def _read_parquet(path: str, columns: list[str] | None = None) -> pl.DataFrame:
-    with fsspec.open(path, "rb") as f:
+def _read_parquet(fs: Any, path: str, columns: list[str] | None = None) -> pl.DataFrame:
+    with fs.open(path, "rb") as f:
         return pl.read_parquet(f, columns=columns)
 
 
-def _artifact(stage: str, key: str, path: str) -> Artifact:
-    return Artifact(stage, key, path, _read_json(f"{path}/_lineage.json"))
+def _artifact(fs: Any, stage: str, key: str, path: str) -> Artifact:
+    return Artifact(stage, key, path, _read_json(fs, f"{path}/_lineage.json"), fs)
 
 
 def _checkpoint(a: Artifact) -> dict[str, Any]:
@@ -66,7 +67,7 @@ def _checkpoint(a: Artifact) -> dict[str, Any]:
     stage, key = src.get("stage", "?"), src.get("key", "?")
     found = {"stage": stage, "key": key, "artifact": None, "file": None}
     try:
-        up = _read_json(f"{a.path.rsplit('/', 2)[0]}/{stage}/{key}/_lineage.json")
+        up = _read_json(a.fs, f"{a.path.rsplit('/', 2)[0]}/{stage}/{key}/_lineage.json")
     except (OSError, ValueError):
         return found
     for port, o in up.get("outputs", {}).items():
@@ -77,7 +78,7 @@ def _checkpoint(a: Artifact) -> dict[str, Any]:
 
 def model_result(a: Artifact) -> dict[str, Any]:
     """Headline metrics, per-class AP and the score range of one evaluate artifact."""
-    metrics = _read_json(a.file("metrics"))
+    metrics = _read_json(a.fs, a.file("metrics"))
     bench = metrics.get("benchmark", "vod")
     if bench == "nuscenes":
         headline = {k: metrics.get(k) for k, _ in NUSCENES_HEADLINE}
@@ -86,7 +87,7 @@ def model_result(a: Artifact) -> dict[str, Any]:
         headline = {k: metrics.get(k) for k, _ in VOD_HEADLINE}
         class_ap = {m["cls"]: v for k, v in sorted(metrics.items())
                     if (m := VOD_CLASS.match(k))}
-    scores = _read_parquet(a.file("eval_detections"), ["score"])["score"]
+    scores = _read_parquet(a.fs, a.file("eval_detections"), ["score"])["score"]
     return {"stage": a.stage, "key": a.key, "checkpoint": _checkpoint(a), "benchmark": bench,
             "headline": headline, "class_ap": class_ap, "detections": scores.len(),
             "max_score": scores.max() if scores.len() else None,
@@ -94,11 +95,12 @@ def model_result(a: Artifact) -> dict[str, Any]:
 
 
 def _sources(report: dict[str, Any]) -> list[Artifact]:
-    return [_artifact(r["stage"], r["key"], r["path"]) for r in report.get("stages", [])]
+    fs = fsspec.core.url_to_fs(str(report.get("workspace", ".")))[0]
+    return [_artifact(fs, r["stage"], r["key"], r["path"]) for r in report.get("stages", [])]
 
 
 def _pseudo_result(a: Artifact, classes: Iterable[str]) -> dict[str, Any]:
-    t = _read_parquet(a.file("pseudo_labels"), ["label", "state"])
+    t = _read_parquet(a.fs, a.file("pseudo_labels"), ["label", "state"])
     counts = dict(t.filter(pl.col("state") == "positive").group_by("label").len().iter_rows())
     counts = {c: int(counts.get(c, 0)) for c in sorted({*classes, *counts})}
     return {"stage": a.stage, "key": a.key, "sigma": a.lineage.get("config", {}).get("sigma"),
@@ -106,17 +108,17 @@ def _pseudo_result(a: Artifact, classes: Iterable[str]) -> dict[str, Any]:
 
 
 def _ingest_result(a: Artifact) -> dict[str, Any]:
-    frames = _read_parquet(a.file("frames"), ["frame_id"]).height
-    rej = _read_parquet(a.file("rejects"))
+    frames = _read_parquet(a.fs, a.file("frames"), ["frame_id"]).height
+    rej = _read_parquet(a.fs, a.file("rejects"))
     cols = [c for c in ("source", "frame") if c in rej.columns]
     rejected = rej.select(cols).unique().height if cols else rej.height
-    classes = sorted(set(_read_parquet(a.file("boxes"), ["label"])["label"].drop_nulls()))
+    classes = sorted(set(_read_parquet(a.fs, a.file("boxes"), ["label"])["label"].drop_nulls()))
     return {"stage": a.stage, "key": a.key, "frames": frames, "rejected_frames": rejected,
             "reject_rows": rej.height, "classes": classes}
 
 
 def _teacher_result(a: Artifact) -> dict[str, Any]:
-    s = _read_parquet(a.file("detections"), ["score"])["score"]
+    s = _read_parquet(a.fs, a.file("detections"), ["score"])["score"]
     return {"stage": a.stage, "key": a.key, "detections": s.len(),
             "min_score": s.min() if s.len() else None, "max_score": s.max() if s.len() else None}
 
@@ -228,15 +230,15 @@ class MetricsQuery:
     names: Sequence[str] = ()
 
 
-def _committed_evaluates(root: str) -> list[Artifact]:
-    fs, base = fsspec.core.url_to_fs(f"{root}/artifacts")
+def _committed_evaluates(fs: Any, root: str) -> list[Artifact]:
+    base = f"{root}/artifacts"
     found = []
     for lin in sorted(fs.glob(f"{base}/*/*/_lineage.json")):
         path = str(lin).rsplit("/", 1)[0]
         stage, key = path.rsplit("/", 2)[-2:]
         if key.endswith(".partial"):
             continue
-        a = Artifact(stage, key, path, _read_json(lin))
+        a = Artifact(stage, key, path, _read_json(fs, lin), fs)
         if EVALUATE_PORTS <= a.ports():
             found.append(a)
     return found
@@ -258,7 +260,7 @@ def metrics_show(q: MetricsQuery) -> dict[str, Any]:
     from kdpipe.pipeline.store import Workspace
 
     ws = Workspace(q.workspace, create=False).require()
-    arts = _committed_evaluates(str(ws.root))
+    arts = _committed_evaluates(ws.fs, str(ws.root))
     if q.workflow is not None:
         from kdpipe.api import workflow_status
 
@@ -274,7 +276,7 @@ def metrics_show(q: MetricsQuery) -> dict[str, Any]:
                               f"{', '.join(unknown)} in {q.workspace}")
         arts = picked
     arts.sort(key=lambda a: (str(a.lineage.get("end", "")), a.stage, a.key))  # oldest first
-    values = [flat_metrics(_read_json(a.file("metrics"))) for a in arts]
+    values = [flat_metrics(_read_json(a.fs, a.file("metrics"))) for a in arts]
     cols = [{"stage": a.stage, "key": a.key, "checkpoint": _checkpoint(a),
              "end": a.lineage.get("end"), "metrics": v} for a, v in zip(arts, values, strict=True)]
     keys = list(dict.fromkeys(k for v in values for k in v))
