@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from kdpipe.pipeline.errors import ConfigError
+from kdpipe.pipeline.threads import thread_env
 
 
 class Executor(Protocol):
@@ -97,8 +98,16 @@ class DaskExecutor:
                     self._cluster = LocalCluster(
                         n_workers=self.n_workers or machine_cores(), threads_per_worker=1,
                         processes=True, dashboard_address=":0", silence_logs=logging.CRITICAL,
-                        env={k: str(v) for k, v in spawn_env.items() if v is not None})
+                        env={**{k: str(v) for k, v in spawn_env.items() if v is not None},
+                             # one core each: BLAS/OpenMP pools of 1 that sleep, not spin
+                             **thread_env(1)})
                 self._client = Client(self._cluster)
+            # Workers import numpy before a nanny's environment reaches them (OpenBLAS had
+            # started with a thread per core): size every pool in each worker, now and on
+            # workers that join later.
+            from kdpipe.pipeline.dask_plugins import PinThreads
+
+            self._client.register_plugin(PinThreads(), name="kdpipe-pin-threads")
         return self._client
 
     def map(self, fn: Callable[[Any], Any], items: Sequence[Any], *, name: str,

@@ -49,3 +49,16 @@ def process_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         return os.cpu_count() or 1
+
+
+def pool_report(_: object = None) -> dict[str, Any]:
+    """This process's thread pools as they are now: BLAS/OpenMP pools (threadpoolctl), torch's
+    intra-op threads when torch is loaded, and the OpenMP wait policy (a Dask task: the
+    argument is ignored)."""
+    from threadpoolctl import threadpool_info
+
+    torch = sys.modules.get("torch")
+    return {"pools": sorted((str(p["internal_api"]), int(p["num_threads"]))
+                            for p in threadpool_info()),
+            "torch": torch.get_num_threads() if torch is not None else None,
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}

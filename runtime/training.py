@@ -10,9 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 import polars as pl
-import torch
 
 from kdpipe.pipeline.stage import StageContext
+from kdpipe.pipeline.threads import limit_threads
 from kdpipe.runtime.checkpoints import input_refs, save_checkpoint
 from kdpipe.runtime.distributed import TrainJob, train
 from kdpipe.runtime.frames import train_points
@@ -22,7 +22,8 @@ from kdpipe.runtime.model_data import resolve_device, tune_allocator, worker_thr
 def run_training(ctx: StageContext[Any], builder: str, model_port: str, log_port: str) -> None:
     """Train what `builder` ("module:function") builds and write `model_port` / `log_port`."""
     cfg = ctx.config
-    torch.set_num_threads(worker_threads())
+    # torch, BLAS and OpenMP pools sized to this process's cores (recorded in lineage)
+    ctx.facts["threads"] = limit_threads(worker_threads())
     tune_allocator()
     device = resolve_device(cfg.optim.device)
     job = TrainJob(builder, ctx.stage, ctx.key, cfg, dict(ctx.inputs), ctx.workdir, ctx.seed)
