@@ -7,8 +7,8 @@ are picked here by the field names written in the Zarr attributes, never by posi
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, TypedDict, Unpack
+from collections.abc import Mapping, Sequence
+from typing import TypedDict, Unpack
 
 import numpy as np
 import polars as pl
@@ -169,8 +169,3 @@ def tune_allocator() -> None:
 def worker_threads() -> int:
     """Torch threads for this process: Dask workers pin OMP_NUM_THREADS=1; honour it."""
     return max(1, int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1)))
-
-
-def batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
-    for i in range(0, len(items), size):
-        yield items[i:i + size]
