@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from kdpipe.datasets.common import (
     SENSOR_FIELDS,
@@ -43,6 +43,22 @@ class VodIngestConfig(IngestConfig):
 
     format: Literal["vod"] = "vod"
     block_frames: int = Field(64, gt=0)  # frames per group (VoD has no scene ids)
+    # source name -> split of the frames no ImageSets file lists (else ""), e.g. a root of raw
+    # drives: { vod = "unlabeled" }; listed frames keep their split
+    unlisted_split: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _unlisted_sources(self) -> VodIngestConfig:
+        names = self.names or [Path(r).name for r in self.roots]
+        unknown = sorted(set(self.unlisted_split) - set(names))
+        if unknown:
+            raise ValueError(f"unlisted_split names unknown source(s) {', '.join(unknown)} "
+                             f"(sources: {', '.join(names)})")
+        bad = sorted(f"{k} = {v!r}" for k, v in self.unlisted_split.items() if v not in SPLITS)
+        if bad:
+            raise ValueError(f"unlisted_split: {', '.join(bad)} is not a split "
+                             f"(one of {', '.join(SPLITS)})")
+        return self
 
 
 @dataclass(frozen=True)
@@ -56,6 +72,7 @@ class VodTask:
     zarr_root: str
     storage: Storage
     duplicates: dict[str, FormatError] = field(default_factory=dict)  # frame -> its reject
+    unlisted_split: str = ""  # the split of frames no ImageSets file lists
 
 
 def plan_vod(root: Path, source: str, block_frames: int
@@ -98,7 +115,7 @@ def ingest_vod_group(task: VodTask) -> dict[str, Any]:
         try:
             if fid in task.duplicates:
                 raise task.duplicates[fid]
-            _frame(w, layout, fid, task.split_of.get(fid, ""), has_acc, log)
+            _frame(w, layout, fid, task.split_of.get(fid, task.unlisted_split), has_acc, log)
         except FormatError as e:
             w.reject(fid, e.path, e.check, e.reason)
     w.write(Path(task.zarr_root))
@@ -159,7 +176,8 @@ def make_tasks(cfg: VodIngestConfig, source: str, root: Path, workdir: Path, zar
     groups, split_of, dups = plan_vod(root, source, cfg.block_frames)
     return [VodTask(str(root), source, scene, tuple(ids),
                     {f: split_of[f] for f in ids if f in split_of}, str(workdir), str(zarr_root),
-                    storage, {f: dups[f] for f in ids if f in dups})
+                    storage, {f: dups[f] for f in ids if f in dups},
+                    cfg.unlisted_split.get(source, ""))
             for scene, ids in groups]
 
 
