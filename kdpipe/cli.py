@@ -19,9 +19,38 @@ app.add_typer(synth_app, name="synth")
 err = Console(stderr=True, soft_wrap=True)
 out = Console(soft_wrap=True)
 
+# One spelling and one default per shared option in every command: a workflow is required
+# wherever it is what runs (run, status, curate, audit; no command guesses one), and an
+# optional filter in gc and metrics.
 Workflow = Annotated[Path, typer.Option("--workflow", "-w", help="workflow TOML file")]
+WorkflowFilter = Annotated[Path | None, typer.Option(
+    "--workflow", "-w", help="workflow TOML file; only its current keys (default: all)")]
 Ws = Annotated[str, typer.Option("--workspace", help="workspace directory or fsspec URL")]
 Json = Annotated[bool, typer.Option("--json", help="machine-readable output on stdout")]
+Set = Annotated[list[str] | None, typer.Option(
+    "--set", help="STAGE.KEY=VALUE over the workflow file (repeatable)")]
+
+
+def _version(show: bool) -> None:
+    """`kdpipe --version`: the installed distribution's version (its metadata, not a
+    constant that could drift from what pip installed)."""
+    if not show:
+        return
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        v = version("kdpipe")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        from kdpipe import __version__ as v
+    sys.stdout.write(f"kdpipe {v}\n")
+    raise typer.Exit()
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option(
+        "--version", help="print the installed kdpipe version and exit", is_eager=True,
+        callback=_version)] = False) -> None:
+    """Cross-modality knowledge distillation pipeline for radar detectors."""
 
 
 def _emit_json(obj: Any) -> None:
@@ -37,10 +66,10 @@ Wait = Annotated[bool, typer.Option(help="wait for the workspace lock instead of
 
 @app.command()
 def run(
+    workflow: Workflow,
     stages: StageList = None,
-    workflow: Workflow = Path("workflows/smoke.toml"),
     workspace: Ws = "workspace",
-    set_: Annotated[list[str] | None, typer.Option("--set", help="STAGE.KEY=VALUE")] = None,
+    set_: Set = None,
     scheduler: Scheduler = None,
     from_: From = None,
     to: Annotated[list[str] | None, typer.Option("--to", help="this stage and upstream")] = None,
@@ -85,9 +114,7 @@ def _print_results(report: dict[str, Any]) -> None:
 @app.command()
 def metrics(names: Annotated[list[str] | None, typer.Argument(
                 help="evaluate stages, STAGE/KEY or key prefixes (default: all)")] = None,
-            workspace: Ws = "workspace",
-            workflow: Annotated[Path | None, typer.Option(
-                "--workflow", "-w", help="only this workflow's current evaluate keys")] = None,
+            workspace: Ws = "workspace", workflow: WorkflowFilter = None,
             as_json: Json = False) -> None:
     """Evaluate metrics of committed artifacts side by side, with a diff column."""
     from kdpipe.results import MetricsQuery, metrics_show, render_metrics
@@ -110,8 +137,7 @@ def _print_wide(table: Any) -> None:
 
 
 @app.command()
-def status(workflow: Workflow = Path("workflows/smoke.toml"), workspace: Ws = "workspace",
-           set_: Annotated[list[str] | None, typer.Option("--set")] = None,
+def status(workflow: Workflow, workspace: Ws = "workspace", set_: Set = None,
            as_json: Json = False) -> None:
     """Each stage: up to date, stale (and why) or missing."""
     from kdpipe.api import workflow_status
@@ -189,9 +215,14 @@ def _synth_out(out_dir: Path, overwrite: bool) -> None:
             child.unlink()
 
 
+SynthOut = Annotated[Path, typer.Argument(help="folder to write the world into (new or empty)")]
+Seed = Annotated[int, typer.Option(help="random seed (same seed, same files)")]
+
+
 @synth_app.command("vod")
-def synth_vod(out_dir: Path, frames: Annotated[int, typer.Option(min=1)] = 64,
-              seed: int = 0, overwrite: Overwrite = False, as_json: Json = False) -> None:
+def synth_vod(out_dir: SynthOut,
+              frames: Annotated[int, typer.Option(min=1, help="frames to write")] = 64,
+              seed: Seed = 0, overwrite: Overwrite = False, as_json: Json = False) -> None:
     """A synthetic View-of-Delft world (LiDAR, 4D radar, camera, labels, calib, poses)."""
     from kdpipe.datasets.synth import write_vod
 
@@ -201,8 +232,9 @@ def synth_vod(out_dir: Path, frames: Annotated[int, typer.Option(min=1)] = 64,
 
 
 @synth_app.command("nuscenes")
-def synth_nuscenes(out_dir: Path, scenes: Annotated[int, typer.Option(min=1)] = 2,
-                   seed: int = 0, overwrite: Overwrite = False, as_json: Json = False) -> None:
+def synth_nuscenes(out_dir: SynthOut,
+                   scenes: Annotated[int, typer.Option(min=1, help="scenes to write")] = 2,
+                   seed: Seed = 0, overwrite: Overwrite = False, as_json: Json = False) -> None:
     """A synthetic nuScenes v1.0-mini world (tables, LIDAR_TOP, 5 radars, cameras)."""
     from kdpipe.datasets.synth import write_nuscenes
 
@@ -212,10 +244,7 @@ def synth_nuscenes(out_dir: Path, scenes: Annotated[int, typer.Option(min=1)] = 
 
 
 @app.command()
-def gc(workspace: Ws = "workspace",
-       workflow: Annotated[Path | None, typer.Option(
-           "--workflow", "-w", help="also list this workflow's committed artifacts whose key "
-           "is not the current one")] = None,
+def gc(workspace: Ws = "workspace", workflow: WorkflowFilter = None,
        yes: Annotated[bool, typer.Option("--yes", help="delete (default: only list)")] = False,
        wait: Wait = False, as_json: Json = False) -> None:
     """List (with --yes: delete) stale .partial work dirs, leftovers and superseded artifacts."""
@@ -280,8 +309,8 @@ Opt = typer.Option
 
 @app.command("curate")
 def curate(
-    workflow: Annotated[Path, Opt("--workflow", "-w", help="workflow TOML file")],
-    workspace: Annotated[str, Opt("--workspace", help="workspace directory")] = "workspace",
+    workflow: Workflow,
+    workspace: Ws = "workspace",
     where: Annotated[list[str] | None, Opt("--where", help="SQL filter over the frame table, "
                                            "e.g. \"n_radar > 150\" (repeatable; replaces the "
                                            "config's)")] = None,
@@ -290,13 +319,13 @@ def curate(
     budget: Annotated[int | None, Opt(help="frames to select", min=1)] = None,
     seed: Annotated[int | None, Opt(help="tie-break / diversity seed")] = None,
     stage: Annotated[str | None, Opt(help="which curate stage of the workflow")] = None,
-    set_: Annotated[list[str] | None, Opt("--set", help="STAGE.KEY=VALUE")] = None,
+    set_: Set = None,
     export: Annotated[str | None, Opt(help="kitti | nuscenes | csv")] = None,
     out: Annotated[Path | None, Opt("--out", help="export folder (new or empty)")] = None,
     split_name: Annotated[str, Opt(help="kitti: ImageSets/<name>.txt")] = "train",
     files: Annotated[str, Opt(help="kitti: hardlink | symlink | copy the raw files")] = "hardlink",
     scheduler: Annotated[str | None, Opt(help="sync | local[:N] | tcp://HOST:PORT")] = None,
-    as_json: Annotated[bool, Opt("--json", help="machine-readable output on stdout")] = False,
+    as_json: Json = False,
 ) -> None:
     """Select the frames most worth labeling (curate stage) and optionally export them."""
     from kdpipe import curate_cli
@@ -310,7 +339,7 @@ def curate(
 @app.command("show")
 def show(
     frame: Annotated[str, typer.Argument(help="frame id (vod/00549) or unique native id")],
-    workspace: Annotated[str, Opt("--workspace", help="workspace dir")] = "workspace",
+    workspace: Ws = "workspace",
     out: Annotated[Path | None, Opt("--out", help="PNG path (default "
                                     "<frame_id>.png here)")] = None,
     detections: Annotated[str | None, Opt(help="stage name or Parquet path of scored "
@@ -321,7 +350,7 @@ def show(
                                 "(needs a display)")] = False,
     weights: Annotated[bool, Opt("--weights", help="draw the frame's IMKD weight map "
                                  "(imkd-weights) under the points")] = False,
-    as_json: Annotated[bool, Opt("--json", help="machine-readable output")] = False,
+    as_json: Json = False,
 ) -> None:
     """Render one frame's bird's-eye view (LiDAR, radar, GT, optional detections) to a PNG."""
     from kdpipe import show as show_cli
@@ -333,9 +362,9 @@ def show(
 
 @app.command("audit")
 def audit(
-    workflow: Annotated[Path, Opt("--workflow", "-w", help="workflow TOML file")],
-    workspace: Annotated[str, Opt("--workspace", help="workspace directory")] = "workspace",
-    set_: Annotated[list[str] | None, Opt("--set", help="STAGE.KEY=VALUE")] = None,
+    workflow: Workflow,
+    workspace: Ws = "workspace",
+    set_: Set = None,
     precision_target: Annotated[float | None, Opt(
         help="recommend the lowest threshold reaching this precision (else best F1)",
         min=0.0, max=1.0)] = None,
@@ -344,7 +373,7 @@ def audit(
         "pseudo-label.class_thresholds")] = None,
     scheduler: Annotated[str | None, Opt(help="sync | local[:N] | tcp://HOST:PORT")] = None,
     force: Annotated[bool, Opt(help="re-run the audit even if cached")] = False,
-    as_json: Annotated[bool, Opt("--json", help="machine-readable output on stdout")] = False,
+    as_json: Json = False,
 ) -> None:
     """Audit pseudo-labels against held-out ground truth (PR/F1/AP, calibration, thresholds)."""
     from kdpipe import audit_cli
