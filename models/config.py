@@ -80,6 +80,10 @@ class DetectorConfig(BaseModel):
     upsample_filters: tuple[int, ...]
     head_channels: int
 
+    # Radar students: residual dilated-conv alignment blocks after the radar encoder (0 = off;
+    # RadarDistill's cross-modality alignment, models/align.py).
+    radar_align_layers: int = 0
+
     # SCKD teacher only.
     fusion: Literal["af", "concat"] = "af"
     p_drop: float = 0.2  # P_drop of the modality dropout gate (Eq. 6-7)
@@ -136,6 +140,8 @@ class DetectorConfig(BaseModel):
                 f"BEV grid {self.grid_size} not divisible by head stride {self.out_stride}")
         if not self.classes:
             raise ValueError("classes must not be empty")
+        if self.radar_align_layers < 0:
+            raise ValueError("radar_align_layers must be >= 0")
         if self.min_gaussian_radius < 1:
             raise ValueError("min_gaussian_radius must be >= 1 cell")
         if not (0.0 <= self.p_drop <= 1.0 and 0.0 <= self.p_lidar <= 1.0):

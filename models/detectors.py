@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
+from .align import RadarAlign
 from .backbone import CenterHead, SecondBackbone
 from .config import BOX_CODE_SIZE, DetectorConfig
 from .decode import decode_boxes
@@ -149,10 +150,16 @@ class SingleModalityDetector(CenterPointDetector):
         self.modalities = (modality,)
         n_feat = config.lidar_features if modality == "lidar" else config.radar_features
         self.encoder = _encoder(config, n_feat)
+        layers = config.radar_align_layers if modality == "radar" else 0
+        self.align = RadarAlign(config.encoder_channels, layers) if layers else None
 
     def encode(self, batch: Mapping[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
         f = self.encoder(batch.get(self.modality), int(batch["batch_size"]))  # (B, C, H, W)
-        return f, {self.modality: f}
+        if self.align is None:
+            return f, {self.modality: f}
+        # The tap is the aligned map (what the backbone sees and what distillation pulls on).
+        aligned = self.align(f)
+        return aligned, {self.modality: aligned, f"{self.modality}_raw": f}
 
 
 @register_model("sckd-teacher")

@@ -4,14 +4,15 @@
   pulled toward the teacher's LiDAR BEV map.
 - FRFD: MSE(Concat[Adapter_L'(F_R^S), Adapter_R'(F_R^S)], F_fusion^T) with two separate adapters
   (one adapter, "FRFD*", maps straight to the 2C fused channels).
-Both tap the BEV maps before the 2D backbone. The paper's weights (alpha = beta = 3e-4) only make
-sense for a summed squared error (a mean over ~0.5 M elements would make the terms vanish), so
-the MSE here is summed over (C, H, W) and averaged over the batch: our reading, not stated.
+Both tap the BEV maps before the 2D backbone; `models/kd/` registers them as the methods "lrfd"
+and "frfd" beside the other feature-distillation methods, and `KDLoss` sums them. The paper's
+weights (alpha = beta = 3e-4) only make sense for a summed squared error (a mean over ~0.5 M
+elements would make the terms vanish), so the MSE here is summed over (C, H, W) and averaged
+over the batch: our reading, not stated.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any, TypedDict, Unpack
+from typing import TypedDict, Unpack
 
 import torch
 from torch import nn
@@ -72,37 +73,3 @@ class SCKDAdapters(nn.Module):
     def frfd(self, f_student: torch.Tensor, f_fusion: torch.Tensor) -> torch.Tensor:
         assert self.fusion is not None
         return feature_mse(torch.cat([a(f_student) for a in self.fusion], 1), f_fusion)
-
-
-class SCKDLoss:
-    """SCKD's training objective, L = L_det + alpha * L_LRFD + beta * L_FRFD, as `fit`'s loss.
-
-    L_det is the student's own detection loss on the batch's targets (SSOD pseudo-labels and/or
-    GT: the targets say which). The frozen teacher (eval mode: no modality dropout) runs on the
-    same augmented batch only when a feature term is on; its "lidar" and "fusion" taps are the
-    targets. The adapters are trained with the student (pass them to `fit(trainable=...)`).
-    """
-
-    def __init__(self, teacher: nn.Module, adapters: SCKDAdapters, lrfd_weight: float,
-                 frfd_weight: float) -> None:
-        self.teacher, self.adapters = teacher, adapters
-        self.lrfd_weight, self.frfd_weight = lrfd_weight, frfd_weight
-
-    def __call__(self, model: nn.Module, batch: dict[str, Any], targets: list[dict[str, Any]],
-                 frames: Sequence[Any] = ()) -> dict[str, torch.Tensor]:
-        out = model(batch)
-        det = model.loss(out, targets)
-        losses = {"loss_det": det["loss"], **{k: v for k, v in det.items() if k != "loss"}}
-        total = losses["loss_det"]
-        if self.lrfd_weight > 0 or self.frfd_weight > 0:
-            with torch.no_grad():                                # teacher: eval mode, frozen
-                t_feat = self.teacher(batch)["features"]
-            f_s = out["features"]["radar"]                        # (B, C, H, W)
-            if self.lrfd_weight > 0:
-                losses["loss_lrfd"] = self.adapters.lrfd(f_s, t_feat["lidar"])
-                total = total + self.lrfd_weight * losses["loss_lrfd"]
-            if self.frfd_weight > 0:
-                losses["loss_frfd"] = self.adapters.frfd(f_s, t_feat["fusion"])
-                total = total + self.frfd_weight * losses["loss_frfd"]
-        losses["loss"] = total
-        return losses

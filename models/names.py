@@ -30,3 +30,39 @@ def check_model_name(name: str) -> str:
         raise PydanticCustomError("unknown_model", "unknown model '{got}' (known: {known})",
                                   {"got": name, "known": ", ".join(known)})
     return name
+
+
+# KD methods (models/kd/methods.py) and the options each accepts, torch-free for the same reason;
+# tests/models/test_kd.py keeps this equal to the registered builders' signatures.
+KD_METHODS: dict[str, tuple[str, ...]] = {
+    "activation": ("tap", "teacher_tap", "kernel", "threshold", "background_weight"),
+    "fg-gaussian": ("tap", "teacher_tap", "kernel", "background_weight"),
+    "frfd": ("kernel", "adapters"),
+    "lrfd": ("kernel",),
+    "proposal": ("tap", "kernel", "threshold"),
+    "radardistill": ("align_layers", "afd_weight", "pfd_weight", "threshold"),
+    "response": ("threshold", "box_weight"),
+}
+
+
+def check_kd_terms(terms: dict[str, dict[str, object]]) -> dict[str, dict[str, object]]:
+    """`terms` ({method: {"weight": w, option: value, ...}}) if every method and option is known
+    (a pydantic field validator; values are checked when the method is built).
+
+    Raises:
+        PydanticCustomError: unknown method or option, or a weight that is not a number >= 0.
+    """
+    for name, table in terms.items():
+        if name not in KD_METHODS:
+            raise PydanticCustomError("unknown_kd", "unknown KD method '{got}' (known: {known})",
+                                      {"got": name, "known": ", ".join(sorted(KD_METHODS))})
+        bad = sorted(set(table) - {"weight", *KD_METHODS[name]})
+        if bad:
+            raise PydanticCustomError(
+                "unknown_kd_option", "KD method '{m}' has no option {bad} (options: {known})",
+                {"m": name, "bad": ", ".join(bad), "known": ", ".join(KD_METHODS[name])})
+        w = table.get("weight", 1.0)
+        if isinstance(w, bool) or not isinstance(w, int | float) or w < 0:
+            raise PydanticCustomError("bad_kd_weight", "KD method '{m}': weight must be a "
+                                      "number >= 0, got {w}", {"m": name, "w": w})
+    return terms

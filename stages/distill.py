@@ -4,6 +4,11 @@ L_total = alpha * L_LRFD + beta * L_FRFD + L_SSOD (+ L_GT, off in SCKD's best ru
 - SSOD: the teacher's pseudo-labels on unlabeled frames (`pseudo-label` output) as detection
   targets (focal heatmap + L1 box), the ignore band honoured (no loss around ignored boxes);
 - LRFD / FRFD: feature distillation at the BEV maps before the 2D backbone (`models/distill.py`);
+- more feature-distillation methods by name (`kd`, models/kd/: fg-gaussian, activation,
+  proposal, response, radardistill), each with its weight and options, e.g.
+      [distill.kd.fg-gaussian]
+      weight = 1.0
+      tap = "bev"
 - GT: labeled frames with their ground truth, when `gt = true`.
 Each term can be switched off, which is how the ablation table is made.
 
@@ -20,7 +25,7 @@ from typing import Any
 import torch
 from pydantic import Field, field_validator, model_validator
 
-from kdpipe.models.names import check_model_name
+from kdpipe.models.names import check_kd_terms, check_model_name
 from kdpipe.pipeline.stage import (
     CheckpointArtifact,
     ParquetArtifact,
@@ -45,6 +50,7 @@ class DistillConfig(StageConfig):
     frfd_weight: float = Field(3e-4, ge=0.0)   # beta; 0 switches FRFD off
     frfd_adapters: int = Field(2, ge=1, le=2)  # 1 = the paper's FRFD* ablation
     adapter_kernel: int = Field(3, ge=1)
+    kd: dict[str, dict[str, Any]] = Field(default_factory=dict)  # {method: {weight, options}}
     unlabeled_splits: list[str] = Field(default_factory=lambda: ["unlabeled"])
     gt_splits: list[str] = Field(default_factory=lambda: ["train"])
     max_unlabeled_frames: int | None = None
@@ -53,18 +59,26 @@ class DistillConfig(StageConfig):
     launch: LaunchConfig = LaunchConfig()  # nproc > 1: data-parallel ranks (runtime/distributed.py)
 
     _student_name = field_validator("student")(check_model_name)  # at plan time
+    _kd_terms = field_validator("kd")(check_kd_terms)
+
+    @property
+    def feature_kd(self) -> bool:
+        return self.lrfd_weight > 0 or self.frfd_weight > 0 or bool(self.kd)
 
     @model_validator(mode="after")
     def _some_target(self) -> DistillConfig:
         if not (self.ssod or self.gt):
             raise ValueError("distill needs detection targets: set ssod and/or gt")
+        twice = {"lrfd": self.lrfd_weight, "frfd": self.frfd_weight}
+        for name in sorted(k for k, w in twice.items() if w > 0 and k in self.kd):
+            raise ValueError(f"{name} is set twice: by {name}_weight and by kd.{name}")
         return self
 
 
 def build(job: TrainJob, device: torch.device) -> TrainSetup:
-    """Student, adapters and SCKD loss around the frozen teacher (every rank the same)."""
+    """Student, KD terms and loss around the frozen teacher (every rank the same)."""
     from kdpipe.models import create_model
-    from kdpipe.models.distill import SCKDAdapters, SCKDLoss
+    from kdpipe.models.kd import KDLoss, KDShapes, create_kd, get_kd
     from kdpipe.runtime.checkpoints import load_model
 
     cfg = job.config
@@ -72,20 +86,33 @@ def build(job: TrainJob, device: torch.device) -> TrainSetup:
     for p in teacher.parameters():
         p.requires_grad_(False)
     torch.manual_seed(job.seed)
-    student = create_model(cfg.student, **student_config(teacher, cfg.detector)).to(device)
-    feature_kd = cfg.lrfd_weight > 0 or cfg.frfd_weight > 0
+    deltas = dict(cfg.detector)
+    for name, table in cfg.kd.items():  # e.g. radardistill's alignment module in the student
+        deltas.update(get_kd(name).student_overrides(table))
+    student = create_model(cfg.student, **student_config(teacher, deltas)).to(device)
     # The teacher's LiDAR is read and batched only when a feature term needs the teacher.
-    modalities = ("lidar", "radar") if feature_kd else tuple(student.modalities)
+    modalities = ("lidar", "radar") if cfg.feature_kd else tuple(student.modalities)
     spec = FrameSpec(modalities, cfg.radar_sensor, student.config.point_cloud_range_m,
                      9 if student.config.with_velocity else 7)
     data = training_frames(job.stage, cfg, job.inputs, student.classes, spec)
-    c_s = student.config.encoder_channels
     c_l = teacher.config.encoder_channels
-    adapters = SCKDAdapters(c_s, c_l, 2 * c_l, lrfd=cfg.lrfd_weight > 0,
-                            frfd=cfg.frfd_weight > 0, frfd_adapters=cfg.frfd_adapters,
-                            kernel=cfg.adapter_kernel).to(device)
-    loss_fn = SCKDLoss(teacher, adapters, cfg.lrfd_weight, cfg.frfd_weight)
-    return TrainSetup(student, data, {"loss_fn": loss_fn, "trainable": [adapters],
+    shapes = KDShapes(student.config.encoder_channels, c_l,
+                      2 * c_l if "lidar" in teacher.modalities and "radar" in teacher.modalities
+                      else c_l, student.backbone.out_channels, teacher.backbone.out_channels,
+                      len(student.classes), student.config.box_code_size)
+    methods: dict[str, tuple[float, dict[str, Any]]] = {}
+    if cfg.lrfd_weight > 0:
+        methods["lrfd"] = (cfg.lrfd_weight, {"kernel": cfg.adapter_kernel})
+    if cfg.frfd_weight > 0:
+        methods["frfd"] = (cfg.frfd_weight, {"kernel": cfg.adapter_kernel,
+                                             "adapters": cfg.frfd_adapters})
+    for name, table in cfg.kd.items():
+        methods[name] = (float(table.get("weight", 1.0)),
+                         {k: v for k, v in table.items() if k != "weight"})
+    terms = {name: (w, create_kd(name, shapes, **opts).to(device))
+             for name, (w, opts) in methods.items()}
+    loss_fn = KDLoss(teacher, terms)
+    return TrainSetup(student, data, {"loss_fn": loss_fn, "trainable": [loss_fn.trainable],
                                       "modalities": modalities})
 
 
