@@ -34,7 +34,7 @@ class SynthConfig(BaseModel, frozen=True, extra="forbid"):
     radar_max_range_m: float = 100.0
     radar_fov_deg: float = 60.0              # half-angle in azimuth
     radar_object_rate: float = 1.0           # multiplies the per-class detection rates
-    radar_ground_clutter: float = 300.0      # ground clutter candidates per scan (~half visible)
+    radar_ground_clutter: float = 380.0      # VoD ground clutter candidates per scan (~45% kept)
     radar_ghosts: float = 3.0                # expected multipath ghosts per scan
     vod_radar_period_s: float = 1.0 / 13.0   # ZF FRGen21 runs at about 13 Hz
     nus_radar_object_rate: float = 0.6       # ARS408 clusters are sparser than 4D radar points

@@ -20,7 +20,13 @@ from kdpipe.datasets.synth.camera import render, save_jpeg
 from kdpipe.datasets.synth.config import SynthConfig
 from kdpipe.datasets.synth.geometry import FloatArray, frame_rng, invert, yaw_pose
 from kdpipe.datasets.synth.lidar import VOD_ELEVATIONS_DEG, LidarScan, lidar_spec, scan_lidar
-from kdpipe.datasets.synth.radar import RadarScan, RadarSpec, scan_radar, transform_scan
+from kdpipe.datasets.synth.radar import (
+    VOD_FRGEN21,
+    RadarScan,
+    RadarSpec,
+    scan_radar,
+    transform_scan,
+)
 from kdpipe.datasets.synth.raycast import boxes_in_frame
 from kdpipe.datasets.synth.rigs import vod_rig
 from kdpipe.datasets.synth.world import ANNOTATED, CLASS_NAMES, Scene, make_scene, scene_map_pose
@@ -73,7 +79,8 @@ class _SceneGen:
         self.T_world_odom = self.scene.ego_at(0.0).T_world_body
         self.spec = RadarSpec(np.deg2rad(cfg.radar_fov_deg), cfg.radar_max_range_m,
                               rate_scale=cfg.radar_object_rate,
-                              ground_clutter=cfg.radar_ground_clutter, ghosts=cfg.radar_ghosts)
+                              ground_clutter=cfg.radar_ground_clutter, ghosts=cfg.radar_ghosts,
+                              calibration=VOD_FRGEN21)
         self._scans: dict[int, RadarScan] = {}
 
     def T_world_lidar(self, t_s: float) -> FloatArray:
