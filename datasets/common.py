@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,8 @@ import numpy as np
 import numpy.typing as npt
 import polars as pl
 
+from kdpipe.datasets.box_counts import count_points_in_boxes
+from kdpipe.datasets.formats.bins import recording_digests
 from kdpipe.datasets.formats.errors import FormatError
 from kdpipe.datasets.formats.kitti import DONT_CARE, KittiLabels
 from kdpipe.schemas import boxes as bx
@@ -61,17 +64,34 @@ class ArrayLayout:
 
 @dataclass
 class FileLog:
-    """Raw files read by a task: path, size and sha256 of the bytes actually read."""
+    """Raw files read by a task: path, size and sha256 of the bytes actually read.
+
+    Inside `reading()`, the parsers' reads record each file's sha256 as they read it, and `add`
+    takes it from there: one pass over each raw file, not a second read to digest it.
+    """
 
     rows: list[dict[str, Any]] = field(default_factory=list)
+    read: dict[str, str] = field(default_factory=dict)   # str(path) -> sha256, not yet logged
+
+    @contextmanager
+    def reading(self) -> Iterator[None]:
+        with recording_digests() as seen:
+            self.read = seen
+            try:
+                yield
+            finally:
+                self.read = {}
 
     def add(self, path: str | Path) -> None:
         p = Path(path)
-        h = hashlib.sha256()
-        with open(p, "rb") as f:
-            while chunk := f.read(1 << 20):
-                h.update(chunk)
-        self.rows.append({"path": str(p), "bytes": p.stat().st_size, "sha256": h.hexdigest()})
+        sha = self.read.pop(str(path), None)
+        if sha is None:  # not read by a parser (an image), or read outside `reading()`
+            h = hashlib.sha256()
+            with open(p, "rb") as f:
+                while chunk := f.read(1 << 20):
+                    h.update(chunk)
+            sha = h.hexdigest()
+        self.rows.append({"path": str(p), "bytes": p.stat().st_size, "sha256": sha})
 
 
 @dataclass
@@ -256,8 +276,8 @@ def kitti_box_rows(lab: KittiLabels, t_cam_from_lidar: npt.NDArray[np.float64],
     keep = lab.class_name != DONT_CARE
     b = bx.kitti_camera_to_ego(lab.loc_cam[keep], lab.dims_hwl[keep], lab.rot_y[keep],
                                t_cam_from_lidar)                                 # (B, 7)
-    n_l = bx.points_in_boxes(lidar[:, :3], b)
-    n_r = bx.points_in_boxes(radar[:, :3], b)
+    n_l = count_points_in_boxes(lidar[:, :3], b)
+    n_r = count_points_in_boxes(radar[:, :3], b)
     bbox = lab.bbox_ltrb[keep]
     out = []
     for i, name in enumerate(lab.class_name[keep]):

@@ -161,11 +161,12 @@ def ingest_block(task: KittiTask) -> dict[str, Any]:
     names = tuple(k for k, _ in task.radar_columns)
     w.declare("radar", names, tuple(_UNITS.get(k, "unknown") for k in names),
               native_frame="radar" if lay.radar else "none (LiDAR-only release)")
-    for fid in task.frames:
-        try:
-            _frame(w, lay, task, fid, log)
-        except FormatError as e:
-            w.reject(fid, e.path, e.check, e.reason)
+    with log.reading():  # each raw file read once: parsed and digested from one read
+        for fid in task.frames:
+            try:
+                _frame(w, lay, task, fid, log)
+            except FormatError as e:
+                w.reject(fid, e.path, e.check, e.reason)
     w.write(Path(task.zarr_root))
     return {"scene": task.scene, "resumed": False}
 

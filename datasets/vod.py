@@ -111,13 +111,14 @@ def ingest_vod_group(task: VodTask) -> dict[str, Any]:
     w.declare("lidar", *SENSOR_FIELDS["lidar"][:2], native_frame="lidar")
     for sensor in ["radar", *[s for s, ok in has_acc.items() if ok]]:
         w.declare(sensor, *SENSOR_FIELDS["vod_radar"][:2], native_frame="radar")
-    for fid in task.frames:
-        try:
-            if fid in task.duplicates:
-                raise task.duplicates[fid]
-            _frame(w, layout, fid, task.split_of.get(fid, task.unlisted_split), has_acc, log)
-        except FormatError as e:
-            w.reject(fid, e.path, e.check, e.reason)
+    with log.reading():  # each raw file read once: parsed and digested from one read
+        for fid in task.frames:
+            try:
+                if fid in task.duplicates:
+                    raise task.duplicates[fid]
+                _frame(w, layout, fid, task.split_of.get(fid, task.unlisted_split), has_acc, log)
+            except FormatError as e:
+                w.reject(fid, e.path, e.check, e.reason)
     w.write(Path(task.zarr_root))
     return {"scene": task.scene, "resumed": False}
 

@@ -6,7 +6,11 @@ nuScenes LiDAR ``(x, y, z, intensity, ring_index)``.
 """
 from __future__ import annotations
 
+import hashlib
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +19,32 @@ import numpy.typing as npt
 from kdpipe.datasets.formats.errors import Check, FormatError
 
 _F32_LE = np.dtype("<f4")
+
+# path -> sha256 of the bytes a parser read, while `recording_digests` is active: ingest logs
+# each raw file's digest from the bytes it parsed instead of reading the file a second time
+_DIGESTS: ContextVar[dict[str, str] | None] = ContextVar("kdpipe_read_digests", default=None)
+
+
+def read_raw(path: str | Path) -> bytes:
+    """All bytes of ``path`` (``OSError`` as from ``Path.read_bytes``); their sha256 is recorded
+    when a `recording_digests` block is active in this thread."""
+    raw = Path(path).read_bytes()
+    seen = _DIGESTS.get()
+    if seen is not None:
+        seen[str(path)] = hashlib.sha256(raw).hexdigest()
+    return raw
+
+
+@contextmanager
+def recording_digests() -> Iterator[dict[str, str]]:
+    """Within the block, every parser read in this thread records ``{str(path): sha256}`` in
+    the yielded dict (the caller pops what it logs)."""
+    seen: dict[str, str] = {}
+    token = _DIGESTS.set(seen)
+    try:
+        yield seen
+    finally:
+        _DIGESTS.reset(token)
 
 
 def read_float32_bin(path: str | Path, n_fields: int) -> npt.NDArray[np.float32]:
@@ -35,7 +65,7 @@ def read_float32_bin(path: str | Path, n_fields: int) -> npt.NDArray[np.float32]
     if n_fields < 1:
         raise ValueError(f"n_fields must be >= 1, got {n_fields}")
     try:
-        raw = Path(path).read_bytes()
+        raw = read_raw(path)
     except OSError as exc:
         raise FormatError(path, "path", f"cannot read file ({exc.strerror or exc}).") from exc
     stride = 4 * n_fields
@@ -60,6 +90,8 @@ def check_finite_xyz(path: str | Path, points: npt.NDArray[np.floating]) -> None
         points: ``(N, C)`` points, x, y, z first.
     """
     xyz = points[:, : min(3, points.shape[1])]
+    if np.isfinite(np.add.reduce(xyz, axis=None)):  # one pass: a NaN or inf makes the sum so
+        return
     bad = ~np.isfinite(xyz).all(axis=1)
     if bad.any():
         first = int(np.flatnonzero(bad)[0])
@@ -88,7 +120,7 @@ def read_text(path: str | Path, check: Check) -> str:
         FormatError: ``path`` if it cannot be read, ``check`` if it is not UTF-8.
     """
     try:
-        raw = Path(path).read_bytes()
+        raw = read_raw(path)
     except OSError as exc:
         raise FormatError(path, "path", f"cannot read file ({exc.strerror or exc}).") from exc
     try:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from kdpipe.datasets.formats.bins import check_finite_xyz, read_float32_bin
+from kdpipe.datasets.formats.bins import check_finite_xyz, read_float32_bin, read_raw
 from kdpipe.datasets.formats.errors import FormatError
 
 # The Continental ARS408 record as nuScenes stores it (packed, little-endian; PCD TYPE I = signed).
@@ -101,7 +101,7 @@ def read_radar_pcd(path: str | Path) -> npt.NDArray[np.void]:
             are zero in every byte: zero padding counted as points), ``finite``.
     """
     try:
-        raw = Path(path).read_bytes()
+        raw = read_raw(path)
     except OSError as exc:
         raise FormatError(path, "path", f"cannot read file ({exc.strerror or exc}).") from exc
     if not raw:

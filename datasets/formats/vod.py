@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -144,6 +144,10 @@ class VodLayout:
 
     root: Path
     split: Literal["training", "testing"] = "training"
+    # folder -> its safe_join-resolved path, so a frame's files cost one lstat each, not a
+    # realpath of every component (per instance: an ingest task builds its own layout)
+    _real_dirs: dict[Path, Path] = field(default_factory=dict, init=False, repr=False,
+                                         compare=False)
 
     def sensor_dir(self, sensor: Literal["lidar", "radar"], sub: str) -> Path:
         """``root/<sensor>/<split>/<sub>``, e.g. ``sensor_dir("lidar", "label_2")``."""
@@ -194,12 +198,11 @@ class VodLayout:
         """All file paths of one frame; ``frame_id`` is validated against path escapes."""
         if not _FRAME_ID.match(frame_id):
             raise FormatError(frame_id, "path", "frame id must be digits only.")
-        root = Path(self.root)
 
         def at(folder: Path, suffix: str) -> Path:
-            return safe_join(root, (folder / f"{frame_id}{suffix}").relative_to(root))
+            return self._safe_file(folder, f"{frame_id}{suffix}")
 
-        # every file goes through safe_join: a symlink out of the root is refused, not read
+        # every file is checked as safe_join checks it: a symlink out of the root is refused
         images = [at(self.sensor_dir("lidar", "image_2"), ext) for ext in (".jpg", ".png")]
         image = next((p for p in images if p.is_file()), None)
         acc = {n: self.accumulated_radar_dir(n) for n in (3, 5)}  # type: ignore[arg-type]
@@ -215,3 +218,19 @@ class VodLayout:
             radar_3scans_bin=at(acc[3], ".bin") if acc[3] else None,
             radar_5scans_bin=at(acc[5], ".bin") if acc[5] else None,
         )
+
+    def _safe_file(self, folder: Path, name: str) -> Path:
+        """``safe_join(root, folder/name)``, with the folder resolved once: a file that is not a
+        symlink resolves to the resolved folder / name, the path safe_join returns; a symlink,
+        or a folder resolving outside the root, takes safe_join itself (same path, same
+        reject)."""
+        root = Path(self.root)
+        real = self._real_dirs.get(folder)
+        if real is None:
+            try:
+                real = safe_join(root, folder.relative_to(root))
+            except FormatError:
+                return safe_join(root, (folder / name).relative_to(root))
+            self._real_dirs[folder] = real
+        path = real / name
+        return safe_join(root, (folder / name).relative_to(root)) if path.is_symlink() else path
