@@ -45,7 +45,8 @@ class RunnerOptions(TypedDict, total=False):
     overrides: "STAGE.KEY=VALUE" settings applied over the workflow file.
     scheduler: sync | local[:N] | tcp://HOST:PORT | a scheduler file (default: local cluster).
     wait: wait for the workspace lock instead of failing at once.
-    log: called with one line per stage started.
+    log: called with one line per stage started and, without a progress bar, per training
+        epoch (stage, epoch i/n, loss, seconds) and now and then per stage's units.
     """
 
     overrides: Sequence[str]
@@ -64,7 +65,7 @@ class RunOptions(AuditOptions, total=False):
     """`run_workflow`'s options: an audit's, plus the stage selection and a progress bar.
 
     from_ / to / only: this stage and downstream / this stage and upstream / exactly these.
-    show_progress: draw a rich progress bar per stage.
+    show_progress: draw a rich progress row per stage instance (ETA, running loss).
     """
 
     from_: Sequence[str]
@@ -105,19 +106,15 @@ def run_workflow(workflow: str | Path | Workflow, workspace: str, stages: Sequen
         plan = build_plan(wf.stages, wf.deltas)
         names = select(plan, _names(stages), from_=_names(options.get("from_", ())),
                        to=_names(options.get("to", ())), only=_names(options.get("only", ())))
-        progress = None
+        progress: Any = None
         if options.get("show_progress", False):
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+            from kdpipe.progress_view import RichProgress
 
-            bar = stack.enter_context(Progress("[progress.description]{task.description}",
-                                               BarColumn(), MofNCompleteColumn(),
-                                               TimeElapsedColumn(), transient=False))
-            tasks: dict[str, Any] = {}
+            progress = stack.enter_context(RichProgress())
+        elif log is not None:
+            from kdpipe.progress_view import LineProgress
 
-            def progress(desc: str, done: int, total: int) -> None:
-                if desc not in tasks:
-                    tasks[desc] = bar.add_task(desc, total=total)
-                bar.update(tasks[desc], completed=done, total=total)
+            progress = LineProgress(log)
 
         def on_stage(name: str, key: str) -> None:
             if log:

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from kdpipe.pipeline.errors import KdpipeError
+from kdpipe.pipeline.errors import Interrupted, KdpipeError
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
                   help="Cross-modality knowledge distillation pipeline for radar detectors.")
@@ -395,11 +395,14 @@ def main() -> None:
     """Entry point: user errors are one line on stderr and a non-zero exit, never a traceback."""
     try:
         app()
+    except Interrupted as e:  # Ctrl-C in a run: where a re-run resumes, in one line
+        err.print(_one_line(e), highlight=False, soft_wrap=True)
+        sys.exit(130)
     except KdpipeError as e:
         err.print(f"[red]error:[/] {_one_line(e)}", highlight=False, soft_wrap=True)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
-        err.print("[red]interrupted[/]")
+        err.print("interrupted; finished stages are kept", highlight=False)
         sys.exit(130)
     except Exception as e:  # a bug, not bad input: still one line unless asked for more
         if os.environ.get("KDPIPE_DEBUG"):

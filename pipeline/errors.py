@@ -29,3 +29,10 @@ class WorkspaceBusyError(KdpipeError):
 
 class StageError(KdpipeError):
     """A stage failed on its input; the message names the stage and the cause."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during a run, with a message saying where a re-run resumes. Still a
+    KeyboardInterrupt, so `except Exception` in API callers never swallows it."""
+
+    exit_code = 130

@@ -105,9 +105,11 @@ class DaskExecutor:
             # Workers import numpy before a nanny's environment reaches them (OpenBLAS had
             # started with a thread per core): size every pool in each worker, now and on
             # workers that join later.
-            from kdpipe.pipeline.dask_plugins import PinThreads
+            from kdpipe.pipeline.dask_plugins import IgnoreInterrupt, PinThreads
 
             self._client.register_plugin(PinThreads(), name="kdpipe-pin-threads")
+            if self._cluster is not None:
+                self._client.register_plugin(IgnoreInterrupt(), name="kdpipe-ignore-interrupt")
         return self._client
 
     def map(self, fn: Callable[[Any], Any], items: Sequence[Any], *, name: str,

@@ -11,10 +11,11 @@ from typing import Any, TypedDict, Unpack
 
 from kdpipe.pipeline import lineage
 from kdpipe.pipeline.dag import Node, Plan
-from kdpipe.pipeline.errors import KdpipeError, PlanError, StageError
+from kdpipe.pipeline.errors import Interrupted, KdpipeError, PlanError, StageError
 from kdpipe.pipeline.executor import Executor, SyncExecutor
 from kdpipe.pipeline.hashing import digest_path
-from kdpipe.pipeline.stage import ProgressFn, StageContext
+from kdpipe.pipeline.progress import ProgressSink, StageProgress
+from kdpipe.pipeline.stage import StageContext
 from kdpipe.pipeline.store import ENVIRONMENT_ERRNOS, Workspace
 from kdpipe.schemas.base import summarize
 
@@ -35,14 +36,14 @@ class ExecuteOptions(TypedDict, total=False):
     executor: where stage units run (default: in this process); closed when `execute` returns.
     seed: the run's seed, handed to every stage (default 0).
     force: re-run the selected stages even if their artifacts are committed (default False).
-    progress: called with (description, done, total) as units finish.
+    progress: receives every stage's units, training steps and epochs, named by the stage.
     on_stage: called with (stage, key) just before a stage runs.
     """
 
     executor: Executor | None
     seed: int
     force: bool
-    progress: ProgressFn | None
+    progress: ProgressSink | None
     on_stage: Callable[[str, str], None] | None
 
 
@@ -51,7 +52,8 @@ def execute(plan: Plan, ws: Workspace, names: Sequence[str],
     """Run the selected stages whose artifacts are not committed (all of them with `force`).
 
     Executors start their workers on first use, so a run with nothing to do starts none; the
-    executor is closed when this returns.
+    executor is closed when this returns. Ctrl-C becomes `Interrupted`, whose one line says
+    where a re-run resumes.
     """
     force, seed = options.get("force", False), options.get("seed", 0)
     progress, on_stage = options.get("progress"), options.get("on_stage")
@@ -73,7 +75,11 @@ def execute(plan: Plan, ws: Workspace, names: Sequence[str],
             if on_stage:
                 on_stage(n, key)
             t0 = time.perf_counter()
-            _run_stage(plan, ws, n, ex, seed, progress)
+            tracker = StageProgress(n, progress)
+            try:
+                _run_stage(plan, ws, n, ex, seed, tracker)
+            except KeyboardInterrupt:
+                raise Interrupted(f"interrupted; {tracker.resume_hint()}") from None
             results.append(StageResult(n, key, "ran", time.perf_counter() - t0,
                                        ws.artifact_dir(n, key), _output_paths(plan, ws, n)))
     finally:
@@ -87,7 +93,7 @@ def _output_paths(plan: Plan, ws: Workspace, n: str) -> dict[str, str]:
 
 
 def _run_stage(plan: Plan, ws: Workspace, n: str, ex: Executor, seed: int,
-               progress: ProgressFn | None) -> None:
+               progress: StageProgress) -> None:
     node = plan.nodes[n]
     run_id, start = lineage.new_run_id(), lineage.now_iso()
     in_ports = node.upstream_port  # input port -> the producer's output port (its file name)
@@ -103,7 +109,7 @@ def _run_stage(plan: Plan, ws: Workspace, n: str, ex: Executor, seed: int,
     outputs = {p.name: workdir / p.filename() for p in node.stage.outputs}
     ctx: StageContext[Any] = StageContext(
         stage=n, key=node.key, config=node.config, inputs=inputs, outputs=outputs,
-        workdir=workdir, executor=ex, seed=seed, progress=progress or (lambda d, i, t: None))
+        workdir=workdir, executor=ex, seed=seed, progress=progress)
     try:
         node.stage.run(ctx)
         missing = [p for p, path in outputs.items() if not path.exists()]

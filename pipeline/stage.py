@@ -153,7 +153,9 @@ def module_source_hash(fn: Callable[..., Any]) -> str:
     return sha256_bytes(ast.dump(tree).encode())[:16]
 
 
-ProgressFn = Callable[[str, int, int], None]  # (description, done, total)
+# (description, done, total); the runner's is a `pipeline.progress.StageProgress`, which also
+# takes the training loop's per-step reports
+ProgressFn = Callable[[str, int, int], None]
 
 
 def _no_progress(desc: str, done: int, total: int) -> None:

@@ -98,7 +98,9 @@ class FitOptions(TypedDict, total=False):
     """What `fit` trains besides the plain detector loop (every key optional).
 
     loss_fn: the loss (default: the model's own, `default_loss`; distillation adds its terms).
-    progress: called with ("epochs", done, total) after each epoch.
+    progress: called with ("epochs", done, total) after each epoch's state is saved; if it
+        has a `train_step(epoch, epochs, step, steps, loss)` method (the runner's
+        `StageProgress`), that is called after every step with the epoch's running mean loss.
     epoch_seconds: a list that receives each epoch's wall time (for lineage, never the log:
         artifacts must be byte-identical between runs).
     trainable: extra modules trained with the model, e.g. distillation adapters.
@@ -146,6 +148,18 @@ def _mean_over_ranks(sums: dict[str, float], shard: Shard, device: torch.device
     t = torch.tensor([sums[k] for k in keys], dtype=torch.float64, device=device)
     dist.all_reduce(t)
     return {k: float(v) / shard.world for k, v in zip(keys, t.tolist(), strict=True)}
+
+
+def _add_step(sums: dict[str, float], losses: dict[str, torch.Tensor], progress: Any,
+              at: tuple[int, int, int, int]) -> None:
+    """Add a step's losses to the epoch's sums (the log's columns); report the step, with the
+    epoch's running mean loss, to a progress that takes steps (the runner's StageProgress).
+    `at`: (epoch, epochs, steps done this epoch, steps per epoch)."""
+    for k, v in losses.items():
+        sums[k] = sums.get(k, 0.0) + float(v.detach())
+    on_step = getattr(progress, "train_step", None)
+    if on_step is not None:
+        on_step(*at, sums["loss"] / max(1, at[2]))
 
 
 def _restore(state_path: Path, modules: Sequence[torch.nn.Module], optim: tuple[Any, Any],
@@ -213,8 +227,7 @@ def fit(model: torch.nn.Module, frames: FrameSource | Sequence[TrainFrame], cfg:
             opt.step()
             sched.step()
             n_steps += 1
-            for k, v in losses.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach())
+            _add_step(sums, losses, progress, (epoch + 1, cfg.epochs, n_steps, plan.steps))
         sums = _mean_over_ranks(sums, shard, device)
         points = {k: v * shard.world for k, v in _mean_over_ranks(points, shard, device).items()}
         row = {"epoch": epoch + 1, "steps": n_steps, "frames": len(source),
