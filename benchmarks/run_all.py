@@ -3,7 +3,7 @@ and its goal from DESIGN.md, the machine and the date, met or not.
 
     python benchmarks/run_all.py                              # everything (hours: ablation, IMKD)
     python benchmarks/run_all.py --only ingest,rerun,crash_drill
-    python benchmarks/run_all.py --skip sckd_ablation,imkd --reuse-json docs/bench
+    python benchmarks/run_all.py --skip kd_ablation,imkd --reuse-json docs/bench
 
 Benchmarks are discovered by file (`benchmarks/*.py`); each runs as its own process and its JSON
 (the last JSON document on its stdout) is saved as docs/bench/<name>.json. A benchmark not run
@@ -36,7 +36,7 @@ ARGS: dict[str, tuple[list[str], bool]] = {
     "audit": (["--scenes", "10", "--samples", "20"], False),
     "curate": ([], False),
     "teacher": (["--frames", "480", "--epochs", "40", "--out", "{tmp}/teacher"], True),
-    "sckd_ablation": (["--frames", "480", "--out", "{tmp}/sckd"], True),
+    "kd_ablation": (["--frames", "480", "--seeds", "3", "--out", "{tmp}/kd"], True),
     "imkd": (["--out", "{tmp}/imkd"], True),
 }
 

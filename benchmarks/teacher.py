@@ -9,8 +9,8 @@ teacher-label is timed twice: as a pipeline stage (its seconds include starting 
 cluster) and as its tasks run in this process (`in_process_tasks`), each against the bare
 forward + decode.
 
-It shares its workflow keys with benchmarks/sckd_ablation.py: run both with the same --out and
-the teacher, the radar baseline and the pseudo-labels are trained once.
+Its stages have the same keys as benchmarks/kd_ablation.py's seed 0 (same world, epochs and
+configs), but the ablation keeps one workspace per seed (`ws_seed0`), so they do not share it.
 
 All three models train through `kdpipe run` (one workflow, the training stage used three times
 through `uses` + `ports`) on the labeled train split of a synthetic VoD world, and are scored on
