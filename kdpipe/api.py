@@ -111,6 +111,7 @@ def run_workflow(workflow: str | Path | Workflow, workspace: str, stages: Sequen
             from kdpipe.progress_view import RichProgress
 
             progress = stack.enter_context(RichProgress())
+            log = progress.print if log is not None else None
         elif log is not None:
             from kdpipe.progress_view import LineProgress
 

@@ -18,6 +18,7 @@ class RichProgress:
     doing (`digest 12/40`, `epoch 3/10 loss 0.5312`, updated every training step)."""
 
     def __init__(self, console: Any = None) -> None:
+        from rich.console import Console
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
@@ -30,8 +31,12 @@ class RichProgress:
         self.bar = Progress(TextColumn("{task.description:<16}"), BarColumn(),
                             MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("eta"),
                             TimeRemainingColumn(), TextColumn("{task.fields[what]}"),
-                            console=console, transient=False)
+                            console=console or Console(stderr=True), transient=False)
         self.rows: dict[str, Any] = {}
+
+    def print(self, line: str) -> None:
+        """A log line above the rows (printed elsewhere it would glue onto a bar)."""
+        self.bar.console.print(line, highlight=False, soft_wrap=True)
 
     def __enter__(self) -> RichProgress:
         self.bar.__enter__()
