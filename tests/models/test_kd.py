@@ -17,7 +17,8 @@ from kdpipe.stages.distill import DistillConfig
 from kdpipe.testing import TINY_DETECTOR
 
 TINY = TINY_DETECTOR
-BOXES = torch.tensor([[10.3, 2.1, -1.0, 4.2, 1.8, 1.5, 0.3], [30.7, -5.2, -0.8, 0.8, 0.6, 1.7, -2.5]])
+BOXES = torch.tensor([[10.3, 2.1, -1.0, 4.2, 1.8, 1.5, 0.3],
+                      [30.7, -5.2, -0.8, 0.8, 0.6, 1.7, -2.5]])
 TARGETS = [{"boxes": BOXES, "labels": torch.tensor([0, 1])},
            {"boxes": torch.zeros(0, 7), "labels": torch.zeros(0, dtype=torch.long)}]
 
