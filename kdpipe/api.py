@@ -103,7 +103,7 @@ def run_workflow(workflow: str | Path | Workflow, workspace: str, stages: Sequen
     with ExitStack() as stack:
         stack.enter_context(ws.lock(wait=options.get("wait", False)))
         # plan under the lock: the fingerprint of raw inputs must match what runs
-        plan = build_plan(wf.stages, wf.deltas)
+        plan = build_plan(wf.stages, wf.deltas, seed=wf.seed)
         names = select(plan, _names(stages), from_=_names(options.get("from_", ())),
                        to=_names(options.get("to", ())), only=_names(options.get("only", ())))
         progress: Any = None
@@ -139,7 +139,7 @@ def workflow_status(workflow: str | Path | Workflow, workspace: str,
     created; a missing one is all "missing", or a `WorkspaceError` with `require_workspace`
     (`kdpipe status`; the plan is checked first)."""
     wf = _load(workflow, overrides)
-    plan = build_plan(wf.stages, wf.deltas)
+    plan = build_plan(wf.stages, wf.deltas, seed=wf.seed)
     ws = Workspace(workspace, create=False)
     return status(plan, ws.require() if require_workspace else ws)
 
@@ -157,7 +157,7 @@ def collect_garbage(workspace: str, workflow: str | Path | None = None, *, delet
         found = ws.leftovers()
         if workflow is not None:
             wf = _load(workflow, options.get("overrides", ()))
-            plan = build_plan(wf.stages, wf.deltas)
+            plan = build_plan(wf.stages, wf.deltas, seed=wf.seed)
             for n in plan.order:
                 node = plan.nodes[n]
                 gone = [r for r in (node.stage.sources(node.config) if node.stage.sources else ())

@@ -141,8 +141,9 @@ def _toposort(names: Sequence[str],
 
 
 def build_plan(stages: Sequence[Stage[Any]], deltas: Mapping[str, Mapping[str, Any]],
-               *, fingerprint: bool = True) -> Plan:
-    """Validate configs, match ports, sort, and compute every stage's cache key."""
+               *, fingerprint: bool = True, seed: int = 0) -> Plan:
+    """Validate configs, match ports, sort, and compute every stage's cache key (a `seeded`
+    stage's key includes the workflow `seed`)."""
     names = [s.name for s in stages]
     if len(set(names)) != len(names):
         raise PlanError(f"stage listed twice in workflow: {names}")
@@ -161,7 +162,8 @@ def build_plan(stages: Sequence[Stage[Any]], deltas: Mapping[str, Mapping[str, A
         if s.sources is not None and fingerprint:
             fp = fingerprint_tree(s.sources(cfg))
         input_keys = {port: nodes[src].key for port, (src, _) in upstream[n].items()}
-        key = stage_key(n, s.version, cfg.model_dump(mode="json"), input_keys, fp)
+        key = stage_key(n, s.version, cfg.model_dump(mode="json"), input_keys, fp,
+                        seed=seed if s.seeded else None)
         nodes[n] = Node(s, cfg, {p: src for p, (src, _) in upstream[n].items()}, key, fp,
                         {p: out for p, (_, out) in upstream[n].items()}, schemas[n])
     return Plan(tuple(order), nodes)

@@ -25,10 +25,15 @@ def canonical_json(obj: Any) -> bytes:
 
 
 def stage_key(stage: str, version: int, config: Mapping[str, Any],
-              input_keys: Mapping[str, str], fingerprint: str | None = None) -> str:
-    """Cache key of one stage run; independent of dict order, source code and wall time."""
-    payload = {"stage": stage, "version": version, "config": dict(config),
-               "inputs": dict(sorted(input_keys.items())), "fingerprint": fingerprint}
+              input_keys: Mapping[str, str], fingerprint: str | None = None, *,
+              seed: int | None = None) -> str:
+    """Cache key of one stage run; independent of dict order, source code and wall time.
+    `seed`: the workflow seed, for stages whose outputs depend on it (None: not part of it)."""
+    payload: dict[str, Any] = {"stage": stage, "version": version, "config": dict(config),
+                               "inputs": dict(sorted(input_keys.items())),
+                               "fingerprint": fingerprint}
+    if seed is not None:
+        payload["seed"] = seed
     return hashlib.sha256(canonical_json(payload)).hexdigest()[:KEY_CHARS]
 
 

@@ -125,6 +125,9 @@ class Stage(Generic[C]):
     # Ports renamed since workflows were written (old name -> new name): binding the old name
     # in `ports = {...}` fails with a message naming the new key.
     renamed_ports: Mapping[str, str] = field(default_factory=dict)
+    # Its outputs depend on the workflow seed (training: init, augmentation, batch order), so
+    # the seed joins its key: another seed re-runs it, and everything downstream of it.
+    seeded: bool = False
 
     def source_hash(self) -> str:
         """Hash of the stage module's code, comments and docstrings stripped (lineage only)."""

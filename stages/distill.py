@@ -121,7 +121,7 @@ def run(ctx: StageContext[DistillConfig]) -> None:
 
 
 STAGE = Stage(
-    name="distill", config=DistillConfig, run=run, version=2,
+    name="distill", config=DistillConfig, run=run, version=2, seeded=True,
     inputs=(Port("teacher", CheckpointArtifact, "checkpoint/1"),
             Port("points", ZarrArtifact, "points/1"), Port("frames", ParquetArtifact, "frames/1"),
             Port("boxes", ParquetArtifact, "boxes/1"),

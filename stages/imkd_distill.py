@@ -108,7 +108,7 @@ def run(ctx: StageContext[IMKDDistillConfig]) -> None:
 
 
 STAGE = Stage(
-    name="imkd-distill", config=IMKDDistillConfig, run=run, version=2,
+    name="imkd-distill", config=IMKDDistillConfig, run=run, version=2, seeded=True,
     inputs=(Port("teacher", CheckpointArtifact, "checkpoint/1"),
             Port("points", ZarrArtifact, "points/1"), Port("frames", ParquetArtifact, "frames/1"),
             Port("boxes", ParquetArtifact, "boxes/1"),

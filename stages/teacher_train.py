@@ -68,7 +68,7 @@ def run(ctx: StageContext[TeacherTrainConfig]) -> None:
 
 
 STAGE = Stage(
-    name="teacher-train", config=TeacherTrainConfig, run=run, version=2,
+    name="teacher-train", config=TeacherTrainConfig, run=run, version=2, seeded=True,
     inputs=(Port("points", ZarrArtifact, "points/1"), Port("frames", ParquetArtifact, "frames/1"),
             Port("boxes", ParquetArtifact, "boxes/1")),
     outputs=(Port("teacher", CheckpointArtifact, "checkpoint/1"),

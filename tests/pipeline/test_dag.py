@@ -95,3 +95,19 @@ def test_slicing(tmp_path: Path) -> None:
     assert select(plan, from_=["toy-scale"], to=["toy-scale"]) == ["toy-scale"]
     with pytest.raises(PlanError, match="unknown stage 'nope'"):
         select(plan, ["nope"])
+
+
+def test_the_workflow_seed_joins_the_keys_of_seeded_stages_and_their_downstream() -> None:
+    """Another seed must re-train (and re-run what reads the model), never serve seed 0's
+    artifacts; stages that do not use the seed (ingest) keep their key."""
+    from kdpipe.config import load_workflow
+
+    wf = load_workflow("workflows/vod_sckd.toml")
+    plans = [build_plan(wf.stages, wf.deltas, fingerprint=False, seed=s) for s in (0, 0, 1)]
+    keys = [{n: node.key for n, node in p.nodes.items()} for p in plans]
+    assert keys[0] == keys[1]
+    assert keys[0]["ingest"] == keys[2]["ingest"]
+    for stage in ("teacher-train", "teacher-label", "distill", "evaluate"):
+        assert keys[0][stage] != keys[2][stage], stage
+    seeded = {n for n, node in plans[0].nodes.items() if node.stage.seeded}
+    assert {"teacher-train", "distill"} <= seeded and "ingest" not in seeded
