@@ -13,8 +13,8 @@ a GT-only radar baseline on the labeled frames, labels the unlabeled frames with
 vod-tudelft (AP11 and AP40, entire area (EAA) and driving corridor (DC); `n_gt` per class says
 where the corridor holds fewer than the 41 boxes below which the evaluator caps AP).
 Students see as many frame-steps as the baseline (epochs scaled by labeled / unlabeled frames).
-Each seed runs in its own workspace (`ws_seed<N>`): the workflow seed is not part of the stage
-keys yet (see the issue-15 note), so a shared workspace would serve seed 0's artifacts.
+Each seed runs in its own workspace (`ws_seed<N>`), so one seed's artifacts can be inspected
+or deleted alone (the seed is part of the training stages' keys: one workspace would work too).
 The same seeds give the same table: run it twice into two `--out` folders and compare the JSON.
 
 Table 4 (label-scarce): the teacher and the radar baseline train on a quarter of the labeled
