@@ -150,29 +150,64 @@ def _mean_over_ranks(sums: dict[str, float], shard: Shard, device: torch.device
     return {k: float(v) / shard.world for k, v in zip(keys, t.tolist(), strict=True)}
 
 
+STEPS_FILE = "train_steps.jsonl"  # per-step losses and LR (runtime/train_curves.py reads it)
+
+
+class _StepLog:
+    """Rank 0's per-step losses and learning rate, one JSON line per step in the work dir
+    beside the resume state. A resumed run first drops the steps of epochs the state does not
+    hold (they are trained again, to the same values), so the file always equals an
+    uninterrupted run's."""
+
+    def __init__(self, workdir: Path, epochs_done: int, opt: torch.optim.Optimizer) -> None:
+        self.path, self.opt = workdir / STEPS_FILE, opt
+        self.lr = float(opt.param_groups[0]["lr"])  # the LR of the next step
+        self.on = _shard().rank == 0
+        if self.on and self.path.exists():
+            import json
+
+            keep = [ln for ln in self.path.read_text().splitlines()
+                    if ln and json.loads(ln)["epoch"] <= epochs_done]
+            self.path.write_text("".join(ln + "\n" for ln in keep))
+
+    def add(self, at: tuple[int, int, int, int], losses: dict[str, float]) -> None:
+        lr, self.lr = self.lr, float(self.opt.param_groups[0]["lr"])  # scheduler has stepped
+        if self.on:
+            import json
+
+            epoch, _, step, steps = at
+            row = {"epoch": epoch, "step": (epoch - 1) * steps + step, "lr": lr, **losses}
+            with self.path.open("a") as f:
+                f.write(json.dumps(row, sort_keys=True) + "\n")
+
+
 def _add_step(sums: dict[str, float], losses: dict[str, torch.Tensor], progress: Any,
-              at: tuple[int, int, int, int]) -> None:
-    """Add a step's losses to the epoch's sums (the log's columns); report the step, with the
-    epoch's running mean loss, to a progress that takes steps (the runner's StageProgress).
-    `at`: (epoch, epochs, steps done this epoch, steps per epoch)."""
-    for k, v in losses.items():
-        sums[k] = sums.get(k, 0.0) + float(v.detach())
+              steps_log: _StepLog, at: tuple[int, int, int, int]) -> None:
+    """Add a step's losses to the epoch's sums (the log's columns) and to the step log; report
+    the step, with the epoch's running mean loss, to a progress that takes steps (the runner's
+    StageProgress). `at`: (epoch, epochs, steps done this epoch, steps per epoch)."""
+    values = {k: float(v.detach()) for k, v in losses.items()}
+    for k, v in values.items():
+        sums[k] = sums.get(k, 0.0) + v
+    steps_log.add(at, values)
     on_step = getattr(progress, "train_step", None)
     if on_step is not None:
         on_step(*at, sums["loss"] / max(1, at[2]))
 
 
 def _restore(state_path: Path, modules: Sequence[torch.nn.Module], optim: tuple[Any, Any],
-             device: torch.device) -> tuple[int, list[dict[str, Any]]]:
-    """Load the last finished epoch's state, if any: (epochs done, log so far)."""
+             device: torch.device) -> tuple[int, list[dict[str, Any]], _StepLog]:
+    """Load the last finished epoch's state, if any: (epochs done, log so far, the per-step
+    log cut back to those epochs)."""
     if not state_path.exists():
-        return 0, []
+        return 0, [], _StepLog(state_path.parent, 0, optim[0])
     st = torch.load(state_path, map_location=device, weights_only=True)
     for m, sd in zip(modules, st["modules"], strict=True):
         m.load_state_dict(sd)
     optim[0].load_state_dict(st["optimizer"])
     optim[1].load_state_dict(st["scheduler"])
-    return int(st["epoch"]), list(st["log"])
+    return int(st["epoch"]), list(st["log"]), _StepLog(state_path.parent, int(st["epoch"]),
+                                                       optim[0])
 
 
 def fit(model: torch.nn.Module, frames: FrameSource | Sequence[TrainFrame], cfg: OptimConfig, *,
@@ -197,7 +232,7 @@ def fit(model: torch.nn.Module, frames: FrameSource | Sequence[TrainFrame], cfg:
         opt, max_lr=cfg.lr_max, total_steps=cfg.epochs * plan.steps,
         div_factor=cfg.lr_max / cfg.lr_start, final_div_factor=cfg.lr_start / cfg.lr_min)
     state_path = workdir / "train_state.pt"
-    start, log = _restore(state_path, modules, (opt, sched), device)
+    start, log, steps_log = _restore(state_path, modules, (opt, sched), device)
     step_module: torch.nn.Module = _Step(model, options.get("trainable", ()), loss_fn)
     if shard.world > 1:
         step_module = torch.nn.parallel.DistributedDataParallel(
@@ -227,7 +262,8 @@ def fit(model: torch.nn.Module, frames: FrameSource | Sequence[TrainFrame], cfg:
             opt.step()
             sched.step()
             n_steps += 1
-            _add_step(sums, losses, progress, (epoch + 1, cfg.epochs, n_steps, plan.steps))
+            _add_step(sums, losses, progress, steps_log,
+                      (epoch + 1, cfg.epochs, n_steps, plan.steps))
         sums = _mean_over_ranks(sums, shard, device)
         points = {k: v * shard.world for k, v in _mean_over_ranks(points, shard, device).items()}
         row = {"epoch": epoch + 1, "steps": n_steps, "frames": len(source),

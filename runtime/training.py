@@ -3,7 +3,8 @@
 A training stage supplies a builder (`build(job, device) -> TrainSetup`: the model, its frames
 and fit's options, built from the stage's config and input ports) and calls `run_training`,
 which trains it here or on `launch.nproc` ranks (`runtime/distributed.py`), then writes the
-checkpoint (with the config and input refs inside), the per-epoch log and the lineage facts.
+checkpoint (with the config and input refs inside), the per-epoch log, the training curves
+(TensorBoard scalars in `tb/`, a loss PNG beside the log) and the lineage facts.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from kdpipe.runtime.checkpoints import input_refs, save_checkpoint
 from kdpipe.runtime.distributed import TrainJob, train
 from kdpipe.runtime.frames import train_points
 from kdpipe.runtime.model_data import resolve_device, tune_allocator, worker_threads
+from kdpipe.runtime.train_curves import write_curves
 
 
 def run_training(ctx: StageContext[Any], builder: str, model_port: str, log_port: str) -> None:
@@ -35,4 +37,6 @@ def run_training(ctx: StageContext[Any], builder: str, model_port: str, log_port
             "final": res.log[-1] if res.log else {}}
     save_checkpoint(ctx.outputs[model_port], res.model, meta)
     pl.DataFrame(res.log).write_parquet(ctx.outputs[log_port], metadata=ctx.file_metadata())
+    # TensorBoard scalars in <artifact>/tb/ and <log>.png beside the log (runtime/train_curves)
+    write_curves(ctx.workdir, ctx.outputs[log_port], res.log, f"{ctx.stage} {ctx.key}")
     (ctx.workdir / "train_state.pt").unlink(missing_ok=True)  # resume state, not an output
