@@ -14,7 +14,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, TypedDict, Unpack
 
-from kdpipe.config import Workflow, apply_set, load_workflow
+from kdpipe.config import Workflow, absolute_roots, apply_set, load_workflow
 from kdpipe.pipeline.dag import build_plan, select
 from kdpipe.pipeline.errors import ConfigError
 from kdpipe.pipeline.executor import make_executor
@@ -36,6 +36,7 @@ def _load(workflow: str | Path | Workflow, overrides: Sequence[str]) -> Workflow
     deltas = copy.deepcopy(workflow.deltas)  # the caller's workflow stays as it was
     for a in overrides:
         apply_set(deltas, a)
+    absolute_roots(list(workflow.stages), deltas, Path.cwd())  # --set paths: as typed here
     return replace(workflow, deltas=deltas)
 
 

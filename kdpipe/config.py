@@ -20,10 +20,16 @@
     ports = { points = "filtered_points", frames = "filtered_frames" }
 
 Ports a stage renamed (`Stage.renamed_ports`) fail with a one-line message naming the new key.
+
+Raw input paths (`root` / `roots` of a stage that reads raw files, e.g. `[ingest] roots`) that
+are relative resolve against the workflow file's folder, not the current directory, so a
+workflow means the same data from wherever it is run; relative paths given with `--set` resolve
+against the current directory. Either way the plan (and its keys) holds the absolute path.
 """
 from __future__ import annotations
 
 import json
+import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,6 +102,27 @@ def _stage(spec: str, deltas: dict[str, dict[str, Any]]) -> Any:
     return instance(load_stage(uses), canonical_name(spec), ports)
 
 
+_PATH_KEYS = ("root", "roots")
+
+
+def absolute_roots(stages: list[Any], deltas: dict[str, dict[str, Any]], base: Path) -> None:
+    """Make the relative `root`/`roots` of raw-input stages absolute against `base`."""
+    def fix(v: Any) -> Any:
+        if not isinstance(v, str) or "://" in v:  # fsspec URLs stay as they are
+            return v
+        return os.path.normpath(os.path.join(base, os.path.expanduser(v)))
+
+    for st in stages:
+        table = deltas.get(st.name)
+        if not st.sources or not table:
+            continue
+        for k in _PATH_KEYS:
+            if isinstance(table.get(k), list):
+                table[k] = [fix(v) for v in table[k]]
+            elif k in table:
+                table[k] = fix(table[k])
+
+
 def load_workflow(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Workflow:
     p = Path(path)
     try:
@@ -117,8 +144,10 @@ def load_workflow(path: str | Path, overrides: list[str] | tuple[str, ...] = ())
         deltas[canonical_name(name)] = table
     stages = [_stage(s, deltas) for s in head.get("stages", [])]
     stages += [_stage(s, deltas) for s in head.get("plugins", [])]
+    absolute_roots(stages, deltas, p.parent.absolute())
     for a in overrides:
         apply_set(deltas, a)
+    absolute_roots(stages, deltas, Path.cwd())  # what --set gave, as typed here
     seed = head.get("seed", 0)
     if not isinstance(seed, int):
         raise ConfigError(f"{p}: workflow.seed must be an integer")
