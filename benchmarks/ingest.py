@@ -11,29 +11,51 @@
 3. peak RSS of a single-process (sync) ingest at 1x and 10x frames (10x / 1x < 1.3).
 4. random-order training reads from the store (StoreDataset) vs per-frame `np.fromfile` (>= 1.0x).
 5. 2 Dask workers vs 1 on the same ingest (>= 1.7x).
+6. `--profile-frames N`: cProfile of a sync ingest of the 1x world (its first N frames' blocks
+   are the whole 1x world when N >= its size), top entries by own time, in the JSON.
+Issue 17's goals are checked under `issue17`: >= 0.05x np.fromfile with 2 workers, 2 workers
+>= 1.7x 1 worker, peak RSS at 10x frames < 1.3x.
 Page cache: every timed pass reads files the world generator just wrote (warm), baselines too.
+Threads: BLAS/OpenMP pools pinned to 1 in this process and its children (Dask workers get 1
+each from the executor); `os.getloadavg()` is recorded before and after each phase, since the
+machine may be shared: with a load above the core count, the worker-scaling figure is noise.
+`--world DIR` / `--small DIR` keep the synthetic worlds across runs (made when missing).
 """
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import platform
-import subprocess
-import sys
-import tempfile
-import time
-from pathlib import Path
 
-import numpy as np
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[_var] = "1"  # before numpy starts its pools (children inherit it)
 
-from kdpipe.api import run_workflow
+import argparse  # noqa: E402
+import cProfile  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import pstats  # noqa: E402
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
 
+import numpy as np  # noqa: E402
+
+from kdpipe.api import run_workflow  # noqa: E402
+
+# Peak RSS from VmHWM (this process's own address space): ru_maxrss of a child started by a
+# large parent reports the parent's size, which it keeps across exec (Linux), so the earlier
+# figures (420.8 vs 420.8 MB) were the benchmark process's, not the ingest's.
 SYNC_RSS = """
-import resource, sys
+import re, resource, sys
 from kdpipe.api import run_workflow
 run_workflow(sys.argv[1], sys.argv[2], scheduler="sync")
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+try:
+    status = open("/proc/self/status").read()
+    print(re.search(r"VmHWM:\\s+(\\d+) kB", status).group(1))
+except OSError:
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """
 
 
@@ -136,6 +158,10 @@ def peak_rss_kb(wf: Path, ws: Path) -> int:
 
 
 def make_world(fmt: str, out: Path, frames: int, scenes: int, seed: int) -> None:
+    """Synthesise the world into `out` unless a complete one is there (`_complete` marker)."""
+    if (out / "_complete").exists():
+        return
+    shutil.rmtree(out, ignore_errors=True)
     if fmt == "vod":
         from kdpipe.datasets.synth.vod_writer import write_vod
 
@@ -144,24 +170,108 @@ def make_world(fmt: str, out: Path, frames: int, scenes: int, seed: int) -> None
         from kdpipe.datasets.synth import write_nuscenes
 
         write_nuscenes(out, scenes, seed)
+    (out / "_complete").write_text(f"{fmt} frames={frames} scenes={scenes} seed={seed}\n")
 
 
-def main() -> None:
+def load() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def profile_ingest(wf: Path, ws: Path, top: int = 15) -> dict[str, object]:
+    """cProfile of a sync ingest (imports done before): wall time and the top entries by own
+    time (compression and file writes run on zarr's I/O threads: they show as lock waits)."""
+    import polars  # noqa: F401
+    import zarr  # noqa: F401
+
+    prof = cProfile.Profile()
+    t0 = time.perf_counter()
+    prof.enable()
+    run_workflow(wf, str(ws), scheduler="sync")
+    prof.disable()
+    wall = time.perf_counter() - t0
+    st = pstats.Stats(prof)
+    repo = str(Path(__file__).resolve().parents[1])
+    rows, ours = [], []
+    for (file, line, fn), (_, ncalls, tottime, cumtime, _) in st.stats.items():  # type: ignore[attr-defined]
+        row = {"function": f"{Path(file).name}:{line}({fn})", "ncalls": ncalls,
+               "tottime_s": round(tottime, 3), "cumtime_s": round(cumtime, 3)}
+        rows.append(row)
+        if file.startswith(repo) and "/pipeline/" not in file and "/kdpipe/" not in file:
+            ours.append(row)
+    rows.sort(key=lambda r: -float(r["tottime_s"]))  # type: ignore[arg-type]
+    ours.sort(key=lambda r: -float(r["cumtime_s"]))  # type: ignore[arg-type]
+    return {"wall_s": round(wall, 2), "top_by_tottime": rows[:top],
+            "ingest_code_by_cumtime": ours[:top]}
+
+
+def judge(res: dict[str, object], loads: dict[str, list[float]]) -> None:
+    """`met` flags, and issue 17's goals with a word on whether the load spoils them."""
+    for k in ("vs_devkit", "vs_fromfile", "workers_2_vs_1", "training_reads"):
+        r = res[k]
+        r["met"] = r["ratio"] >= r["goal"]  # type: ignore[index]
+    pr = res["peak_rss_mb"]
+    pr["met"] = pr["ratio"] < 1.3  # type: ignore[index]
+    busy = max(v[0] for v in loads.values()) > (os.cpu_count() or 1)
+    res["issue17"] = {
+        "vs_fromfile_2workers": {"ratio": res["vs_fromfile"]["ratio"], "goal": 0.05,  # type: ignore[index]
+                                 "met": res["vs_fromfile"]["ratio"] >= 0.05},  # type: ignore[index]
+        "workers_2_vs_1": {**res["workers_2_vs_1"],  # type: ignore[dict-item]
+                           "meaningful": not busy,
+                           "note": ("1-min load average above the core count during the run: "
+                                    "the worker-scaling ratio measures the other jobs too")
+                           if busy else "machine not oversubscribed"},
+        "rss_10x_vs_1x": pr,
+    }
+
+
+def memory_and_profile(args: argparse.Namespace, tmp: Path, worlds: tuple[Path, Path],
+                       res: dict[str, object], loads: dict[str, list[float]]) -> None:
+    """Peak RSS of sync ingests at 1x and 10x frames; the profile if asked."""
+    wf, small = worlds
+    shutil.rmtree(tmp / "ws1", ignore_errors=True)
+    shutil.rmtree(tmp / "ws2", ignore_errors=True)
+    loads["before_rss"] = load()
+    wf_small = workflow(tmp / "wfs.toml", args.format, small)
+    rss_small = peak_rss_kb(wf_small, tmp / "wss")
+    rss_big = peak_rss_kb(wf, tmp / "wsb")
+    res["peak_rss_mb"] = {
+        "1x": round(rss_small / 1024, 1),
+        "10x": round(rss_big / 1024, 1),
+        "ratio": round(rss_big / rss_small, 2),
+        "goal": "< 1.3",
+    }
+    if args.profile:
+        loads["before_profile"] = load()
+        res["profile_sync_1x"] = profile_ingest(wf_small, tmp / "wsp")
+
+
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser()
     ap.add_argument("--format", choices=["vod", "nuscenes"], default="vod")
     ap.add_argument("--frames", type=int, default=2000)
     ap.add_argument("--scenes", type=int, default=50)
     ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args()
+    ap.add_argument("--world", type=Path, help="keep the 10x world here (reused if complete)")
+    ap.add_argument("--small", type=Path, help="keep the 1x world here (reused if complete)")
+    ap.add_argument("--profile", action="store_true", help="cProfile a sync ingest of the 1x world")
+    ap.add_argument("--out", type=Path, help="also write the JSON here")
+    return ap.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
     res: dict[str, object] = {
         "benchmark": "ingest",
         "format": args.format,
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
-        "date": time.strftime("%Y-%m-%d"),
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "threads": {v: os.environ[v] for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")},
     }
+    loads: dict[str, list[float]] = {"start": load()}
+    res["loadavg_1_5_15"] = loads
     with tempfile.TemporaryDirectory(dir=os.environ.get("KDPIPE_BENCH_TMP")) as d:
         tmp = Path(d)
-        world, small = tmp / "world", tmp / "small"
+        world, small = args.world or tmp / "world", args.small or tmp / "small"
         t0 = time.perf_counter()
         make_world(args.format, world, args.frames, args.scenes, args.seed)
         small_frames, small_scenes = max(args.frames // 10, 1), max(args.scenes // 10, 1)
@@ -169,18 +279,23 @@ def main() -> None:
         res["synth_s"] = round(time.perf_counter() - t0, 1)
         files = point_files(args.format, world)
         wf = workflow(tmp / "wf.toml", args.format, world)
+        fromfile_loop(files)  # warm the page cache for everyone alike
+        loads["before_baselines"] = load()
         dev_s, n_dev = devkit_loop(args.format, world)
         ff_s = fromfile_loop(files)
+        loads["before_2workers"] = load()
         t2, n = timed_ingest(wf, tmp / "ws2", "local:2")
+        loads["before_1worker"] = load()
         t1, _ = timed_ingest(wf, tmp / "ws1", "local:1")
+        loads["after_ingests"] = load()
         raw_bytes = sum(f.stat().st_size for fr in files for f in fr)
         res.update({"frames": n, "raw_mb": round(raw_bytes / 1e6, 1)})
         res["ingest_fps_2workers"] = round(n / t2, 1)
         res["ingest_fps_1worker"] = round(n / t1, 1)
         res["devkit_load_fps"] = round(n_dev / dev_s, 1)
         res["fromfile_fps"] = round(len(files) / ff_s, 1)
-        res["vs_devkit"] = {"ratio": round(dev_s / n_dev / (t2 / n), 2), "goal": 3.0}
-        res["vs_fromfile"] = {"ratio": round(ff_s / len(files) / (t2 / n), 3), "goal": 0.5}
+        res["vs_devkit"] = {"ratio": round(dev_s / n_dev / (t2 / n), 3), "goal": 3.0}
+        res["vs_fromfile"] = {"ratio": round(ff_s / len(files) / (t2 / n), 4), "goal": 0.5}
         res["workers_2_vs_1"] = {"ratio": round(t1 / t2, 2), "goal": 1.7}
         art = next((tmp / "ws2/artifacts/ingest").iterdir())
         store_s, raw_s = training_reads(art, files, args.format)
@@ -190,22 +305,15 @@ def main() -> None:
             "ratio": round(raw_s / len(files) / (store_s / n), 2),
             "goal": 1.0,
         }
-        rss_small = peak_rss_kb(workflow(tmp / "wfs.toml", args.format, small), tmp / "wss")
-        rss_big = peak_rss_kb(wf, tmp / "wsb")
-        res["peak_rss_mb"] = {
-            "1x": round(rss_small / 1024, 1),
-            "10x": round(rss_big / 1024, 1),
-            "ratio": round(rss_big / rss_small, 2),
-            "goal": "< 1.3",
-        }
         store_bytes = sum(p.stat().st_size for p in (art / "points.zarr").rglob("*") if p.is_file())
         res["store_mb"] = round(store_bytes / 1e6, 1)
-    for k in ("vs_devkit", "vs_fromfile", "workers_2_vs_1", "training_reads"):
-        r = res[k]
-        r["met"] = r["ratio"] >= r["goal"]  # type: ignore[index]
-    pr = res["peak_rss_mb"]
-    pr["met"] = pr["ratio"] < 1.3  # type: ignore[index]
-    print(json.dumps(res, indent=1))
+        memory_and_profile(args, tmp, (wf, small), res, loads)
+        loads["end"] = load()
+    judge(res, loads)
+    text = json.dumps(res, indent=1)
+    if args.out:
+        args.out.write_text(text + "\n")
+    print(text)
 
 
 if __name__ == "__main__":

@@ -141,17 +141,18 @@ def ingest_scene(task: NusTask) -> dict[str, Any]:
     ctx = _Ctx(db, root, o, nio.radar_filter(o.radar_filter), log,
                [c for c in nio.RADARS if c in channels], db.split_of.get(task.scene, ""))
     table = root / o.version
-    for idx, s in db.scene_samples.get(task.scene_token, []):
-        tok = str(s.get("token"))
-        try:
-            if db.first_index[tok] != idx:
-                raise FormatError(table / "sample.json", "duplicate",
-                                  f"sample token {tok} appears more than once in the table.")
-            _frame(w, ctx, tok)
-        except FormatError as e:
-            w.reject(tok, e.path, e.check, e.reason)
-        except (KeyError, TypeError, ValueError) as e:  # a record lacking a field / bad value
-            w.reject(tok, table, "missing", f"a table record lacks a field or value ({e!r}).")
+    with log.reading():  # LiDAR and radar files: parsed and digested from one read
+        for idx, s in db.scene_samples.get(task.scene_token, []):
+            tok = str(s.get("token"))
+            try:
+                if db.first_index[tok] != idx:
+                    raise FormatError(table / "sample.json", "duplicate",
+                                      f"sample token {tok} appears more than once in the table.")
+                _frame(w, ctx, tok)
+            except FormatError as e:
+                w.reject(tok, e.path, e.check, e.reason)
+            except (KeyError, TypeError, ValueError) as e:  # a record lacking a field / bad value
+                w.reject(tok, table, "missing", f"a table record lacks a field or value ({e!r}).")
     w.write(Path(task.zarr_root))
     return {"scene": task.scene, "resumed": False}
 
@@ -204,8 +205,8 @@ def _frame(w: nio.SceneWriter, ctx: _Ctx, tok: str) -> None:
     pose = nio.record(db, "ego_pose", lsd["ego_pose_token"], lf, "pose")
     t_world_ego = nio.transform(db, "ego_pose", lsd["ego_pose_token"], lf, "pose")
     t_ego_world = nio.transform(db, "ego_pose", lsd["ego_pose_token"], lf, "pose", inverse=True)
-    lidar_path = nio.data_file(ctx.root, lsd, ctx.log)
-    pts = read_nuscenes_lidar(lidar_path)  # (N, 5) sensor frame
+    lidar_path = nio.data_file(ctx.root, lsd)
+    pts = nio.read_logged(read_nuscenes_lidar, lidar_path, ctx.log)  # (N, 5) sensor frame
     lidar = np.column_stack([bx.transform_points(t_ego_lidar, pts[:, :3]), pts[:, 3]])  # (N, 4)
     calib = [{"sensor": "lidar", "t_ego_from_sensor": t_ego_lidar.ravel().tolist()}]
     clouds, radar_path = [np.zeros((0, len(nio.RADAR_FIELDS)), np.float32)], None

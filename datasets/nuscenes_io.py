@@ -11,9 +11,10 @@ from __future__ import annotations
 import json
 import os
 from collections import OrderedDict, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path  # noqa: TC003 -- annotations of a dataclass module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -32,6 +33,8 @@ from kdpipe.schemas import boxes as bx
 
 if TYPE_CHECKING:
     from kdpipe.datasets.nuscenes import RadarFilter
+
+T = TypeVar("T")
 
 RADARS = ("RADAR_FRONT", "RADAR_FRONT_LEFT", "RADAR_FRONT_RIGHT", "RADAR_BACK_LEFT",
           "RADAR_BACK_RIGHT")
@@ -202,6 +205,16 @@ def data_file(root: Path, sd: dict[str, Any], log: FileLog | None = None) -> Pat
     return p
 
 
+def read_logged(read: Callable[[Path], T], path: Path, log: FileLog) -> T:
+    """`read(path)`, then `path` logged, also when the read rejects it (the row order and
+    rows of logging first): inside `log.reading()` the digest comes from the parser's bytes,
+    one read of the file instead of two."""
+    try:
+        return read(path)
+    finally:
+        log.add(path)
+
+
 def radar_filter(flt: RadarFilter) -> Any:
     """Mask function of the configured state filters (devkit semantics; None keeps all)."""
     tests = [(n, np.asarray(v)) for n, v in (("invalid_state", flt.invalid_states),
@@ -245,7 +258,7 @@ def radar_channel(db: NusDb, root: Path, sd: dict[str, Any], ref: RadarRef, ch: 
         t = ref.t_ego_from_global @ pose \
             @ transform(db, "calibrated_sensor", sd.get("calibrated_sensor_token", ""), f, "calib")
         t_key = t if t_key is None else t_key  # (4, 4) ego(LiDAR keyframe) <- sensor(t)
-        rec = read_radar_pcd(data_file(root, sd, log))  # (N,) 18 native fields
+        rec = read_logged(read_radar_pcd, data_file(root, sd), log)  # (N,) 18 native fields
         rec = rec[ref.keep(rec)]
         cloud = np.empty((len(rec), len(RADAR_FIELDS)), np.float32)  # (N, 23)
         xyz = bx.transform_points(t, np.column_stack([rec["x"], rec["y"], rec["z"]]))  # (N, 3)

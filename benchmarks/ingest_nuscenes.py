@@ -1,0 +1,136 @@
+"""nuScenes ingest vs the nuscenes-devkit load-only loop, same world, same run (issue 17).
+
+    python benchmarks/ingest_nuscenes.py --scenes 20 --world /tmp/nus20 --out result.json
+
+The ingest: LiDAR, the 5 radars accumulated over `--sweeps` sweeps, the configured cameras at
+the configured downscale, annotations, written and committed (local Dask, 2 workers, then 1).
+The baseline: `NuScenes(...)` (table load) + `LidarPointCloud.from_file` of each keyframe LiDAR
+file + `RadarPointCloud.from_file` of each radar sample_data ingest reads (keyframe and its
+`prev` chain, `--sweeps` deep); nothing decoded beyond that, nothing written. Goal >= 3x.
+Threads pinned to 1 (BLAS/OpenMP) here and in the workers; load average recorded per phase.
+"""
+from __future__ import annotations
+
+import os
+
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[_var] = "1"  # before numpy starts its pools (children inherit it)
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from kdpipe.api import run_workflow  # noqa: E402
+from kdpipe.datasets.nuscenes import NuscenesIngestConfig  # noqa: E402
+
+VERSION = "v1.0-mini"
+
+
+def load() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def make_world(out: Path, scenes: int, seed: int) -> None:
+    """Synthesise unless a complete world is there (`_complete` marker)."""
+    if (out / "_complete").exists():
+        return
+    shutil.rmtree(out, ignore_errors=True)
+    from kdpipe.datasets.synth import write_nuscenes
+
+    write_nuscenes(out, scenes, seed)
+    (out / "_complete").write_text(f"nuscenes scenes={scenes} seed={seed}\n")
+
+
+def devkit_loop(root: Path, sweeps: int) -> tuple[float, int, int]:
+    """(seconds, samples, files) of the devkit's load-only loop over what ingest reads."""
+    from nuscenes import NuScenes
+    from nuscenes.utils.data_classes import LidarPointCloud, RadarPointCloud
+
+    t0 = time.perf_counter()
+    nusc = NuScenes(version=VERSION, dataroot=str(root), verbose=False)
+    n_files = 0
+    for s in nusc.sample:
+        for ch, tok in s["data"].items():
+            if ch == "LIDAR_TOP":
+                LidarPointCloud.from_file(nusc.get_sample_data_path(tok))
+                n_files += 1
+            elif ch.startswith("RADAR"):
+                sd_tok = tok
+                for _ in range(sweeps):
+                    RadarPointCloud.from_file(nusc.get_sample_data_path(sd_tok))
+                    n_files += 1
+                    sd_tok = nusc.get("sample_data", sd_tok)["prev"]
+                    if not sd_tok:
+                        break
+    return time.perf_counter() - t0, len(nusc.sample), n_files
+
+
+def timed_ingest(wf: Path, ws: Path, scheduler: str) -> tuple[float, int, int]:
+    import polars as pl
+
+    t0 = time.perf_counter()
+    rep = run_workflow(wf, str(ws), scheduler=scheduler)
+    dt = time.perf_counter() - t0
+    art = Path(rep["stages"][0]["path"])
+    return (dt, pl.read_parquet(art / "frames.parquet").height,
+            pl.read_parquet(art / "rejects.parquet").height)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--scenes", type=int, default=20)   # 20 keyframes each: 400 samples
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--sweeps", type=int, default=5)
+    ap.add_argument("--world", type=Path, help="keep the world here (reused if complete)")
+    ap.add_argument("--out", type=Path, help="also write the JSON here")
+    args = ap.parse_args()
+    defaults = NuscenesIngestConfig(format="nuscenes", roots=["x"])
+    res: dict[str, object] = {
+        "benchmark": "ingest_nuscenes", "date": time.strftime("%Y-%m-%d %H:%M"),
+        "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
+        "ingest": {"radar_sweeps": args.sweeps, "camera_channels": defaults.camera_channels,
+                   "camera_downscale": defaults.camera_downscale},
+    }
+    loads: dict[str, list[float]] = {"start": load()}
+    res["loadavg_1_5_15"] = loads
+    with tempfile.TemporaryDirectory(dir=os.environ.get("KDPIPE_BENCH_TMP")) as d:
+        tmp = Path(d)
+        world = args.world or tmp / "world"
+        t0 = time.perf_counter()
+        make_world(world, args.scenes, args.seed)
+        res["synth_s"] = round(time.perf_counter() - t0, 1)
+        wf = tmp / "wf.toml"
+        wf.write_text(f'[workflow]\nstages = ["ingest"]\n[ingest]\nformat = "nuscenes"\n'
+                      f'roots = ["{world}"]\nversion = "{VERSION}"\n'
+                      f"radar_sweeps = {args.sweeps}\n")
+        devkit_loop(world, args.sweeps)  # warm the page cache and the imports for both sides
+        loads["before_devkit"] = load()
+        dev_s, n_dev, n_files = devkit_loop(world, args.sweeps)
+        loads["before_2workers"] = load()
+        t2, n, rejected = timed_ingest(wf, tmp / "ws2", "local:2")
+        loads["before_1worker"] = load()
+        t1, _, _ = timed_ingest(wf, tmp / "ws1", "local:1")
+        loads["end"] = load()
+    res.update({
+        "samples": n_dev, "frames_ingested": n, "frames_rejected": rejected,
+        "devkit_files_loaded": n_files,
+        "devkit_load_fps": round(n_dev / dev_s, 1),
+        "ingest_fps_2workers": round(n / t2, 1), "ingest_fps_1worker": round(n / t1, 1),
+        "workers_2_vs_1": round(t1 / t2, 2),
+    })
+    ratio = round((n / t2) / (n_dev / dev_s), 2)
+    busy = max(v[0] for v in loads.values()) > (os.cpu_count() or 1)
+    res["vs_devkit"] = {"ratio": ratio, "goal": 3.0, "met": ratio >= 3.0,  # noqa: PLR2004
+                        "machine_oversubscribed": busy}
+    text = json.dumps(res, indent=1)
+    if args.out:
+        args.out.write_text(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
