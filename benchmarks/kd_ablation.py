@@ -77,11 +77,13 @@ def workflow(path: Path, world: Path, args: argparse.Namespace, seed: int, n_lab
              n_unlabeled: int) -> dict[str, str]:
     """Table 3 + methods for one seed; returns {row label: evaluate stage}."""
     optim = {"epochs": args.epochs, "batch_size": 4, "lr_max": args.lr_max}
+    det = {"detector": {"pillar_size_m": args.pillar_m}} if args.pillar_m else {}
     student_epochs = max(1, round(args.epochs * n_labeled / n_unlabeled))
     stages = ["ingest", "teacher-train", "train-radar", "teacher-label", "pseudo-label"]
     lines = ["[ingest]", 'format = "vod"', f'roots = ["{world}"]',
-             *_table("teacher-train", {"model": "sckd-teacher", "optim": optim}),
-             *_table("train-radar", {"model": "radar-only", "optim": optim}, "teacher-train",
+             *_table("teacher-train", {"model": "sckd-teacher", **det, "optim": optim}),
+             *_table("train-radar", {"model": "radar-only", **det, "optim": optim},
+                     "teacher-train",
                      {"teacher": "radar_model", "train_log": "radar_train_log"}),
              *_table("teacher-label", {"batch_size": 8}),
              *_table("pseudo-label", {"sigma": 0.1})]
@@ -111,12 +113,15 @@ def workflow_table4(path: Path, world: Path, args: argparse.Namespace, seed: int
     quarter = max(1, n_labeled // 4)
     optim = {"epochs": args.epochs, "batch_size": 4, "lr_max": args.lr_max}
     steps = args.epochs * quarter                 # the baseline's frame-steps
+    det = {"detector": {"pillar_size_m": args.pillar_m}} if args.pillar_m else {}
     method = ROWS[args.table4_method][0]
     stages = ["ingest", "teacher-q", "radar-q", "label-q", "pseudo-q"]
     lines = ["[ingest]", 'format = "vod"', f'roots = ["{world}"]',
-             *_table("teacher-q", {"model": "sckd-teacher", "max_frames": quarter, "optim": optim},
+             *_table("teacher-q", {"model": "sckd-teacher", "max_frames": quarter, **det,
+                                   "optim": optim},
                      "teacher-train", {"teacher": "q_teacher", "train_log": "q_teacher_log"}),
-             *_table("radar-q", {"model": "radar-only", "max_frames": quarter, "optim": optim},
+             *_table("radar-q", {"model": "radar-only", "max_frames": quarter, **det,
+                                 "optim": optim},
                      "teacher-train", {"teacher": "q_radar", "train_log": "q_radar_log"}),
              *_table("label-q", {"batch_size": 8, "splits": ["train", "unlabeled", "val"]},
                      "teacher-label", {"teacher": "q_teacher", "detections": "q_detections",
@@ -207,6 +212,8 @@ def main() -> None:
     ap.add_argument("--first-seed", type=int, default=0)
     ap.add_argument("--epochs", type=int, default=40, help="teacher / baseline epochs")
     ap.add_argument("--lr-max", type=float, default=0.003)
+    ap.add_argument("--pillar-m", type=float, default=None,
+                    help="BEV cell of teacher, baseline and students (default: the preset's 0.4)")
     ap.add_argument("--rows", default=",".join(ROWS), help=f"subset of {','.join(ROWS)}")
     ap.add_argument("--scheduler", default="local:2")
     ap.add_argument("--table4", action="store_true", help="the label-scarce table instead")
