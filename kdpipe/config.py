@@ -28,7 +28,6 @@ against the current directory. Either way the plan (and its keys) holds the abso
 """
 from __future__ import annotations
 
-import json
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -59,15 +58,28 @@ def parse_value(text: str) -> Any:
         return text
 
 
-def toml_value(v: Any) -> str:
-    """A Python value as a TOML literal (the inverse of `parse_value`); None-valued keys of a
-    table are left out, TOML has no null."""
+def toml_item(v: Any) -> Any:
+    """A Python value as a tomlkit item written on one line: dicts as inline tables (keys whose
+    value is None left out: TOML has no null), lists and tuples as arrays, paths as strings."""
+    import tomlkit
+
     if isinstance(v, dict):
-        return "{ " + ", ".join(f"{json.dumps(str(k))} = {toml_value(x)}"
-                                for k, x in v.items() if x is not None) + " }"
+        table = tomlkit.inline_table()
+        for k, x in v.items():
+            if x is not None:
+                table.append(str(k), toml_item(x))
+        return table
     if isinstance(v, list | tuple):
-        return "[" + ", ".join(toml_value(x) for x in v) + "]"
-    return json.dumps(str(v) if isinstance(v, Path) else v)
+        arr = tomlkit.array()
+        for x in v:
+            arr.append(toml_item(x))
+        return arr
+    return tomlkit.item(str(v) if isinstance(v, Path) else v)
+
+
+def toml_value(v: Any) -> str:
+    """A Python value as a TOML literal (the inverse of `parse_value`), via tomlkit."""
+    return str(toml_item(v).as_string())
 
 
 def apply_set(deltas: dict[str, dict[str, Any]], assignment: str) -> None:

@@ -1,4 +1,5 @@
-"""kdpipe.workflow_edit: one key changes, comments and everything else stay byte for byte."""
+"""kdpipe.workflow_edit (tomlkit): one key changes, comments and everything else stay byte for
+byte; `kdpipe.config.toml_value` still writes one-line TOML literals (benchmarks use it)."""
 from __future__ import annotations
 
 import tomllib
@@ -6,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from kdpipe.config import toml_value
 from kdpipe.pipeline.errors import ConfigError
+from kdpipe.testing import TINY_DETECTOR
 from kdpipe.workflow_edit import set_stage_key
 
 BASE = """# my workflow
@@ -35,10 +38,11 @@ def test_replace_or_insert_keeps_the_rest(tmp_path: Path, line: str) -> None:
     others = [ln for ln in text.splitlines() if "class_thresholds" not in ln]
     assert others == [ln for ln in BASE.format(line=line).splitlines()
                       if "class_thresholds" not in ln]
-    if "# old one" in line:
-        assert 'class_thresholds = { "Car" = 0.42, "Cyclist" = 0.3 }  # old one' in text
-    else:  # inserted right after the table's last key
-        assert text.index("class_thresholds") < text.index("# trailing note")
+    if "# old one" in line:  # replaced where it stood, its comment kept
+        assert "class_thresholds = {Car = 0.42, Cyclist = 0.3}  # old one\n" in text
+    else:  # added to its own table
+        assert text.index("[pseudo-label]") < text.index("class_thresholds") \
+            < text.index("[ingest]")
 
 
 def test_new_table_and_sub_table(tmp_path: Path) -> None:
@@ -55,10 +59,29 @@ def test_new_table_and_sub_table(tmp_path: Path) -> None:
                    "ingest": {"format": "vod"}}
 
 
-def test_unsafe_edit_fails_and_leaves_the_file(tmp_path: Path) -> None:
+def test_dotted_keys_become_one_line(tmp_path: Path) -> None:
     p = tmp_path / "wf.toml"
-    before = "[pseudo-label]\nclass_thresholds.Car = 0.1\n"
+    p.write_text("[pseudo-label]\nclass_thresholds.Car = 0.1  # dotted\nsigma = 0.3\n")
+    set_stage_key(p, "pseudo-label", "class_thresholds", NEW)
+    assert tomllib.loads(p.read_text()) == {"pseudo-label": {"sigma": 0.3,
+                                                             "class_thresholds": NEW}}
+    assert p.read_text().count("class_thresholds") == 1
+
+
+def test_invalid_file_fails_and_is_left_alone(tmp_path: Path) -> None:
+    p = tmp_path / "wf.toml"
+    before = "[pseudo-label]\nsigma = \n"
     p.write_text(before)
-    with pytest.raises(ConfigError, match="edit it by hand"):
+    with pytest.raises(ConfigError, match="invalid TOML"):
         set_stage_key(p, "pseudo-label", "class_thresholds", NEW)
     assert p.read_text() == before
+
+
+@pytest.mark.parametrize("value", [TINY_DETECTOR, ["a", "b"], 'say "hi"\n', 0.1, 3, True,
+                                   {"Car": 0.4, "Truck": None}, ("x", 1), Path("/a b/c")])
+def test_toml_value_is_a_one_line_literal(value: object) -> None:
+    text = toml_value(value)
+    assert "\n" not in text
+    want = {"Car": 0.4} if isinstance(value, dict) and "Truck" in value else value
+    want = list(want) if isinstance(want, tuple) else want
+    assert tomllib.loads(f"v = {text}")["v"] == (str(want) if isinstance(want, Path) else want)
