@@ -33,3 +33,22 @@ def test_limit_threads_sizes_every_pool_and_reports_it() -> None:
         assert all(p["num_threads"] == 1 for p in threadpool_info())
     finally:
         torch.set_num_threads(before)
+
+
+def test_importing_kdpipe_makes_openmp_threads_sleep_unless_the_user_chose() -> None:
+    """The driver (CLI, API, training) gets a passive OpenMP wait policy before torch loads;
+    a user's own setting wins."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import kdpipe, torch, os; "
+            "print(os.environ['OMP_WAIT_POLICY'], os.environ['KMP_BLOCKTIME'])")
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "KMP_BLOCKTIME")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == ["PASSIVE", "0"]
+    env["OMP_WAIT_POLICY"] = "ACTIVE"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out[0] == "ACTIVE"
