@@ -23,23 +23,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from pydantic import Field
 
 from kdpipe.pipeline.errors import StageError
-from kdpipe.pipeline.stage import StageConfig
 from kdpipe.pipeline.threads import limit_threads, process_cores
-
-
-class LaunchConfig(StageConfig):
-    nproc: int = Field(1, ge=1)                 # training processes on this node
-    nnodes: int = Field(1, ge=1)                # nodes taking part (all run the same job)
-    rdzv_endpoint: str | None = None            # host:port of the rendezvous; None: local
-    backend: Literal["auto", "gloo", "nccl"] = "auto"   # auto: NCCL on CUDA, else gloo
-    timeout_s: float = Field(300.0, gt=0)       # a lost rank fails collectives after this
-    threads_per_rank: int | None = Field(None, ge=1)    # None: this node's cores / nproc
+from kdpipe.runtime.config import LaunchConfig  # defined torch-free there; re-exported here
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Generic, Literal, Protocol, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, cast
 
 import numpy as np
 import polars as pl
@@ -30,6 +30,7 @@ from kdpipe.pipeline.errors import ConfigError
 from kdpipe.pipeline.stage import StageContext
 from kdpipe.runtime.camera_data import camera_channels
 from kdpipe.runtime.checkpoints import load_model
+from kdpipe.runtime.config import AmpMode  # defined torch-free there; re-exported here
 from kdpipe.runtime.model_data import (
     frame_arrays,
     read_group_frames,
@@ -44,7 +45,6 @@ if TYPE_CHECKING:
     from kdpipe.models.contract import Detector
 
 _MODELS: dict[tuple[str, str], tuple[torch.nn.Module, dict[str, Any]]] = {}
-AmpMode = Literal["fp32", "bf16"]  # the model forward's precision; decoding is always fp32
 _PREFETCH_BATCHES = 2  # batches collated ahead: one in the queue, one being built
 _T = TypeVar("_T")
 

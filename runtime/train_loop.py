@@ -15,11 +15,10 @@ import functools
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Literal, TypedDict, Unpack
+from typing import Any, TypedDict, Unpack
 
 import numpy as np
 import torch
-from pydantic import Field
 
 from kdpipe.models.augment import random_flip_scale
 from kdpipe.models.batch import (
@@ -30,9 +29,9 @@ from kdpipe.models.batch import (
     target_tensors,
     to_device,
 )
-from kdpipe.pipeline.stage import StageConfig
 from kdpipe.runtime.camera_data import augment_geometry
 from kdpipe.runtime.checkpoints import atomic_save
+from kdpipe.runtime.config import OptimConfig  # defined torch-free there; re-exported here
 from kdpipe.runtime.train_data import (
     BatchDataset,
     BatchPlan,
@@ -42,24 +41,6 @@ from kdpipe.runtime.train_data import (
     Shard,
     make_loader,
 )
-
-
-class OptimConfig(StageConfig):
-    epochs: int = Field(20, ge=1)
-    batch_size: int = Field(4, ge=1)
-    lr_start: float = 1e-3
-    lr_max: float = 1e-2
-    lr_min: float = 1e-7
-    weight_decay: float = 0.01
-    grad_clip_norm: float = 10.0          # OpenPCDet's GRAD_NORM_CLIP for SECOND
-    flip_y: bool = True                   # SCKD "random flip along the x-axis": y -> -y
-    scale_range: tuple[float, float] = (0.95, 1.05)
-    device: str = "auto"                  # auto | cpu | cuda[:N]
-    # Batches are read, augmented and collated in this many DataLoader worker processes
-    # (0: in the training process; each worker keeps one thread, see pipeline/threads.py).
-    loader_workers: int = Field(0, ge=0)
-    amp: Literal["fp32", "bf16"] = "fp32"   # bf16 autocast of forward + loss (CUDA, or asked)
-
 
 LossFn = Callable[[torch.nn.Module, dict[str, Any], list[dict[str, Any]],
                    Sequence[TrainFrame]], dict[str, torch.Tensor]]

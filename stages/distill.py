@@ -20,9 +20,8 @@ forward is measured at about a third of the student's forward+backward (docs/RES
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from pydantic import Field, field_validator, model_validator
 
 from kdpipe.models.names import check_kd_terms, check_model_name
@@ -35,10 +34,12 @@ from kdpipe.pipeline.stage import (
     StageContext,
     ZarrArtifact,
 )
-from kdpipe.runtime.distributed import LaunchConfig, TrainJob, TrainSetup
-from kdpipe.runtime.frames import FrameSpec, student_config, training_frames
-from kdpipe.runtime.train_loop import OptimConfig
-from kdpipe.runtime.training import run_training
+from kdpipe.runtime.config import LaunchConfig, OptimConfig
+
+if TYPE_CHECKING:  # torch and the modules that import it load when the stage runs, not to plan
+    import torch
+
+    from kdpipe.runtime.distributed import TrainJob, TrainSetup
 
 
 class DistillConfig(StageConfig):
@@ -77,9 +78,13 @@ class DistillConfig(StageConfig):
 
 def build(job: TrainJob, device: torch.device) -> TrainSetup:
     """Student, KD terms and loss around the frozen teacher (every rank the same)."""
+    import torch
+
     from kdpipe.models import create_model
     from kdpipe.models.kd import KDLoss, KDShapes, create_kd, get_kd
     from kdpipe.runtime.checkpoints import load_model
+    from kdpipe.runtime.distributed import TrainSetup
+    from kdpipe.runtime.frames import FrameSpec, student_config, training_frames
 
     cfg = job.config
     teacher, _ = load_model(job.inputs["teacher"], device)
@@ -117,6 +122,8 @@ def build(job: TrainJob, device: torch.device) -> TrainSetup:
 
 
 def run(ctx: StageContext[DistillConfig]) -> None:
+    from kdpipe.runtime.training import run_training
+
     run_training(ctx, f"{__name__}:build", "student", "distill_log")
 
 

@@ -32,7 +32,7 @@ from kdpipe.pipeline.stage import (
     StageContext,
     ZarrArtifact,
 )
-from kdpipe.runtime.inference import AmpMode, cleanup_parts, infer
+from kdpipe.runtime.config import AmpMode
 
 
 class EvaluateConfig(StageConfig):
@@ -96,6 +96,8 @@ def metrics_rows(metrics: dict[str, Any], prefix: str = "") -> list[dict[str, An
 
 
 def run(ctx: StageContext[EvaluateConfig]) -> None:
+    from kdpipe.runtime.inference import cleanup_parts, infer  # torch: not needed to plan
+
     cfg = ctx.config
     store = IngestStore.from_inputs(ctx.inputs, ctx.stage)
     frames = store.select_frames([cfg.split], labeled_only=True)

@@ -19,9 +19,8 @@ Training data, the loop and the checkpoint are `distill`'s (`runtime.frames.trai
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from pydantic import Field, field_validator, model_validator
 
 from kdpipe.models.names import check_model_name
@@ -35,12 +34,13 @@ from kdpipe.pipeline.stage import (
     StageContext,
     ZarrArtifact,
 )
-from kdpipe.runtime.camera_data import camera_channels
-from kdpipe.runtime.distributed import LaunchConfig, TrainJob, TrainSetup
-from kdpipe.runtime.frames import FrameSpec, student_config, training_frames
-from kdpipe.runtime.train_loop import OptimConfig
-from kdpipe.runtime.training import run_training
+from kdpipe.runtime.config import LaunchConfig, OptimConfig
 from kdpipe.runtime.weight_maps import weight_map_reader
+
+if TYPE_CHECKING:  # torch and the modules that import it load when the stage runs, not to plan
+    import torch
+
+    from kdpipe.runtime.distributed import TrainJob, TrainSetup
 
 
 class IMKDDistillConfig(StageConfig):
@@ -72,9 +72,14 @@ class IMKDDistillConfig(StageConfig):
 
 def build(job: TrainJob, device: torch.device) -> TrainSetup:
     """Camera+radar student, adapters and IMKD loss around the frozen LiDAR teacher."""
+    import torch
+
     from kdpipe.models import create_model
     from kdpipe.models.imkd import IMKDAdapters, IMKDLoss
+    from kdpipe.runtime.camera_data import camera_channels
     from kdpipe.runtime.checkpoints import load_model
+    from kdpipe.runtime.distributed import TrainSetup
+    from kdpipe.runtime.frames import FrameSpec, student_config, training_frames
 
     cfg = job.config
     teacher, _ = load_model(job.inputs["teacher"], device)
@@ -104,6 +109,8 @@ def build(job: TrainJob, device: torch.device) -> TrainSetup:
 
 
 def run(ctx: StageContext[IMKDDistillConfig]) -> None:
+    from kdpipe.runtime.training import run_training
+
     run_training(ctx, f"{__name__}:build", "student", "distill_log")
 
 

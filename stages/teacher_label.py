@@ -19,7 +19,7 @@ from kdpipe.pipeline.stage import (
     StageContext,
     ZarrArtifact,
 )
-from kdpipe.runtime.inference import AmpMode, cleanup_parts, infer
+from kdpipe.runtime.config import AmpMode
 
 
 class TeacherLabelConfig(StageConfig):
@@ -33,6 +33,8 @@ class TeacherLabelConfig(StageConfig):
 
 
 def run(ctx: StageContext[TeacherLabelConfig]) -> None:
+    from kdpipe.runtime.inference import cleanup_parts, infer  # torch: not needed to plan
+
     cfg = ctx.config
     store = IngestStore.from_inputs(ctx.inputs, ctx.stage)
     frames = store.select_frames(cfg.splits)

@@ -9,10 +9,9 @@ epoch after a kill. Camera models need a `calibration` port, which this stage do
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
-import torch
 from pydantic import Field, field_validator
 
 from kdpipe.datasets.store import IngestStore
@@ -26,12 +25,12 @@ from kdpipe.pipeline.stage import (
     StageContext,
     ZarrArtifact,
 )
-from kdpipe.runtime.camera_data import camera_channels
-from kdpipe.runtime.distributed import LaunchConfig, TrainJob, TrainSetup
-from kdpipe.runtime.frames import FrameSpec, load_train_frames
-from kdpipe.runtime.model_data import targets_from_table
-from kdpipe.runtime.train_loop import OptimConfig
-from kdpipe.runtime.training import run_training
+from kdpipe.runtime.config import LaunchConfig, OptimConfig
+
+if TYPE_CHECKING:  # torch and the modules that import it load when the stage runs, not to plan
+    import torch
+
+    from kdpipe.runtime.distributed import TrainJob, TrainSetup
 
 
 class TeacherTrainConfig(StageConfig):
@@ -48,7 +47,13 @@ class TeacherTrainConfig(StageConfig):
 
 def build(job: TrainJob, device: torch.device) -> TrainSetup:
     """The model and its labeled frames (every rank builds the same)."""
+    import torch
+
     from kdpipe.models import create_model
+    from kdpipe.runtime.camera_data import camera_channels
+    from kdpipe.runtime.distributed import TrainSetup
+    from kdpipe.runtime.frames import FrameSpec, load_train_frames
+    from kdpipe.runtime.model_data import targets_from_table
 
     cfg = job.config
     torch.manual_seed(job.seed)  # weight init
@@ -64,6 +69,8 @@ def build(job: TrainJob, device: torch.device) -> TrainSetup:
 
 
 def run(ctx: StageContext[TeacherTrainConfig]) -> None:
+    from kdpipe.runtime.training import run_training
+
     run_training(ctx, f"{__name__}:build", "teacher", "train_log")
 
 
