@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import Field, field_validator, model_validator
 
-from kdpipe.models.names import check_kd_terms, check_model_name
 from kdpipe.pipeline.stage import (
     CheckpointArtifact,
     ParquetArtifact,
@@ -35,6 +34,7 @@ from kdpipe.pipeline.stage import (
     ZarrArtifact,
 )
 from kdpipe.runtime.config import LaunchConfig, OptimConfig
+from kdpipe.schemas.model_names import check_kd_terms, check_model_name
 
 if TYPE_CHECKING:  # torch and the modules that import it load when the stage runs, not to plan
     import torch

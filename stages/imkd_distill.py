@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import Field, field_validator, model_validator
 
-from kdpipe.models.names import check_model_name
 from kdpipe.pipeline.errors import ConfigError
 from kdpipe.pipeline.stage import (
     CheckpointArtifact,
@@ -36,6 +35,7 @@ from kdpipe.pipeline.stage import (
 )
 from kdpipe.runtime.config import LaunchConfig, OptimConfig
 from kdpipe.runtime.weight_maps import weight_map_reader
+from kdpipe.schemas.model_names import check_model_name
 
 if TYPE_CHECKING:  # torch and the modules that import it load when the stage runs, not to plan
     import torch

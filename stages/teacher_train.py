@@ -15,7 +15,6 @@ import polars as pl
 from pydantic import Field, field_validator
 
 from kdpipe.datasets.store import IngestStore
-from kdpipe.models.names import check_model_name
 from kdpipe.pipeline.stage import (
     CheckpointArtifact,
     ParquetArtifact,
@@ -26,6 +25,7 @@ from kdpipe.pipeline.stage import (
     ZarrArtifact,
 )
 from kdpipe.runtime.config import LaunchConfig, OptimConfig
+from kdpipe.schemas.model_names import check_model_name
 
 if TYPE_CHECKING:  # torch and the modules that import it load when the stage runs, not to plan
     import torch

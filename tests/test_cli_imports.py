@@ -80,12 +80,6 @@ def test_training_stages_and_their_configs_import_no_torch(toy_ws: tuple[Path, P
                   str(ws), prelude=BARE_MODELS) == []
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the training stages check `model`/`student`/`kd` at plan time with kdpipe.models.names, "
-    "and importing it runs models/__init__.py, which imports every model (torch); the stages "
-    "and their configs are torch-free otherwise (the test above). Needs models/ (its owner): "
-    "a torch-free home for names.py outside the package, or a package __init__ that does not "
-    "import the models"))
 def test_status_of_a_training_workflow_imports_no_torch(toy_ws: tuple[Path, Path]) -> None:
     _, ws = toy_ws
     assert loaded("status", "-w", str(REPO / "workflows/vod_sckd.toml"), "--workspace",

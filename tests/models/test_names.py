@@ -1,4 +1,5 @@
-"""`kdpipe.models.names` (torch-free, checked at plan time) lists exactly the registry's models."""
+"""`kdpipe.schemas.model_names` (torch-free, checked at plan time) lists exactly the registry's
+models."""
 from __future__ import annotations
 
 import subprocess
@@ -9,7 +10,7 @@ import pytest
 from pydantic_core import PydanticCustomError
 
 from kdpipe.models import list_models
-from kdpipe.models.names import MODEL_NAMES, check_model_name
+from kdpipe.schemas.model_names import MODEL_NAMES, check_model_name
 
 
 def test_names_equal_the_registry() -> None:
@@ -17,10 +18,8 @@ def test_names_equal_the_registry() -> None:
 
 
 def test_names_module_needs_no_torch() -> None:
-    """The module itself (loaded by path: `kdpipe.models`' own __init__ imports torch)."""
-    code = ("import sys, importlib.util as u; spec = u.spec_from_file_location('names', "
-            "'models/names.py'); m = u.module_from_spec(spec); spec.loader.exec_module(m); "
-            "assert m.MODEL_NAMES and 'torch' not in sys.modules")
+    code = ("import sys; from kdpipe.schemas.model_names import MODEL_NAMES, KD_METHODS; "
+            "assert MODEL_NAMES and KD_METHODS and 'torch' not in sys.modules")
     repo = Path(__file__).resolve().parents[2]
     subprocess.run([sys.executable, "-c", code], check=True, cwd=repo)
 
