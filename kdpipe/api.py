@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, TypedDict, Unpack
 
 from kdpipe.config import Workflow, absolute_roots, apply_set, load_workflow
-from kdpipe.pipeline.dag import build_plan, select
+from kdpipe.pipeline.dag import build_plan, forced, select
 from kdpipe.pipeline.errors import ConfigError
 from kdpipe.pipeline.executor import make_executor
 from kdpipe.pipeline.runner import execute, status
@@ -104,9 +104,13 @@ def run_workflow(workflow: str | Path | Workflow, workspace: str, stages: Sequen
     with ExitStack() as stack:
         stack.enter_context(ws.lock(wait=options.get("wait", False)))
         # plan under the lock: the fingerprint of raw inputs must match what runs
-        plan = build_plan(wf.stages, wf.deltas, seed=wf.seed)
-        names = select(plan, _names(stages), from_=_names(options.get("from_", ())),
-                       to=_names(options.get("to", ())), only=_names(options.get("only", ())))
+        # keys through the workspace's early-cutoff aliases (pipeline/dag.py)
+        plan = build_plan(wf.stages, wf.deltas, seed=wf.seed, resolve=ws.canonical_key)
+        sliced = {"from_": _names(options.get("from_", ())), "to": _names(options.get("to", ())),
+                  "only": _names(options.get("only", ()))}
+        names = select(plan, _names(stages), **sliced)
+        # --force re-runs the named stages only, not the upstream they pull in
+        force = forced(plan, names, _names(stages), **sliced) if options.get("force") else False
         progress: Any = None
         if options.get("show_progress", False):
             from kdpipe.progress_view import RichProgress
@@ -123,7 +127,7 @@ def run_workflow(workflow: str | Path | Workflow, workspace: str, stages: Sequen
                 log(f"running {name} ({key})")
 
         results = execute(plan, ws, names, executor=executor, seed=wf.seed,
-                          force=options.get("force", False), progress=progress,
+                          force=force, progress=progress,
                           on_stage=on_stage)
     from kdpipe.results import summarize
 
@@ -140,8 +144,8 @@ def workflow_status(workflow: str | Path | Workflow, workspace: str,
     created; a missing one is all "missing", or a `WorkspaceError` with `require_workspace`
     (`kdpipe status`; the plan is checked first)."""
     wf = _load(workflow, overrides)
-    plan = build_plan(wf.stages, wf.deltas, seed=wf.seed)
     ws = Workspace(workspace, create=False)
+    plan = build_plan(wf.stages, wf.deltas, seed=wf.seed, resolve=ws.canonical_key)
     return status(plan, ws.require() if require_workspace else ws)
 
 
@@ -158,7 +162,7 @@ def collect_garbage(workspace: str, workflow: str | Path | None = None, *, delet
         found = ws.leftovers()
         if workflow is not None:
             wf = _load(workflow, options.get("overrides", ()))
-            plan = build_plan(wf.stages, wf.deltas, seed=wf.seed)
+            plan = build_plan(wf.stages, wf.deltas, seed=wf.seed, resolve=ws.canonical_key)
             for n in plan.order:
                 node = plan.nodes[n]
                 gone = [r for r in (node.stage.sources(node.config) if node.stage.sources else ())

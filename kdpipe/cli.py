@@ -74,7 +74,9 @@ def run(
     from_: From = None,
     to: Annotated[list[str] | None, typer.Option("--to", help="this stage and upstream")] = None,
     only: Annotated[list[str] | None, typer.Option("--only", help="exactly these stages")] = None,
-    force: Annotated[bool, typer.Option(help="re-run selected stages even if cached")] = False,
+    force: Annotated[bool, typer.Option(help=(
+        "re-run the named stages even if cached (STAGE args, --only, --to; --from: that stage "
+        "and downstream); upstream they pull in runs only if stale"))] = False,
     wait: Wait = False,
     as_json: Json = False,
 ) -> None:
@@ -93,8 +95,9 @@ def run(
         out.print(f"nothing to do: {len(report['stages'])} stage(s) up to date")
     width = max((len(r["stage"]) for r in report["stages"]), default=14)
     for r in report["stages"]:
+        note = f"  ({r['note']})" if r.get("note") else ""  # early cutoff
         out.print(f"{r['stage']:<{width}} {r['status']:<7} {r['key']}  {r['seconds']:.1f}s  "
-                  f"{r['path']}")
+                  f"{r['path']}{note}")
     _print_results(report)
 
 

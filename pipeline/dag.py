@@ -1,8 +1,8 @@
 """Plans: port matching, type checks, toposort, keys and slicing, all before anything runs."""
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pydantic import ValidationError
@@ -24,12 +24,47 @@ class Node:
     # output port name -> its declared schema, resolved at plan time; the runner validates
     # these outputs before publishing (outputs without a schema are not checked)
     output_schemas: Mapping[str, Schema] = field(default_factory=dict)
+    # the key without the raw-input stat fingerprint: what the stage was asked to make. The
+    # stage sees this one (`ctx.key`, written into its files), so a re-run after a mere `touch`
+    # can produce byte-identical outputs; it equals `key` for stages without raw inputs.
+    asked_key: str = ""
+    key_seed: int | None = None      # the workflow seed when the stage is `seeded`
+
+
+# Early cutoff (Bazel, Shake). Keys chain upstream *keys*, so deciding "up to date" is one stat
+# per stage and never re-reads multi-GB stores. A source stage's key also holds a stat
+# fingerprint of its raw files, which changes when a file is merely touched or re-written with
+# the same bytes. When such a stage re-runs and its outputs are byte-identical to those of an
+# artifact with the same asked key, the store records an alias (new key -> that artifact's
+# key) and `resolve` maps the new key to the old one here, so every downstream key comes out
+# as before and stays cached. We chose aliases over keying downstream by upstream output
+# digests: digests are only known after upstream ran, so plans, `status`, `gc` and slicing
+# would need a workspace and lazily computed keys; an alias keeps every key computable before
+# anything runs, and existing workspaces keep their keys. Safety: a changed raw file changes
+# the fingerprint, so the source stage re-runs; if its bytes changed no alias is written and
+# the new key flows downstream, so everything after it re-runs.
+Resolve = Callable[[str, str], str]  # (stage, key) -> the key of the artifact that holds it
 
 
 @dataclass(frozen=True)
 class Plan:
     order: tuple[str, ...]           # topological, ties broken by workflow order
     nodes: Mapping[str, Node]
+
+    def rekey(self, name: str, key: str, resolve: Resolve | None = None) -> Plan:
+        """This plan with stage `name` keyed `key` (an early-cutoff alias's target) and the
+        keys of everything downstream recomputed from it (each passed through `resolve`)."""
+        nodes = dict(self.nodes)
+        nodes[name] = replace(nodes[name], key=key)
+        below = self.downstream_of([name]) - {name}
+        for n in self.order:
+            node = nodes[n]
+            if n not in below:
+                continue
+            new = _keys(node, {p: nodes[src].key for p, src in node.upstream.items()},
+                        resolve)
+            nodes[n] = replace(node, key=new[0], asked_key=new[1])
+        return Plan(self.order, nodes)
 
     def upstream_of(self, names: Iterable[str]) -> set[str]:
         """`names` plus everything they (transitively) read from."""
@@ -140,10 +175,24 @@ def _toposort(names: Sequence[str],
     return order
 
 
+def _keys(node: Node, input_keys: Mapping[str, str], resolve: Resolve | None
+          ) -> tuple[str, str]:
+    """(key, asked key) of `node` given its upstream keys; `resolve` maps the key through an
+    early-cutoff alias."""
+    name, version = node.stage.name, node.stage.version
+    cfg = node.config.model_dump(mode="json")
+    asked = stage_key(name, version, cfg, input_keys, None, seed=node.key_seed)
+    key = asked if node.fingerprint is None else stage_key(
+        name, version, cfg, input_keys, node.fingerprint, seed=node.key_seed)
+    return (resolve(name, key) if resolve else key), asked
+
+
 def build_plan(stages: Sequence[Stage[Any]], deltas: Mapping[str, Mapping[str, Any]],
-               *, fingerprint: bool = True, seed: int = 0) -> Plan:
+               *, fingerprint: bool = True, seed: int = 0, resolve: Resolve | None = None
+               ) -> Plan:
     """Validate configs, match ports, sort, and compute every stage's cache key (a `seeded`
-    stage's key includes the workflow `seed`)."""
+    stage's key includes the workflow `seed`). `resolve` (a workspace's `canonical_key`) maps
+    each key through the early-cutoff aliases of a workspace, before downstream keys use it."""
     names = [s.name for s in stages]
     if len(set(names)) != len(names):
         raise PlanError(f"stage listed twice in workflow: {names}")
@@ -161,11 +210,12 @@ def build_plan(stages: Sequence[Stage[Any]], deltas: Mapping[str, Mapping[str, A
         fp = None
         if s.sources is not None and fingerprint:
             fp = fingerprint_tree(s.sources(cfg))
-        input_keys = {port: nodes[src].key for port, (src, _) in upstream[n].items()}
-        key = stage_key(n, s.version, cfg.model_dump(mode="json"), input_keys, fp,
-                        seed=seed if s.seeded else None)
-        nodes[n] = Node(s, cfg, {p: src for p, (src, _) in upstream[n].items()}, key, fp,
-                        {p: out for p, (_, out) in upstream[n].items()}, schemas[n])
+        node = Node(s, cfg, {p: src for p, (src, _) in upstream[n].items()}, "", fp,
+                    {p: out for p, (_, out) in upstream[n].items()}, schemas[n],
+                    key_seed=seed if s.seeded else None)
+        key, asked = _keys(node, {port: nodes[src].key for port, (src, _) in upstream[n].items()},
+                           resolve)
+        nodes[n] = replace(node, key=key, asked_key=asked)
     return Plan(tuple(order), nodes)
 
 
@@ -189,3 +239,17 @@ def select(plan: Plan, targets: Sequence[str] = (), *, from_: Sequence[str] = ()
     if only:
         chosen = set(only)
     return [n for n in plan.order if n in chosen]
+
+
+def forced(plan: Plan, chosen: Sequence[str], targets: Sequence[str] = (), *,
+           from_: Sequence[str] = (), to: Sequence[str] = (),
+           only: Sequence[str] = ()) -> list[str]:
+    """The stages of `chosen` (what `select` returned) that `--force` re-runs: the named ones.
+
+    STAGE arguments, `--to` and `--only` name exactly those stages; `--from S` names S and
+    everything downstream of it; with no names at all the whole selection is named. Upstream
+    stages pulled in to feed a named one run only when stale: to force them, name them too
+    (`--from ingest --to distill --force` forces the whole chain).
+    """
+    named = {*targets, *to, *only, *(plan.downstream_of(from_) if from_ else ())}
+    return [n for n in chosen if n in named or not named]

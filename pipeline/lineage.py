@@ -81,6 +81,9 @@ class Asked:
     source_hash: str
     fingerprint: str | None
     seed: int
+    # the key without the raw-file fingerprint (== key for stages without raw inputs): early
+    # cutoff compares outputs only between artifacts asked for the same thing
+    asked_key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -103,6 +106,7 @@ def record(asked: Asked, *, inputs: dict[str, dict[str, Any]],
     """The lineage record of a finished run (`_lineage.json`, the artifact's commit marker)."""
     return {
         "format": "kdpipe.lineage/1", "stage": asked.stage, "key": asked.key,
+        "asked_key": asked.asked_key or asked.key,
         "version": asked.version, "config": asked.config, "inputs": inputs, "outputs": outputs,
         "sources": sources, "fingerprint": asked.fingerprint, "source_hash": asked.source_hash,
         "git": git_state(), "packages": package_versions(), "seed": asked.seed,

@@ -34,6 +34,9 @@ from kdpipe.pipeline.errors import WorkspaceBusyError, WorkspaceError
 
 LINEAGE = "_lineage.json"
 PARTIAL = ".partial"
+# `<key>.same-as.json` beside the artifacts: an early-cutoff alias (pipeline/dag.py): the stage
+# re-ran under <key> and made the same bytes as the committed artifact the record names
+ALIAS = ".same-as.json"
 # OSErrors caused by the machine, not by kdpipe: reported as one line, exit 2 (errno names).
 ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM,
                                 errno.EROFS})
@@ -94,6 +97,25 @@ class Workspace:
         if self.is_local:  # a stat, not an fsspec call: this is the no-op re-run hot path
             return os.path.exists(f"{self.artifact_dir(stage, key)}/{LINEAGE}")
         return bool(self.fs.exists(f"{self.artifact_dir(stage, key)}/{LINEAGE}"))
+
+    def canonical_key(self, stage: str, key: str) -> str:
+        """The key whose artifact holds `stage`'s outputs for `key`: `key` itself when committed,
+        else the target of its early-cutoff alias when that one is committed, else `key`."""
+        if self.is_committed(stage, key):
+            return key
+        path = f"{self.artifact_dir(stage, key)}{ALIAS}"
+        if not (os.path.exists(path) if self.is_local else self.fs.exists(path)):
+            return key
+        with self.fs.open(path, "rb") as f:
+            target = str(json.load(f)["same_as"])
+        return target if self.is_committed(stage, target) else key
+
+    def write_alias(self, stage: str, key: str, record: dict[str, Any]) -> None:
+        """Commit `key` of `stage` as an alias of `record["same_as"]` (an early cutoff)."""
+        if self.is_local:
+            os.makedirs(f"{self.root}/artifacts/{stage}", exist_ok=True)
+        self._write_atomic(f"{self.artifact_dir(stage, key)}{ALIAS}",
+                           json.dumps(record, indent=1, sort_keys=True))
 
     def read_lineage(self, stage: str, key: str) -> dict[str, Any]:
         with self.fs.open(f"{self.artifact_dir(stage, key)}/{LINEAGE}", "rb") as f:
