@@ -160,22 +160,34 @@ def status(workflow: Workflow, workspace: Ws = "workspace", set_: Set = None,
 @app.command()
 def lineage(target: Annotated[str, typer.Argument(help="artifact path, STAGE/KEY or STAGE")],
             workspace: Ws = "workspace", as_json: Json = False,
-            max_files: Annotated[int, typer.Option(help="raw files shown per stage")] = 10) -> None:
-    """The ancestry of an artifact down to the raw input files and their digests."""
+            max_files: Annotated[int, typer.Option(help="raw files shown per stage")] = 10,
+            depth: Annotated[int | None, typer.Option(
+                min=0, help="show parents up to N levels up (1: direct parents only)")] = None,
+            config: Annotated[bool, typer.Option(
+                "--config", help="show each artifact's config values")] = False) -> None:
+    """The ancestry of an artifact down to the raw input files and their digests; an artifact
+    read along several paths is shown once (later: `(shown above)`)."""
+    from rich.markup import escape
     from rich.tree import Tree
 
     from kdpipe.pipeline import ancestry
     from kdpipe.pipeline.store import Workspace
 
     ws = Workspace(workspace, create=False).require()
-    node = ancestry.tree(ws, *ancestry.resolve(ws, target))
+    node = ancestry.graph(ws, *ancestry.resolve(ws, target), depth=depth, config=config)
     if as_json:
         _emit_json(node)
         return
 
     def add(t: Tree, n: dict[str, Any]) -> None:
+        if "ref" in n:
+            t.add(f"[bold]{n['stage']}[/] {n['key']}  [dim](shown above)[/]")
+            return
         outs = ", ".join(f"{p} sha256:{o['digest'][:12]}" for p, o in n["outputs"].items())
         branch = t.add(f"[bold]{n['stage']}[/] {n['key']}  {outs}")
+        if "config" in n:
+            cfg = ", ".join(f"{k}={json.dumps(v)}" for k, v in sorted(n["config"].items()))
+            branch.add(f"[dim]config[/] {escape(cfg)}")
         for c in n["inputs"]:
             add(branch, c)
         files = n["raw_files"]
@@ -183,6 +195,11 @@ def lineage(target: Annotated[str, typer.Argument(help="artifact path, STAGE/KEY
             branch.add(f"[dim]raw[/] {f['path']}  sha256:{f['sha256'][:12]}  {f['bytes']} B")
         if len(files) > max_files:
             branch.add(f"[dim]... {len(files) - max_files} more raw files (--json lists all)[/]")
+        hidden = [f"{n[k]} {what}" for k, what in (("hidden_inputs", "input(s)"),
+                                                   ("hidden_raw_files", "raw file(s)"))
+                  if n.get(k)]
+        if hidden:
+            branch.add(f"[dim]... {' and '.join(hidden)} beyond --depth[/]")
 
     root = Tree(f"lineage of {target}")
     add(root, node)

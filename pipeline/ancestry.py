@@ -37,7 +37,9 @@ def _inside(p: Path, ws: Workspace) -> bool:
 
 
 def tree(ws: Workspace, stage: str, key: str) -> dict[str, Any]:
-    """The ancestry of one artifact as nested dicts: inputs recursively, raw files at leaves."""
+    """The ancestry of one artifact as nested dicts: inputs recursively, raw files at leaves.
+
+    A shared ancestor appears once per path to it; `graph` (`kdpipe lineage`) lists it once."""
     if not ws.is_committed(stage, key):
         raise KdpipeError(f"artifact {stage}/{key} is referenced but missing from {ws.url}")
     rec = ws.read_lineage(stage, key)
@@ -54,3 +56,49 @@ def tree(ws: Workspace, stage: str, key: str) -> dict[str, Any]:
         path = ws.input_path(stage, key, SOURCES_TABLE)
         node["raw_files"] = pl.read_parquet(path).to_dicts()
     return node
+
+
+def graph(ws: Workspace, stage: str, key: str, *, depth: int | None = None,
+          config: bool = False) -> dict[str, Any]:
+    """The ancestry of one artifact, each artifact once: the ancestry is a DAG (two stages
+    reading one ingest), so a nested walk would repeat a shared subtree once per path to it.
+
+    Nested like `tree`, depth first; an artifact met again is a reference `{"stage", "key",
+    "port", "digest", "ref": "stage/key"}` to its one full entry. `depth`: parents this many
+    levels up are listed (raw files count as a level below their artifact); an artifact at the
+    limit lists none and says how many it has (`"hidden_inputs"`, `"hidden_raw_files"`).
+    `config`: add each artifact's config values.
+    """
+    seen: set[tuple[str, str]] = set()
+
+    def visit(stage: str, key: str, level: int) -> dict[str, Any]:
+        seen.add((stage, key))
+        if not ws.is_committed(stage, key):
+            raise KdpipeError(f"artifact {stage}/{key} is referenced but missing from {ws.url}")
+        rec = ws.read_lineage(stage, key)
+        node: dict[str, Any] = {
+            "stage": stage, "key": key, "path": ws.artifact_dir(stage, key),
+            "outputs": rec["outputs"], "source_hash": rec.get("source_hash"),
+            "git": rec.get("git"), "end": rec.get("end"), "inputs": [], "raw_files": [],
+        }
+        if config:
+            node["config"] = rec.get("config", {})
+        inputs = sorted(rec.get("inputs", {}).items())
+        sources = rec.get("sources") or {}
+        if depth is not None and level >= depth:
+            node["hidden_inputs"] = len(inputs)
+            node["hidden_raw_files"] = int(sources.get("files", 0))
+            return node
+        for port, inp in inputs:
+            if (inp["stage"], inp["key"]) in seen:
+                child = {"stage": inp["stage"], "key": inp["key"],
+                         "ref": f"{inp['stage']}/{inp['key']}"}
+            else:
+                child = visit(inp["stage"], inp["key"], level + 1)
+            child["port"], child["digest"] = port, inp["digest"]
+            node["inputs"].append(child)
+        if sources:
+            node["raw_files"] = pl.read_parquet(ws.input_path(stage, key, SOURCES_TABLE)).to_dicts()
+        return node
+
+    return visit(stage, key, 0)

@@ -107,6 +107,24 @@ REPORT = Stage(name="toy-report", config=ToyReportConfig, run=run_report,
                outputs=(Port("summary", JsonArtifact),))
 
 
+class ToyJoinConfig(StageConfig):
+    title: str = "join"
+
+
+def run_join(ctx: StageContext[ToyJoinConfig]) -> None:
+    left, right = pl.read_parquet(ctx.inputs["left"]), pl.read_parquet(ctx.inputs["right"])
+    ctx.outputs["joined"].write_text(json.dumps(
+        {"title": ctx.config.title, "left": int(left["scaled"].sum()),
+         "right": int(right["scaled"].sum())}, sort_keys=True))
+
+
+# Reads two artifacts (bind `left` / `right` with `ports`): two stages reading one source under
+# it make the ancestry a diamond.
+JOIN = Stage(name="toy-join", config=ToyJoinConfig, run=run_join,
+             inputs=(Port("left", ParquetArtifact), Port("right", ParquetArtifact)),
+             outputs=(Port("joined", JsonArtifact),))
+
+
 def write_raw(root: Path, n_files: int, size: int = 64, seed: int = 0) -> None:
     """Deterministic raw files for toy workflows."""
     root.mkdir(parents=True, exist_ok=True)
