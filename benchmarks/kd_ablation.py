@@ -204,6 +204,17 @@ def goals(per_seed: list[dict[str, dict[str, float]]], rows: list[str]) -> dict[
     return g
 
 
+def markdown(summary: dict[str, dict[str, Any]]) -> str:
+    """The summary as a markdown table: mean +- std (over seeds) per row."""
+    cols = ["EAA mAP ap11", "EAA mAP ap40", "EAA Car ap11", "EAA Pedestrian ap11",
+            "EAA Cyclist ap11", "DC mAP ap11"]
+    out = ["| row | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for row, m in summary.items():
+        cells = [f"{m[c]['mean']:.2f} +- {m[c]['std']:.2f}" for c in cols]
+        out.append(f"| {row} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--frames", type=int, default=480)
@@ -219,6 +230,7 @@ def main() -> None:
     ap.add_argument("--table4", action="store_true", help="the label-scarce table instead")
     ap.add_argument("--table4-method", default="ssod-frfd-lrfd", choices=sorted(ROWS))
     ap.add_argument("--out", type=Path, default=Path("/tmp/kd_ablation"))  # noqa: S108
+    ap.add_argument("--markdown", type=Path, default=None, help="also write the table here")
     args = ap.parse_args()
     args.rows = [r for r in args.rows.split(",") if r]
     unknown = sorted(set(args.rows) - set(ROWS))
@@ -247,12 +259,15 @@ def main() -> None:
                          for row, stage in evals.items()})
         seconds[seed] = {"wall": round(time.perf_counter() - t_seed, 1),
                          "stages": {k: round(v["seconds"], 1) for k, v in st.items()}}
+    summary = summarise(per_seed)
+    if args.markdown:
+        args.markdown.write_text(markdown(summary) + "\n")
     print(json.dumps({
         "world": {"frames": args.frames, "labeled_train": n_lab, "val": n_val,
                   "unlabeled": n_unl, "world_seed": args.world_seed},
         "seeds": list(range(args.first_seed, args.first_seed + args.seeds)),
         "table": "4" if args.table4 else "3",
-        "vod_val": summarise(per_seed),
+        "vod_val": summary,
         "goals": {} if args.table4 else goals(per_seed, args.rows),
         "seconds": seconds, "wall_seconds": round(time.perf_counter() - t0, 1),
         "load_average": [round(x, 2) for x in os.getloadavg()]}, indent=1))
