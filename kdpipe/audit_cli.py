@@ -6,7 +6,10 @@ options into an `AuditCommand`, this module calls and prints. A workflow without
 gets one for this run (it needs a stage producing `detections`, i.e. `teacher-label`). The
 thresholds marked on the curves are the workflow's own `[pseudo-label] sigma / class_thresholds`
 unless `[audit]` sets them, so after `--write-thresholds` the next audit shows the new operating
-point.
+point. The report names the workflow (`[workflow] name`, given to the stage as `workflow` when
+the audit stage is added for this run; a workflow listing `audit` sets `[audit] workflow`), and
+`--write-thresholds` warns on stderr (one line) before writing a recommended threshold whose
+best F1 is below 0.1.
 """
 from __future__ import annotations
 
@@ -30,7 +33,23 @@ def summary(rep: dict[str, Any]) -> dict[str, Any]:
                "ece": c["calibration"]["ece"]} for name, c in r["classes"].items()}
     if "nuscenes" in r:
         out["nuscenes"] = {k: r["nuscenes"][k] for k in ("mean_ap", "class_ap")}
+    if "audited" in r:
+        out["audited"] = r["audited"]
     return out
+
+
+def with_workflow_name(workflow: Path, overrides: list[str]) -> list[str]:
+    """`overrides` plus `audit.workflow=<[workflow] name>` when this run adds the audit stage,
+    so the report names the workflow. A workflow that lists its own audit stage is left as it
+    is: `kdpipe run` must plan the same key (it names itself with `[audit] workflow`)."""
+    from kdpipe.config import load_workflow, toml_value
+    from kdpipe.stages.audit.stage import AuditConfig
+
+    wf = load_workflow(workflow, list(overrides))
+    if any(issubclass(s.config, AuditConfig) for s in wf.stages) \
+            or "workflow" in wf.deltas.get("audit", {}):
+        return list(overrides)
+    return [*overrides, f"audit.workflow={toml_value(wf.name)}"]
 
 
 def _print(rep: dict[str, Any]) -> None:
@@ -46,6 +65,10 @@ def _print(rep: dict[str, Any]) -> None:
               f"{', '.join(r['splits'])}, {r['n_detections']} detections, criterion "
               f"{proto['criterion']}{' (nuScenes rules)' if proto['nuscenes_rules'] else ''}; "
               f"mAP {r['mean_ap']:.4f}, ECE {r['calibration']['ece']:.3f}")
+    if "audited" in r:
+        from kdpipe.stages.audit.report import audited_text
+
+        con.print(f"audited: {audited_text(r)}", markup=False)
     t = Table("class", "GT", "det", "AP", f"F1@sigma {r['config']['sigma']:g}", "F1@op",
               "best F1", "recommended", "ECE")
     for name, c in r["classes"].items():
@@ -84,10 +107,17 @@ def audit(cmd: AuditCommand) -> None:
     from kdpipe.api import run_audit, write_thresholds
 
     err = Console(stderr=True, soft_wrap=True)
-    rep = run_audit(cmd.workflow, cmd.workspace, overrides=cmd.overrides,
+    rep = run_audit(cmd.workflow, cmd.workspace,
+                    overrides=with_workflow_name(cmd.workflow, cmd.overrides),
                     precision_target=cmd.precision_target, scheduler=cmd.scheduler,
                     force=cmd.force, log=None if cmd.as_json else err.print)
     if cmd.write_thresholds_to is not None:
+        from kdpipe.stages.audit.report import weak_threshold_warning
+
+        warn = weak_threshold_warning(rep["report"])
+        if warn is not None:  # one plain line: the thresholds are still written, as asked
+            sys.stderr.write(f"{warn}; writing them to {cmd.write_thresholds_to} anyway\n")
+            sys.stderr.flush()
         rep["thresholds_written"] = write_thresholds(
             cmd.write_thresholds_to, rep["report"]["recommended_thresholds"])
         rep["workflow_out"] = str(cmd.write_thresholds_to)

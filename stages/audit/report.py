@@ -1,7 +1,10 @@
 """The audit's HTML page: matplotlib figures as base64 PNGs, tables, no external resources.
 
 Everything drawn here is read from the audit JSON (plus the worst frames' points and boxes), so
-the page and the JSON cannot disagree.
+the page and the JSON cannot disagree. The page names what it audits (`report["audited"]`: model,
+checkpoint and detections artifacts, workflow), score axes span the observed scores (a teacher
+whose scores all sit in 0.09-0.14 fills the axis, not 5% of it), legends sit outside the axes,
+and a recommended threshold whose best F1 is below `WEAK_F1` is flagged.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ from matplotlib.figure import Figure
 from kdpipe.datasets.store import IngestStore
 from kdpipe.stages.audit.bev import frame_boxes, frame_points, render_bev
 
+WEAK_F1 = 0.1  # a recommended threshold whose best F1 is below this is flagged
 _PALETTE = ["#1f77b4", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22",
             "#7f7f7f", "#2ca02c", "#d62728"]
 
@@ -51,6 +55,48 @@ class WorstFrames:
     radar_sensor: str = "radar"
 
 
+def score_axis(report: dict[str, Any], margin: float = 0.05) -> tuple[float, float]:
+    """The score axis (lo, hi) of the threshold and calibration plots: the observed detection
+    scores (every class's curve keeps its highest and lowest score) widened by `margin` of
+    their span on each side (at least 0.005), within [0, 1]; (0, 1) when there is no score."""
+    scores = [s for c in report["classes"].values() for s in c["pr_curve"].get("score", [])]
+    scores += [s for c in report["classes"].values() for s in c["f1_curve"]["threshold"]]
+    if not scores:
+        return 0.0, 1.0
+    lo, hi = float(min(scores)), float(max(scores))
+    pad = max(margin * (hi - lo), 0.005)
+    return max(0.0, lo - pad), min(1.0, hi + pad)
+
+
+def weak_thresholds(report: dict[str, Any], min_f1: float = WEAK_F1
+                    ) -> dict[str, tuple[float, float]]:
+    """Classes whose recommended threshold comes with a best F1 below `min_f1`:
+    {class: (recommended threshold, best F1)}."""
+    out = {}
+    for name, thr in report["recommended_thresholds"].items():
+        best = report["classes"].get(name, {}).get("recommended", {}).get("best_f1") or {}
+        f1 = best.get("f1")
+        if f1 is not None and f1 < min_f1:
+            out[name] = (float(thr), float(f1))
+    return out
+
+
+def weak_threshold_warning(report: dict[str, Any], min_f1: float = WEAK_F1) -> str | None:
+    """One line naming the recommended thresholds whose best F1 is below `min_f1` (None: none)."""
+    weak = weak_thresholds(report, min_f1)
+    if not weak:
+        return None
+    items = ", ".join(f"{n} {t:.3f} (best F1 {f:.3f})" for n, (t, f) in weak.items())
+    return (f"warning: recommended threshold(s) with best F1 below {min_f1:g}: {items}; "
+            f"pseudo-labels kept at them are mostly wrong or missing")
+
+
+def _legend_outside(ax: Any, **kw: Any) -> None:
+    """A legend right of the axes, so it never covers a curve (tight_layout makes room)."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, **kw)
+
+
 def _mark(ax: Any, point: dict[str, float] | None, x: str, y: str, marker: _Marker) -> None:
     if point is not None:
         ax.plot(point[x], point[y], marker.style, color=marker.color, markersize=8,
@@ -63,7 +109,9 @@ def fig_pr(report: dict[str, Any]) -> Figure:
     n = max(len(classes), 1)
     cols = min(n, 3)
     rows = (n + cols - 1) // cols
-    fig = Figure(figsize=(4.2 * cols, 3.6 * rows))
+    ncol = 4 if cols > 1 else 2  # the shared legend's columns: it fits the figure's width
+    below = 0.3 * (4 // ncol) + 0.1  # inches under the panels for that legend
+    fig = Figure(figsize=(4.2 * cols, 3.6 * rows + below))
     for i, (name, c) in enumerate(classes.items()):
         ax = fig.add_subplot(rows, cols, i + 1)
         color = _PALETTE[i % len(_PALETTE)]
@@ -81,35 +129,49 @@ def fig_pr(report: dict[str, Any]) -> Figure:
         ax.set_ylabel("precision")
         ax.set_title(f"{name}: AP {c['ap']:.3f} ({c['n_gt']} GT)", fontsize=10)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="lower left")
-    fig.tight_layout()
+    # one legend for every panel, below them: class colours differ, marker shapes do not
+    from matplotlib.lines import Line2D
+
+    keys = [("o", "sigma", "white"), ("s", "class threshold", "#cccccc"),
+            ("*", "best F1", "#888888"), ("^", "precision target", "#888888")]
+    handles = [Line2D([], [], ls="none", marker=m, color=col, markersize=8,
+                      markeredgecolor="black", markeredgewidth=0.6, label=lab)
+               for m, lab, col in keys]
+    fig.legend(handles=handles, loc="lower center", ncol=ncol, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0.0, below / (3.6 * rows + below), 1.0, 1.0))
     return fig
 
 
 def fig_f1(report: dict[str, Any], sigma: float, class_thresholds: dict[str, float]) -> Figure:
     """F1 against the score threshold, per class; sigma and the class thresholds as lines."""
-    fig = Figure(figsize=(7.5, 4.2))
+    lo, hi = score_axis(report)
+
+    def where(t: float) -> str:  # a line off the axis still gets its legend entry
+        return " (below every score)" if t < lo else " (above every score)" if t > hi else ""
+
+    fig = Figure(figsize=(9.0, 4.2))
     ax = fig.add_subplot(1, 1, 1)
     for i, (name, c) in enumerate(report["classes"].items()):
         color = _PALETTE[i % len(_PALETTE)]
         ax.plot(c["f1_curve"]["threshold"], c["f1_curve"]["f1"], color=color, lw=1.6, label=name)
         if name in class_thresholds:
-            ax.axvline(class_thresholds[name], color=color, ls=":", lw=1.2)
+            t = class_thresholds[name]
+            ax.axvline(t, color=color, ls=":", lw=1.2, label=f"{name} threshold {t:g}{where(t)}")
         _mark(ax, c["recommended"]["best_f1"], "threshold", "f1", _Marker("*", None, color))
-    ax.axvline(sigma, color="black", ls="--", lw=1.0, label=f"sigma {sigma:g}")
-    ax.set_xlim(0, 1)
+    ax.axvline(sigma, color="black", ls="--", lw=1.0, label=f"sigma {sigma:g}{where(sigma)}")
+    ax.set_xlim(lo, hi)
     ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel("score threshold (keep score >= t)")
     ax.set_ylabel("F1")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    _legend_outside(ax, fontsize=8)
     fig.tight_layout()
     return fig
 
 
 def fig_reliability(report: dict[str, Any]) -> Figure:
     """Share of true positives per score bin against the bin's mean score."""
-    fig = Figure(figsize=(5.5, 4.6))
+    fig = Figure(figsize=(8.0, 4.6))
     ax = fig.add_subplot(1, 1, 1)
     ax.plot([0, 1], [0, 1], color="black", lw=0.8, ls="--", label="calibrated")
 
@@ -128,11 +190,11 @@ def fig_reliability(report: dict[str, Any]) -> Figure:
     line(overall, "all", "black", 2.0)
     for i, (name, c) in enumerate(report["classes"].items()):
         line(c["calibration"], name, _PALETTE[i % len(_PALETTE)], 1.2)
-    ax.set_xlim(0, 1)
+    ax.set_xlim(*score_axis(report))  # the bins stay 0-1 wide; the view is the scores seen
     ax.set_ylim(0, 1.02)
     ax.set_xlabel("detection score")
     ax.set_ylabel("share matched (true positives)")
-    ax.legend(fontsize=7)
+    _legend_outside(ax, fontsize=7)
     fig.tight_layout()
     return fig
 
@@ -197,11 +259,36 @@ def bev_images(report: dict[str, Any], worst: WorstFrames) -> list[tuple[str, st
     return out
 
 
+def _ref(a: dict[str, Any] | None) -> str | None:
+    return f"{a['stage']}/{a['key']}" if a else None
+
+
+def audited_text(report: dict[str, Any]) -> str:
+    """What the page audits, in words: model, checkpoint and detections artifacts, workflow,
+    this audit's own key ("not recorded" for what the report does not know)."""
+    a = report.get("audited") or {}
+    parts = [f"model {a.get('model') or 'not recorded'}",
+             f"checkpoint {_ref(a.get('checkpoint')) or 'not recorded'}",
+             f"detections {_ref(a.get('detections')) or 'not recorded'}",
+             f"workflow {a.get('workflow') or 'not recorded'}"]
+    if a.get("audit"):
+        parts.append(f"audit {_ref(a['audit'])}")
+    return "; ".join(parts)
+
+
+def _title(report: dict[str, Any]) -> str:
+    a = report.get("audited") or {}
+    what = " ".join(x for x in (a.get("model"), _ref(a.get("checkpoint"))) if x)
+    wf = f" (workflow {a['workflow']})" if a.get("workflow") else ""
+    return f"kdpipe audit: {what}{wf}" if what or wf else "kdpipe audit"
+
+
 _CSS = """body{font-family:sans-serif;margin:24px;max-width:1300px;color:#222}
 table{border-collapse:collapse;margin:8px 0 16px}td,th{border:1px solid #ccc;padding:3px 8px;
 text-align:right;font-size:13px}th{background:#f0f0f0}img{max-width:100%;border:1px solid #eee}
 .grid{display:flex;flex-wrap:wrap;gap:12px}.grid figure{margin:0;width:420px}
-figcaption{font-size:12px}"""
+figcaption{font-size:12px}.warn{color:#a00000;font-weight:bold}
+.audited{font-size:15px}"""
 
 
 def write_html(path: Path, report: dict[str, Any], worst: WorstFrames) -> None:
@@ -221,15 +308,20 @@ def write_html(path: Path, report: dict[str, Any], worst: WorstFrames) -> None:
     if nus:
         head += table(["class", *nus["ap"][next(iter(nus["ap"]))].keys(), "mean"],
                       [[c, *v.values(), nus["class_ap"][c]] for c, v in nus["ap"].items()])
+    warn = weak_threshold_warning(report)
     parts = [
-        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>kdpipe audit</title>",
-        f"<style>{_CSS}</style></head><body><h1>Pseudo-label audit</h1>", head,
+        "<!DOCTYPE html><html><head><meta charset='utf-8'>"
+        f"<title>{html.escape(_title(report))}</title>",
+        f"<style>{_CSS}</style></head><body><h1>Pseudo-label audit</h1>",
+        f"<p class='audited' id='audited'>Audited: {html.escape(audited_text(report))}</p>",
+        f"<p class='warn' id='weak-thresholds'>{html.escape(warn)}</p>" if warn else "", head,
         "<h2>Per class</h2>",
         table(["class", "GT", "detections", "AP", "op threshold", "precision", "recall", "F1",
                "best-F1 threshold", "best F1", "precision-target threshold", "ECE"],
               class_rows(report)),
         "<p>Recommended thresholds: "
         f"<code>{html.escape(str(report['recommended_thresholds']))}</code></p>",
+        f"<p class='warn'>{html.escape(warn)}</p>" if warn else "",
         f"<h2>Precision-recall</h2><img id='fig-pr' alt='PR curves' src='{img['pr']}'>",
         f"<h2>F1 vs threshold</h2><img id='fig-f1' alt='F1 curves' src='{img['f1']}'>",
         "<h2>Calibration</h2><img id='fig-reliability' alt='reliability diagram' "

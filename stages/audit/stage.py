@@ -61,6 +61,7 @@ class AuditConfig(StageConfig):
     calibration_bins: int = Field(10, ge=2)
     n_worst: int = Field(6, ge=0)
     bev_range_m: list[float] | None = None  # x0, y0, x1, y1; default by dataset
+    workflow: str | None = None  # named in the report only (`kdpipe audit` sets it)
 
 
 def audit_frames(frames: pl.DataFrame, det_frames: pl.DataFrame, splits: list[str]
@@ -168,10 +169,41 @@ def compute(cfg: AuditConfig, frames: pl.DataFrame, dets: pl.DataFrame, boxes: p
     return report, table, kept
 
 
+def audited_from_lineage(detections: Path) -> dict[str, Any]:
+    """What an audit of `detections` audits, from the lineage records beside its artifact:
+    the detections' stage/key, the checkpoint they came from (stage/key) and its model name.
+    What the records do not say (a submission file, a remote copy without the checkpoint's
+    record) is None."""
+    from kdpipe.pipeline.store import LINEAGE
+
+    out: dict[str, Any] = {"detections": None, "checkpoint": None, "model": None}
+    rec_path = Path(detections).parent / LINEAGE
+    if not rec_path.is_file():
+        return out
+    rec = json.loads(rec_path.read_text())
+    out["detections"] = {"stage": rec["stage"], "key": rec["key"]}
+    inputs = rec.get("inputs", {})
+    port = next((p for p in ("teacher", "checkpoint", "student") if p in inputs), None)
+    if port is None:
+        return out
+    ck = inputs[port]
+    out["checkpoint"] = {"stage": ck["stage"], "key": ck["key"]}
+    # stores (and remote copies under inputs/) keep artifacts as <root>/<stage>/<key>/
+    ck_rec = rec_path.parent.parent.parent / ck["stage"] / ck["key"] / LINEAGE
+    if ck_rec.is_file():
+        cfg = json.loads(ck_rec.read_text()).get("config", {})
+        model = cfg.get("model") or cfg.get("student")
+        out["model"] = model if isinstance(model, str) else None
+    return out
+
+
 class OutputOptions(TypedDict, total=False):
-    """metadata: Parquet key-value metadata of the frames table (a stage's lineage facts)."""
+    """metadata: Parquet key-value metadata of the frames table (a stage's lineage facts);
+    audited: what is audited (`audited_from_lineage` + `audit` stage/key), named in the report;
+    the config's `workflow` is added to it."""
 
     metadata: dict[str, str] | None
+    audited: dict[str, Any] | None
 
 
 def write_outputs(cfg: AuditConfig, ingest: IngestStore | Path, frames: pl.DataFrame,
@@ -187,8 +219,11 @@ def write_outputs(cfg: AuditConfig, ingest: IngestStore | Path, frames: pl.DataF
         ingest, frames, d, cfg.radar_sensor))
     worst = table.with_columns(errors=pl.col("fp") + pl.col("fn")).filter(pl.col("errors") > 0) \
         .sort("errors", descending=True, maintain_order=True).head(cfg.n_worst)
+    audited = {"detections": None, "checkpoint": None, "model": None,
+               **(options.get("audited") or {}), "workflow": cfg.workflow}
     report.update(splits=cfg.splits, n_frames=frames.height, n_detections=dets.height,
-                  worst_frames=worst.drop("errors").to_dicts(), config=cfg.model_dump(mode="json"))
+                  worst_frames=worst.drop("errors").to_dicts(), config=cfg.model_dump(mode="json"),
+                  audited=audited)
     outputs["audit_json"].write_text(json.dumps(report, indent=1, sort_keys=True))
     table.write_parquet(outputs["audit_frames"], metadata=options.get("metadata"))
     gt = boxes.filter(pl.col("label").is_in(report["protocol"]["classes"]))
@@ -206,8 +241,10 @@ def run(ctx: StageContext[AuditConfig]) -> None:
     ids = frames["frame_id"].implode()
     dets = pl.read_parquet(ctx.inputs["detections"]).filter(pl.col("frame_id").is_in(ids))
     boxes = store.read_boxes().filter(pl.col("frame_id").is_in(ids))
+    audited = {**audited_from_lineage(ctx.inputs["detections"]),
+               "audit": {"stage": ctx.stage, "key": ctx.key}}
     write_outputs(cfg, store, frames, dets, boxes, dict(ctx.outputs),
-                  metadata=ctx.file_metadata())
+                  metadata=ctx.file_metadata(), audited=audited)
 
 
 STAGE = Stage(
