@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -83,10 +85,12 @@ def run(
     """Run stages of a workflow; up-to-date stages are skipped."""
     from kdpipe.api import run_workflow
 
-    report = run_workflow(workflow, workspace, stages or [], overrides=set_ or [],
-                          scheduler=scheduler, from_=from_ or [], to=to or [], only=only or [],
-                          force=force, wait=wait, show_progress=not as_json and err.is_terminal,
-                          log=None if as_json else err.print)
+    with _interruptible():
+        report = run_workflow(workflow, workspace, stages or [], overrides=set_ or [],
+                              scheduler=scheduler, from_=from_ or [], to=to or [],
+                              only=only or [], force=force, wait=wait,
+                              show_progress=not as_json and err.is_terminal,
+                              log=None if as_json else err.print)
     if as_json:
         _emit_json(report)
         return
@@ -350,10 +354,11 @@ def curate(
     """Select the frames most worth labeling (curate stage) and optionally export them."""
     from kdpipe import curate_cli
 
-    curate_cli.curate(curate_cli.CurateCommand(
-        workflow=workflow, workspace=workspace, where=where, strategy=strategy, budget=budget,
-        seed=seed, stage=stage, overrides=set_ or [], export=export, out=out,
-        split_name=split_name, files=files, scheduler=scheduler, as_json=as_json))
+    with _interruptible():
+        curate_cli.curate(curate_cli.CurateCommand(
+            workflow=workflow, workspace=workspace, where=where, strategy=strategy, budget=budget,
+            seed=seed, stage=stage, overrides=set_ or [], export=export, out=out,
+            split_name=split_name, files=files, scheduler=scheduler, as_json=as_json))
 
 
 @app.command("show")
@@ -398,10 +403,26 @@ def audit(
     """Audit pseudo-labels against held-out ground truth (PR/F1/AP, calibration, thresholds)."""
     from kdpipe import audit_cli
 
-    audit_cli.audit(audit_cli.AuditCommand(
-        workflow=workflow, workspace=workspace, overrides=set_ or [],
-        precision_target=precision_target, write_thresholds_to=write_thresholds_to,
-        scheduler=scheduler, force=force, as_json=as_json))
+    with _interruptible():
+        audit_cli.audit(audit_cli.AuditCommand(
+            workflow=workflow, workspace=workspace, overrides=set_ or [],
+            precision_target=precision_target, write_thresholds_to=write_thresholds_to,
+            scheduler=scheduler, force=force, as_json=as_json))
+
+
+@contextmanager
+def _interruptible() -> Iterator[None]:
+    """Ctrl-C inside a command that runs stages: the one line saying where a re-run resumes,
+    exit 130. Inside `app()` typer turns any KeyboardInterrupt (Interrupted is one) into a
+    silent exit 130, so `main` never sees it: the line must be printed here."""
+    try:
+        yield
+    except Interrupted as e:
+        err.print(_one_line(e), highlight=False, soft_wrap=True)
+        raise typer.Exit(130) from None
+    except KeyboardInterrupt:
+        err.print("interrupted; finished stages are kept", highlight=False)
+        raise typer.Exit(130) from None
 
 
 def _one_line(e: object) -> str:

@@ -205,7 +205,7 @@ def test_restrict_to_selection(tmp_path: Path) -> None:
 def curate_run(tmp_path_factory: pytest.TempPathFactory, vod_world: Path,
                ) -> tuple[str, dict[str, dict], list[str], Path]:
     """ingest -> tiny teacher -> labels -> curate (uncertainty) -> distill on the selection."""
-    from kdpipe.stages import distill
+    from kdpipe.runtime import frames as rt_frames
 
     tmp = tmp_path_factory.mktemp("curate")
     wf = tmp / "curate.toml"
@@ -237,7 +237,7 @@ frfd_weight = 0.0
 epochs = 1
 """)
     seen: list[str] = []
-    original = distill.training_frames
+    original = rt_frames.training_frames  # distill's build imports it when it runs
 
     def spy(*args, **kw):  # type: ignore[no-untyped-def]
         out = original(*args, **kw)
@@ -245,7 +245,7 @@ epochs = 1
         return out
 
     mp = pytest.MonkeyPatch()
-    mp.setattr(distill, "training_frames", spy)  # the sync executor runs stages in-process
+    mp.setattr(rt_frames, "training_frames", spy)  # the sync executor runs stages in-process
     try:
         rep = run_workflow(wf, str(tmp / "ws"), scheduler="sync")
     finally:
