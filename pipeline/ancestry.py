@@ -36,18 +36,21 @@ def _inside(p: Path, ws: Workspace) -> bool:
         return False
 
 
+def _node(ws: Workspace, stage: str, key: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(lineage record, the artifact's entry without its parents) of a committed artifact."""
+    if not ws.is_committed(stage, key):
+        raise KdpipeError(f"artifact {stage}/{key} is referenced but missing from {ws.url}")
+    rec = ws.read_lineage(stage, key)
+    return rec, {"stage": stage, "key": key, "path": ws.artifact_dir(stage, key),
+                 "outputs": rec["outputs"], "source_hash": rec.get("source_hash"),
+                 "git": rec.get("git"), "end": rec.get("end"), "inputs": [], "raw_files": []}
+
+
 def tree(ws: Workspace, stage: str, key: str) -> dict[str, Any]:
     """The ancestry of one artifact as nested dicts: inputs recursively, raw files at leaves.
 
     A shared ancestor appears once per path to it; `graph` (`kdpipe lineage`) lists it once."""
-    if not ws.is_committed(stage, key):
-        raise KdpipeError(f"artifact {stage}/{key} is referenced but missing from {ws.url}")
-    rec = ws.read_lineage(stage, key)
-    node: dict[str, Any] = {
-        "stage": stage, "key": key, "path": ws.artifact_dir(stage, key),
-        "outputs": rec["outputs"], "source_hash": rec.get("source_hash"),
-        "git": rec.get("git"), "end": rec.get("end"), "inputs": [], "raw_files": [],
-    }
+    rec, node = _node(ws, stage, key)
     for port, inp in sorted(rec.get("inputs", {}).items()):
         child = tree(ws, inp["stage"], inp["key"])
         child["port"], child["digest"] = port, inp["digest"]
@@ -73,14 +76,7 @@ def graph(ws: Workspace, stage: str, key: str, *, depth: int | None = None,
 
     def visit(stage: str, key: str, level: int) -> dict[str, Any]:
         seen.add((stage, key))
-        if not ws.is_committed(stage, key):
-            raise KdpipeError(f"artifact {stage}/{key} is referenced but missing from {ws.url}")
-        rec = ws.read_lineage(stage, key)
-        node: dict[str, Any] = {
-            "stage": stage, "key": key, "path": ws.artifact_dir(stage, key),
-            "outputs": rec["outputs"], "source_hash": rec.get("source_hash"),
-            "git": rec.get("git"), "end": rec.get("end"), "inputs": [], "raw_files": [],
-        }
+        rec, node = _node(ws, stage, key)
         if config:
             node["config"] = rec.get("config", {})
         inputs = sorted(rec.get("inputs", {}).items())
