@@ -387,7 +387,8 @@ def show(
 
 @app.command("audit")
 def audit(
-    workflow: Workflow,
+    workflow: Annotated[Path | None, typer.Option(
+        "--workflow", "-w", help="workflow TOML file (required unless --submission)")] = None,
     workspace: Ws = "workspace",
     set_: Set = None,
     precision_target: Annotated[float | None, Opt(
@@ -398,11 +399,32 @@ def audit(
         "pseudo-label.class_thresholds")] = None,
     scheduler: Annotated[str | None, Opt(help="sync | local[:N] | tcp://HOST:PORT")] = None,
     force: Annotated[bool, Opt(help="re-run the audit even if cached")] = False,
+    submission: Annotated[Path | None, Opt(
+        help="instead of a workflow: score this nuScenes detection submission JSON (mmdet3d, "
+        "OpenPCDet, kdpipe export) like DetectionEval: mAP, NDS, TP errors per class")] = None,
+    ingest: Annotated[Path | None, Opt(
+        help="with --submission: the ground truth, an ingest artifact directory "
+        "(<workspace>/artifacts/ingest/<key>) or a workspace (its newest ingest holding "
+        "every sample of the submission)")] = None,
     as_json: Json = False,
 ) -> None:
-    """Audit pseudo-labels against held-out ground truth (PR/F1/AP, calibration, thresholds)."""
+    """Audit pseudo-labels against held-out ground truth (PR/F1/AP, calibration, thresholds),
+    or with --submission/--ingest score a nuScenes submission file against a store."""
     from kdpipe import audit_cli
 
+    if submission is not None or ingest is not None:
+        from kdpipe import submission_audit
+
+        if submission is None or ingest is None or workflow is not None or set_ \
+                or write_thresholds_to is not None:
+            raise submission_audit.SubmissionError(
+                "kdpipe audit: --submission and --ingest go together, without --workflow, "
+                "--set or --write-thresholds")
+        submission_audit.audit(submission, ingest, as_json)
+        return
+    if workflow is None:
+        raise KdpipeError("kdpipe audit: give --workflow FILE (or --submission FILE.json "
+                          "--ingest PATH)")
     with _interruptible():
         audit_cli.audit(audit_cli.AuditCommand(
             workflow=workflow, workspace=workspace, overrides=set_ or [],

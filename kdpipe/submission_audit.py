@@ -1,0 +1,137 @@
+"""`kdpipe audit --submission FILE.json --ingest PATH`: score any nuScenes detection submission
+against an ingested store's ground truth (mAP, NDS, the five TP errors, per class), as
+nuscenes-devkit's `DetectionEval` does, without loading the nuScenes tables.
+
+`--ingest` names the ground truth as `kdpipe export` does: an ingest artifact directory
+(`<workspace>/artifacts/ingest/<key>`, holding `frames.parquet` and `boxes.parquet`), or a
+workspace, in which case the newest committed ingest artifact holding every sample token of
+the submission is used (and named in the output). The evaluated samples are the submission's
+own: each must be a frame of the store; a sample listed with no boxes counts its ground truth
+as missed, a store frame absent from the submission is not evaluated (DetectionEval would
+instead refuse a submission that does not cover its split).
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from kdpipe.evaluation.nuscenes_submission import (
+    SubmissionError,
+    read_results,
+    submission_frames,
+    submission_table,
+)
+
+_TABLES = ("frames.parquet", "boxes.parquet")
+
+
+def _is_ingest_artifact(path: Path) -> bool:
+    return all((path / t).is_file() for t in _TABLES)
+
+
+def _tokens_of(path: Path) -> set[str]:
+    return set(pl.read_parquet(path / "frames.parquet", columns=["frame"])["frame"].to_list())
+
+
+def resolve_ingest(path: Path, tokens: list[str]) -> Path:
+    """The ingest artifact directory `--ingest` names (see the module docstring)."""
+    if _is_ingest_artifact(path):
+        return path
+    if not path.is_dir():
+        raise SubmissionError(f"--ingest {path}: no such directory (give an ingest artifact "
+                              "directory or a workspace)")
+    from kdpipe.pipeline.store import Workspace
+
+    records = Workspace(path, create=False).committed("ingest")
+    if not records:
+        raise SubmissionError(f"--ingest {path} is neither an ingest artifact (no "
+                              f"{' / '.join(_TABLES)}) nor a workspace with a committed ingest")
+    wanted, best = set(tokens), (-1, "")
+    for rec in records:  # newest first
+        art = path / "artifacts" / "ingest" / str(rec["key"])
+        if not _is_ingest_artifact(art):
+            continue
+        n = len(wanted & _tokens_of(art))
+        if n == len(wanted):
+            return art
+        best = max(best, (n, str(art)))
+    raise SubmissionError(f"no ingest artifact of workspace {path} holds every sample token of "
+                          f"the submission (best: {best[1] or 'none'}, {max(best[0], 0)} of "
+                          f"{len(wanted)})")
+
+
+def audit_submission(submission: Path, ingest: Path) -> dict[str, Any]:
+    """Read, map onto the store, score. The result holds the numbers of `--json`."""
+    from kdpipe.stages.audit.nuscenes import devkit_rules
+    from kdpipe.stages.audit.tp_errors import nuscenes_scores
+
+    t0 = time.perf_counter()
+    results = read_results(submission)
+    art = resolve_ingest(ingest, list(results))
+    frames_all = pl.read_parquet(art / "frames.parquet")
+    if set(frames_all["dataset"].unique().to_list()) - {"nuscenes"}:
+        raise SubmissionError(f"{art} is not a nuScenes store (datasets: "
+                              f"{', '.join(sorted(map(str, frames_all['dataset'].unique())))})")
+    where = f"the ingest {art}"
+    frames = submission_frames(results, frames_all, submission, where)
+    rules = devkit_rules()
+    dets = submission_table(submission, results, frames, rules.max_boxes_per_sample)
+    boxes = pl.read_parquet(art / "boxes.parquet").filter(
+        pl.col("frame_id").is_in(frames["frame_id"].implode()))
+    scores = nuscenes_scores(dets, boxes, frames, rules)
+    splits = frames.group_by("split").len().sort("split")
+    return {"submission": str(submission), "ingest": str(art), "n_samples": frames.height,
+            "n_store_frames": frames_all.height, "n_predictions": dets.height,
+            "splits": dict(zip(splits["split"].to_list(), splits["len"].to_list(),
+                               strict=True)),
+            **scores, "seconds": time.perf_counter() - t0}
+
+
+def _num(v: float) -> float | None:
+    return None if math.isnan(v) else v
+
+
+def as_json(rep: dict[str, Any]) -> dict[str, Any]:
+    """NaN (errors the devkit does not define, e.g. a cone's AOE) as null: strict JSON."""
+    out = dict(rep)
+    out["class_tp_errors"] = {c: {k: _num(v) for k, v in e.items()}
+                              for c, e in rep["class_tp_errors"].items()}
+    return out
+
+
+def _print(rep: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from kdpipe.stages.audit.tp_errors import SHORT_NAMES
+
+    con = Console(soft_wrap=True)
+    splits = ", ".join(f"{n} {s or '(no split)'}" for s, n in rep["splits"].items())
+    con.print(f"submission {rep['submission']}: {rep['n_predictions']} boxes on "
+              f"{rep['n_samples']} samples ({splits}) of {rep['ingest']}", markup=False)
+    err = rep["tp_errors"]
+    con.print(f"mAP {rep['mean_ap']:.4f}  NDS {rep['nd_score']:.4f}  " + "  ".join(
+        f"m{SHORT_NAMES[k]} {v:.4f}" for k, v in err.items()), markup=False)
+    t = Table("class", "GT", "AP", *(SHORT_NAMES[k] for k in err))
+    for c, ap in rep["class_ap"].items():
+        e = rep["class_tp_errors"][c]
+        t.add_row(c, str(rep["n_gt"][c]), f"{ap:.3f}",
+                  *("-" if math.isnan(e[k]) else f"{e[k]:.3f}" for k in err))
+    con.print(t)
+    con.print("(DetectionEval's rules: matches within 2 m for the TP errors; '-': not defined "
+              "for the class)")
+
+
+def audit(submission: Path, ingest: Path, json_out: bool) -> None:
+    """The command: print the summary and the per-class table, or the JSON."""
+    rep = audit_submission(submission, ingest)
+    if json_out:
+        sys.stdout.write(json.dumps(as_json(rep), indent=1) + "\n")
+        return
+    _print(rep)

@@ -1,0 +1,220 @@
+"""nuScenes TP errors (ATE, ASE, AOE, AVE, AAE) and NDS on kdpipe tables, rule for rule as
+nuscenes-devkit's `DetectionEval` (`detection_cvpr_2019`), vectorised.
+
+Rules taken from the devkit source (eval/detection/algo.py `accumulate` / `calc_tp`,
+evaluate.py `evaluate`, data_classes.py `DetectionMetrics`, eval/common/utils.py):
+- the errors come from the matches at `dist_th_tp` (2 m), made as for AP (`nuscenes.py`);
+- per match: ATE = xy centre distance, AVE = xy velocity difference (global frame), ASE =
+  1 - IoU of the sizes aligned at one centre, AOE = smallest yaw difference (period pi for
+  barriers, 2 pi otherwise; yaw = heading of the box x axis in the global xy plane), AAE =
+  1 - (attributes equal), NaN where the ground truth has no attribute;
+- per class: the cumulative mean over the matches in descending score (NaN-aware; all NaN ->
+  1), interpolated onto the 101 recall points through the confidences; the error is its mean
+  from the first recall point above `min_recall` to the highest recall reached (1 when that is
+  below `min_recall`, or when the class has no ground truth or no match);
+- traffic cones have no AOE / AVE / AAE, barriers no AVE / AAE (NaN); each mean error is the
+  NaN-mean over classes, its score max(0, 1 - error), and NDS = (w mAP + sum of the five
+  scores) / (w + 5) with w = `mean_ap_weight`.
+Numbers (`dist_th_tp`, `min_recall`, `mean_ap_weight`, metric names) are read from the installed
+devkit; the class exceptions above are code in the devkit (evaluate.py, algo.py), so they are
+code here too.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from kdpipe.stages.audit.metrics import (
+    ap_nuscenes,
+    candidates,
+    curve,
+    greedy_match,
+    score_order,
+)
+from kdpipe.stages.audit.nuscenes import NuScenesRules, apply_rules, box_sets, devkit_rules
+
+NUS_RECALL_POINTS = 101  # DetectionMetricData.nelem
+SHORT_NAMES = {"trans_err": "ATE", "scale_err": "ASE", "orient_err": "AOE", "vel_err": "AVE",
+               "attr_err": "AAE"}
+# evaluate.py: these (class, metric) pairs are NaN, not computed
+_NAN_METRICS = {"traffic_cone": {"attr_err", "vel_err", "orient_err"},
+                "barrier": {"attr_err", "vel_err"}}
+_HALF_TURN_CLASSES = {"barrier"}  # algo.py: orientation only defined up to 180 degrees
+
+
+@dataclass(frozen=True)
+class TPRules:
+    metrics: tuple[str, ...]   # the devkit's TP_METRICS, in its order
+    dist_th_tp_m: float
+    min_recall: float
+    mean_ap_weight: float
+
+
+def devkit_tp_rules(name: str = "detection_cvpr_2019") -> TPRules:
+    """The devkit's TP-error settings, read from the installed package."""
+    from nuscenes.eval.common.config import config_factory
+    from nuscenes.eval.detection.constants import TP_METRICS
+
+    cfg = config_factory(name)
+    return TPRules(tuple(TP_METRICS), float(cfg.dist_th_tp), float(cfg.min_recall),
+                   float(cfg.mean_ap_weight))
+
+
+def with_world_terms(df: pl.DataFrame, frames: pl.DataFrame) -> pl.DataFrame:
+    """Add `yaw_world_rad` and `vx_world_mps`, `vy_world_mps` (NaN where unknown) from the ego
+    columns and the frame's pose, unless the table already has them (a submission read in the
+    global frame keeps its own). The yaw is the devkit's `quaternion_yaw` of pose x box
+    rotation: the heading of R_world_from_ego @ (cos, sin, 0). The store keeps no vertical
+    velocity, so v_ego = (vx, vy, 0) (as `write_submission`)."""
+    if {"yaw_world_rad", "vx_world_mps", "vy_world_mps"} <= set(df.columns):
+        return df
+    j = df.select("frame_id").join(frames.select("frame_id", "t_world_from_ego"),
+                                   on="frame_id", how="left", maintain_order="left")
+    R = j["t_world_from_ego"].to_numpy().astype(np.float64).reshape(-1, 4, 4)[:, :3, :3]
+    yaw = df["yaw_ego_rad"].to_numpy().astype(np.float64)
+    heading = np.stack([np.cos(yaw), np.sin(yaw), np.zeros_like(yaw)], axis=1)   # (N, 3)
+    x_axis = np.einsum("nij,nj->ni", R, heading)                                 # (N, 3)
+    v_ego = np.zeros((df.height, 3))
+    for i, c in enumerate(("vx_ego_mps", "vy_ego_mps")):
+        v_ego[:, i] = df[c].cast(pl.Float64).fill_null(np.nan).to_numpy()
+    v_world = np.einsum("nij,nj->ni", R, v_ego)                                  # (N, 3)
+    return df.with_columns(yaw_world_rad=pl.Series(np.arctan2(x_axis[:, 1], x_axis[:, 0])),
+                           vx_world_mps=pl.Series(v_world[:, 0]),
+                           vy_world_mps=pl.Series(v_world[:, 1]))
+
+
+def pair_errors(d: pl.DataFrame, g: pl.DataFrame, matched: np.ndarray,
+                class_names: tuple[str, ...], cls: np.ndarray) -> np.ndarray:
+    """(P, 5) errors of each matched detection, in the order trans, vel, scale, orient, attr
+    (the devkit's `match_data`); rows of unmatched detections are NaN."""
+    err = np.full((d.height, 5), np.nan)
+    m = np.flatnonzero(matched >= 0)
+    gi = matched[m]
+
+    def cols(df: pl.DataFrame, names: list[str], rows: np.ndarray) -> np.ndarray:
+        return df.select(names).to_numpy().astype(np.float64)[rows]
+
+    dxy, gxy = cols(d, ["x_world_m", "y_world_m"], m), cols(g, ["x_world_m", "y_world_m"], gi)
+    err[m, 0] = np.hypot(*(dxy - gxy).T)
+    dv, gv = cols(d, ["vx_world_mps", "vy_world_mps"], m), cols(g, ["vx_world_mps",
+                                                                   "vy_world_mps"], gi)
+    err[m, 1] = np.hypot(*(dv - gv).T)  # NaN when either velocity is unknown
+    size = ["length_m", "width_m", "height_m"]
+    ds, gs = cols(d, size, m), cols(g, size, gi)
+    inter = np.prod(np.minimum(ds, gs), axis=1)
+    err[m, 2] = 1.0 - inter / (np.prod(ds, axis=1) + np.prod(gs, axis=1) - inter)
+    half = np.isin(cls[m], [class_names.index(c) for c in _HALF_TURN_CLASSES
+                            if c in class_names])
+    period = np.where(half, np.pi, 2 * np.pi)
+    diff = (cols(g, ["yaw_world_rad"], gi)[:, 0] - cols(d, ["yaw_world_rad"], m)[:, 0]
+            + period / 2) % period - period / 2                 # the devkit's angle_diff
+    err[m, 3] = np.abs(np.where(diff > np.pi, diff - 2 * np.pi, diff))
+    g_attr = _attributes(g)[gi]
+    d_attr = _attributes(d)[m]
+    err[m, 4] = np.where(g_attr == "", np.nan, (g_attr != d_attr).astype(np.float64))
+    return err
+
+
+def _attributes(df: pl.DataFrame) -> np.ndarray:
+    """(N,) attribute names, "" where none (a kdpipe detections table has no column)."""
+    if "attribute" not in df.columns:
+        return np.full(df.height, "", dtype=object)
+    return np.asarray(df["attribute"].fill_null("").to_list(), dtype=object)
+
+
+def cummean(x: np.ndarray) -> np.ndarray:
+    """The devkit's NaN-aware cumulative mean, column by column: (T, K) -> (T, K); a column
+    that is all NaN is all ones."""
+    s = np.nancumsum(x, axis=0)
+    n = np.cumsum(~np.isnan(x), axis=0)
+    out = np.divide(s, n, out=np.zeros_like(s), where=n != 0)
+    out[:, np.isnan(x).all(axis=0)] = 1.0
+    return out
+
+
+def class_tp_errors(score: np.ndarray, is_tp: np.ndarray, err: np.ndarray, n_gt: int,
+                    min_recall: float) -> np.ndarray:
+    """One class's five errors ((P,) scores, (P,) match flags, (P, 5) errors) -> (5,)."""
+    if n_gt == 0 or not is_tp.any():
+        return np.ones(err.shape[1])  # DetectionMetricData.no_predictions -> calc_tp = 1
+    order = score_order(score)
+    hit, conf = is_tp[order], score[order]
+    tp = np.cumsum(hit).astype(float)
+    rec = tp / float(n_gt)
+    rec_interp = np.linspace(0, 1, NUS_RECALL_POINTS)
+    conf_interp = np.interp(rec_interp, rec, conf, right=0)               # (101,)
+    cm = cummean(err[order][hit])                                         # (T, 5)
+    match_conf = conf[hit][::-1]
+    first = round(100 * min_recall) + 1
+    nz = np.flatnonzero(conf_interp)
+    last = int(nz[-1]) if nz.size else 0
+    if last < first:
+        return np.ones(err.shape[1])
+    out = np.empty(err.shape[1])
+    for k in range(err.shape[1]):
+        md = np.interp(conf_interp[::-1], match_conf, cm[::-1, k])[::-1]  # (101,)
+        out[k] = np.mean(md[first:last + 1])
+    return out
+
+
+_ERR_ORDER = ("trans_err", "vel_err", "scale_err", "orient_err", "attr_err")  # pair_errors'
+
+
+def nuscenes_scores(dets: pl.DataFrame, gts: pl.DataFrame, frames: pl.DataFrame,
+                    rules: NuScenesRules | None = None, tp_rules: TPRules | None = None
+                    ) -> dict[str, Any]:
+    """mAP, the TP errors and NDS as DetectionEval computes them.
+
+    Args:
+        dets: detection rows of the evaluated samples (labels = detection names, `score`, ego
+            boxes, `attribute`; velocities and yaw in the world frame as `vx_world_mps`,
+            `vy_world_mps`, `yaw_world_rad`, else ego `vx_ego_mps`, `vy_ego_mps`).
+        gts: BOXES rows of the same samples (bike racks included: they are a filter).
+        frames: FRAMES rows of exactly the evaluated samples, in submission order (score ties
+            break by it, as in the devkit).
+
+    Returns:
+        `mean_ap`, `nd_score`, `tp_errors` ({metric: mean over classes}), `class_ap`,
+        `class_tp_errors` ({class: {metric: error or NaN}}), `ap`, `n_gt`, `n_det`.
+    """
+    rules, tpr = rules or devkit_rules(), tp_rules or devkit_tp_rules()
+    d, g = apply_rules(dets, gts, frames, rules)
+    d, g = with_world_terms(d, frames), with_world_terms(g, frames)
+    det, gt = box_sets(d, g, frames["frame_id"].to_list(), rules.class_names,
+                       ("x_world_m", "y_world_m"))
+    assert det.score is not None
+    cand = candidates(det, gt, "center_distance", max(rules.dist_ths_m))
+    n_gt = np.bincount(gt.cls, minlength=len(rules.class_names))
+    ap: dict[str, dict[str, float]] = {c: {} for c in rules.class_names}
+    matched_tp = np.full(len(det), -1, dtype=np.int64)
+    for th in rules.dist_ths_m:
+        matched = greedy_match(det, cand, len(gt), np.full(len(det), th), "center_distance")
+        if th == tpr.dist_th_tp_m:
+            matched_tp = matched
+        for k, name in enumerate(rules.class_names):
+            m = det.cls == k
+            ap[name][f"{th:g}"] = ap_nuscenes(curve(det.score[m], matched[m] >= 0, int(n_gt[k])),
+                                              rules.min_recall, rules.min_precision)
+    err = pair_errors(d, g, matched_tp, rules.class_names, det.cls)      # (P, 5)
+    class_tp: dict[str, dict[str, float]] = {}
+    for k, name in enumerate(rules.class_names):
+        m = det.cls == k
+        e = class_tp_errors(det.score[m], matched_tp[m] >= 0, err[m], int(n_gt[k]),
+                            tpr.min_recall)
+        by_name = dict(zip(_ERR_ORDER, e.tolist(), strict=True))
+        class_tp[name] = {metric: (float("nan") if metric in _NAN_METRICS.get(name, ())
+                                   else float(by_name[metric])) for metric in tpr.metrics}
+    class_ap = {c: float(np.mean(list(v.values()))) for c, v in ap.items()}
+    mean_ap = float(np.mean(list(class_ap.values())))
+    tp_errors = {metric: float(np.nanmean([class_tp[c][metric] for c in rules.class_names]))
+                 for metric in tpr.metrics}
+    tp_scores = {metric: max(0.0, 1.0 - e) for metric, e in tp_errors.items()}
+    nds = (tpr.mean_ap_weight * mean_ap + sum(tp_scores.values())) \
+        / (tpr.mean_ap_weight + len(tp_scores))
+    return {"mean_ap": mean_ap, "nd_score": float(nds), "tp_errors": tp_errors,
+            "tp_scores": tp_scores, "class_ap": class_ap, "class_tp_errors": class_tp, "ap": ap,
+            "n_gt": {c: int(n) for c, n in zip(rules.class_names, n_gt, strict=True)},
+            "n_det": int(len(det))}

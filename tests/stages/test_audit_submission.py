@@ -1,0 +1,191 @@
+"""`kdpipe audit --submission`: any nuScenes submission scored against a store's ground truth
+equals nuscenes-devkit's DetectionEval (run here on the same files): mAP, NDS and the five TP
+errors per class, within 1e-3; bad inputs are one line and exit 2."""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import pytest
+
+from kdpipe.datasets.synth import SynthConfig, write_nuscenes
+from kdpipe.evaluation.nuscenes_eval import score_nuscenes, write_submission
+from kdpipe.schemas.tables import DETECTIONS
+from kdpipe.testing import ingest_store
+
+SPLIT = "audit_all"  # custom devkit split holding every scene of the world
+# categories given to some instances before ingest, so that the world holds the classes whose
+# TP rules differ (barrier: yaw period pi, no AVE/AAE; cone: no AOE/AVE/AAE) and a truck
+RELABEL = {"vehicle.car": ("vehicle.truck", "movable_object.barrier"),
+           "human.pedestrian.adult": ("movable_object.trafficcone",)}
+
+
+def relabel_instances(root: Path, seed: int) -> None:
+    """Give every third car a truck / barrier category and every third pedestrian a cone's."""
+    tables = root / "v1.0-mini"
+    cats = json.loads((tables / "category.json").read_text())
+    tok = {c["name"]: c["token"] for c in cats}
+    name = {c["token"]: c["name"] for c in cats}
+    inst = json.loads((tables / "instance.json").read_text())
+    rng = np.random.default_rng(seed)
+    for rec in inst:
+        options = RELABEL.get(name[rec["category_token"]])
+        if options and rng.random() < 0.4:
+            rec["category_token"] = tok[options[int(rng.integers(len(options)))]]
+    (tables / "instance.json").write_text(json.dumps(inst))
+    splits_path = tables / "splits.json"
+    splits = json.loads(splits_path.read_text())
+    splits[SPLIT] = sorted({s for v in splits.values() for s in v})
+    splits_path.write_text(json.dumps(splits))
+
+
+def noisy_detections(gt: pl.DataFrame, seed: int) -> pl.DataFrame:
+    """Ground truth made imperfect: 15% missed, noise in centre (growing with range), size,
+    yaw and velocity, 10% duplicates, 3% another class, clutter (also of classes absent from
+    the ground truth)."""
+    rng = np.random.default_rng(seed)
+    gt = gt.filter(pl.col("label").is_not_null())
+    hit = gt.filter(pl.Series(rng.random(gt.height) > 0.15))
+    n = hit.height
+    sd_m = 0.1 + 0.02 * np.hypot(hit["x_ego_m"].to_numpy(), hit["y_ego_m"].to_numpy())
+    names = sorted(set(gt["label"].to_list()))
+    tp = hit.with_columns(
+        x_ego_m=pl.col("x_ego_m") + rng.normal(0, sd_m),
+        y_ego_m=pl.col("y_ego_m") + rng.normal(0, sd_m),
+        z_ego_m=pl.col("z_ego_m") + rng.normal(0, 0.1, n),
+        length_m=pl.col("length_m") * rng.uniform(0.8, 1.2, n),
+        width_m=pl.col("width_m") * rng.uniform(0.8, 1.2, n),
+        height_m=pl.col("height_m") * rng.uniform(0.8, 1.2, n),
+        yaw_ego_rad=pl.col("yaw_ego_rad") + rng.normal(0, 0.3, n)
+        + np.pi * (rng.random(n) < 0.1),                      # some boxes facing backwards
+        vx_ego_mps=pl.col("vx_ego_mps").fill_null(0.0) + rng.normal(0, 0.5, n),
+        vy_ego_mps=pl.col("vy_ego_mps").fill_null(0.0) + rng.normal(0, 0.5, n),
+        label=pl.when(pl.Series(rng.random(n) < 0.03)).then(pl.Series(rng.choice(names, n)))
+        .otherwise(pl.col("label")),
+        score=pl.Series(np.clip(rng.beta(5, 2, n) - 0.004 * sd_m, 0.01, 1.0)))
+    dup = tp.sample(fraction=0.1, seed=seed).with_columns(
+        x_ego_m=pl.col("x_ego_m") + rng.normal(0, 1.0), score=pl.col("score") * 0.6)
+    n_fp = max(1, int(0.4 * gt.height))
+    fp = gt.sample(n_fp, with_replacement=True, seed=seed + 1).with_columns(
+        x_ego_m=pl.Series(rng.uniform(-55, 55, n_fp)),
+        y_ego_m=pl.Series(rng.uniform(-55, 55, n_fp)), score=pl.Series(rng.beta(2, 5, n_fp)),
+        label=pl.Series(rng.choice([*names, "bus", "motorcycle"], n_fp)))
+    return pl.concat([tp, dup, fp]).with_columns(
+        det_index=pl.lit(0, pl.Int32), vx_ego_mps=pl.col("vx_ego_mps").fill_null(0.0),
+        vy_ego_mps=pl.col("vy_ego_mps").fill_null(0.0)).select(list(DETECTIONS))
+
+
+def scramble_attributes(sub: Path, seed: int) -> None:
+    """Wrong attributes on a quarter of the boxes (some empty), as a detector gets them."""
+    from nuscenes.eval.detection.constants import ATTRIBUTE_NAMES
+
+    rng = np.random.default_rng(seed)
+    data = json.loads(sub.read_text())
+    for boxes in data["results"].values():
+        for b in boxes:
+            if rng.random() < 0.25:
+                b["attribute_name"] = str(rng.choice([*ATTRIBUTE_NAMES, ""]))
+    sub.write_text(json.dumps(data))
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    tmp = tmp_path_factory.mktemp("audit_sub")
+    root = tmp / "nus"
+    write_nuscenes(root, 3, seed=6, cfg=SynthConfig(
+        nus_samples_per_scene=8, image_scale=0.1, nus_lidar_azimuths=128, nus_radar_sweeps=1,
+        nus_cameras=()))
+    relabel_instances(root, seed=6)
+    ingest = ingest_store(tmp, root, "nuscenes", camera_channels=[])
+    frames = pl.read_parquet(ingest / "frames.parquet")
+    boxes = pl.read_parquet(ingest / "boxes.parquet")
+    sub = tmp / "submission.json"
+    write_submission(noisy_detections(boxes, seed=1), frames, sub)
+    scramble_attributes(sub, seed=2)
+    want = score_nuscenes(root, "v1.0-mini", SPLIT, sub, tmp / "eval")
+    return {"tmp": tmp, "root": root, "ingest": ingest, "sub": sub, "want": want,
+            "boxes": boxes}
+
+
+def kdpipe(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "kdpipe", *args], capture_output=True,
+                          text=True, timeout=120, check=False)
+
+
+def test_world_has_the_classes_with_their_own_rules(world: dict[str, Any]) -> None:
+    labels = set(world["boxes"]["label"].drop_nulls().to_list())
+    assert {"car", "truck", "pedestrian", "bicycle", "traffic_cone", "barrier"} <= labels
+    assert world["boxes"]["vx_ego_mps"].null_count() > 0  # GT without velocity: NaN AVE terms
+
+
+def test_submission_audit_equals_detection_eval(world: dict[str, Any]) -> None:
+    out = kdpipe("audit", "--submission", str(world["sub"]), "--ingest", str(world["ingest"]),
+                 "--json")
+    assert out.returncode == 0, out.stderr
+    got, want = json.loads(out.stdout), world["want"]
+    assert 0.1 < want["mean_ap"] < 0.9 and 0.1 < want["nd_score"] < 0.9  # something to get right
+    assert abs(got["mean_ap"] - want["mean_ap"]) < 1e-3
+    assert abs(got["nd_score"] - want["nd_score"]) < 1e-3
+    for metric, err in want["tp_errors"].items():
+        assert abs(got["tp_errors"][metric] - err) < 1e-3, metric
+    n_compared = 0
+    for cls, ap in want["class_ap"].items():
+        assert abs(got["class_ap"][cls] - ap) < 1e-3, cls
+        for metric, err in want["class_tp_errors"][cls].items():
+            mine = got["class_tp_errors"][cls][metric]
+            if math.isnan(err):
+                assert mine is None, (cls, metric)   # NaN in the devkit, null in strict JSON
+            else:
+                assert mine is not None and abs(mine - err) < 1e-3, (cls, metric, mine, err)
+                n_compared += err not in (0.0, 1.0)  # a value computed from matches
+    assert n_compared >= 15
+    assert got["class_tp_errors"]["traffic_cone"]["orient_err"] is None
+    assert got["class_tp_errors"]["barrier"]["vel_err"] is None
+    assert got["class_tp_errors"]["barrier"]["orient_err"] is not None
+
+
+def test_workspace_names_its_ingest_and_table_prints(world: dict[str, Any]) -> None:
+    ws = world["ingest"].parents[2]  # <ws>/artifacts/ingest/<key>
+    out = kdpipe("audit", "--submission", str(world["sub"]), "--ingest", str(ws))
+    assert out.returncode == 0, out.stderr
+    assert str(world["ingest"]) in out.stdout
+    assert f"NDS {world['want']['nd_score']:.3f}" in out.stdout
+    for word in ("mATE", "mASE", "mAOE", "mAVE", "mAAE", "traffic_cone", "barrier"):
+        assert word in out.stdout
+
+
+def _bad(world: dict[str, Any], name: str, text: str) -> subprocess.CompletedProcess[str]:
+    path = world["tmp"] / name
+    path.write_text(text)
+    return kdpipe("audit", "--submission", str(path), "--ingest", str(world["ingest"]))
+
+
+def _one_error_line(out: subprocess.CompletedProcess[str], *words: str) -> None:
+    assert out.returncode == 2, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:"), out.stderr
+    for w in words:
+        assert w in lines[0], (w, lines[0])
+
+
+def test_bad_submissions_are_one_line_exit_2(world: dict[str, Any]) -> None:
+    data = json.loads(world["sub"].read_text())
+    _one_error_line(_bad(world, "not.json", "{results: oops"), "is not JSON")
+    _one_error_line(_bad(world, "no_results.json", json.dumps({"meta": {}})), "no 'results'")
+    foreign = {**data["results"], "tok_a": [], "tok_b": []}
+    _one_error_line(_bad(world, "foreign.json", json.dumps({"results": foreign})),
+                    "2 of", "sample tokens", "not in", "'tok_a'")
+    renamed = json.loads(json.dumps(data))
+    first = next(b for boxes in renamed["results"].values() for b in boxes)
+    first["detection_name"] = "Car"
+    _one_error_line(_bad(world, "names.json", json.dumps(renamed)),
+                    "unknown detection_name", "'Car'")
+    out = kdpipe("audit", "--submission", str(world["sub"]), "--ingest",
+                 str(world["tmp"] / "nowhere"))
+    _one_error_line(out, "nowhere")
