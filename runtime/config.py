@@ -33,6 +33,11 @@ class OptimConfig(StageConfig):  # the training loop's settings (runtime/train_l
     # (0: in the training process; each worker keeps one thread, see pipeline/threads.py).
     loader_workers: int = Field(0, ge=0)
     amp: Literal["fp32", "bf16"] = "fp32"   # bf16 autocast of forward + loss (CUDA, or asked)
+    # A labeled split scored after every `val_every_epochs` epochs (and the last) into the log
+    # and TensorBoard (`val_map`): a quick BEV mAP for the curves, runtime/validation.py.
+    val_split: str | None = None
+    val_every_epochs: int = Field(1, ge=1)
+    val_max_frames: int | None = Field(None, ge=1)
 
 
 class LaunchConfig(StageConfig):  # one process or K DDP ranks (runtime/distributed.py)

@@ -69,13 +69,23 @@ def build(job: TrainJob, device: torch.device) -> TrainSetup:
     return builder(job, device)
 
 
+def build_to_train(job: TrainJob, device: torch.device, rank: int = 0) -> TrainSetup:
+    """`build`, plus the validator `fit` calls on rank 0 when `optim.val_split` is set."""
+    setup = build(job, device)
+    if rank == 0:
+        from kdpipe.runtime.validation import attach
+
+        attach(setup, job, device)
+    return setup
+
+
 def train(job: TrainJob, device: torch.device, progress: Any = None) -> TrainResult:
     """Train `job` here (one process) or on `job.config.launch` ranks; the trained model."""
     from kdpipe.runtime.train_loop import fit
 
     launch: LaunchConfig = job.config.launch
     if launch.nproc * launch.nnodes == 1:
-        setup = build(job, device)
+        setup = build_to_train(job, device)
         seconds: list[float] = []
         log = fit(setup.model, setup.frames, job.config.optim, workdir=job.workdir,
                   seed=job.seed, device=device, progress=progress, epoch_seconds=seconds,
@@ -164,7 +174,7 @@ def _rank_main(job: TrainJob) -> dict[str, Any]:
         "nccl" if device.type == "cuda" else "gloo")
     dist.init_process_group(backend, timeout=timedelta(seconds=launch.timeout_s))
     try:
-        setup = build(job, device)
+        setup = build_to_train(job, device, dist.get_rank())
         _maybe_drill_kill(job)
         seconds: list[float] = []
         log = fit(setup.model, setup.frames, job.config.optim, workdir=job.workdir,

@@ -32,8 +32,13 @@ def read_steps(workdir: Path) -> list[dict[str, Any]]:
 
 
 def _epoch_columns(log: list[dict[str, Any]]) -> list[str]:
-    return [k for k in (log[0] if log else {}) if k not in _NOT_CURVES
-            and not k.startswith("points_") and isinstance(log[0][k], int | float)]
+    """Numeric columns of any row, in first-seen order (validation columns appear only in
+    the epochs that were validated)."""
+    cols: dict[str, None] = {}
+    for row in log:
+        cols.update((k, None) for k, v in row.items() if k not in _NOT_CURVES
+                    and not k.startswith("points_") and isinstance(v, int | float))
+    return list(cols)
 
 
 def write_tensorboard(out_dir: Path, steps: list[dict[str, Any]],
@@ -58,25 +63,27 @@ def write_tensorboard(out_dir: Path, steps: list[dict[str, Any]],
         cols, done = _epoch_columns(log), 0
         for row in log:
             done += int(row["steps"])
-            w.write(event(done, {f"epoch/{k}": float(row[k]) for k in cols}))
+            w.write(event(done, {f"epoch/{k}": float(row[k]) for k in cols if k in row}))
     return path
 
 
 def write_loss_png(path: Path, steps: list[dict[str, Any]], log: list[dict[str, Any]],
                    title: str) -> Path:
-    """Every loss term per step (thin), the epoch means (dots), the LR on a second axis."""
+    """Every loss term per step (thin), the epoch means (dots), the LR on a second axis; below,
+    the validation mAP per validated epoch when the run had `optim.val_split`."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(8, 4.5), dpi=100)
-    ax = fig.add_subplot()
-    keys = [k for k in (steps[0] if steps else {}) if k not in ("epoch", "step", "lr")]
-    for k in sorted(keys, key=lambda k: k != "loss"):
-        ax.plot([r["step"] for r in steps], [r[k] for r in steps], label=k,
-                linewidth=1.6 if k == "loss" else 0.8)
     done, ends = 0, []
     for row in log:
         done += int(row["steps"])
         ends.append(done)
+    val = [(e, r) for e, r in zip(ends, log, strict=True) if "val_map" in r]
+    fig = Figure(figsize=(8, 6.5 if val else 4.5), dpi=100)
+    ax = fig.add_subplot(2, 1, 1) if val else fig.add_subplot()
+    keys = [k for k in (steps[0] if steps else {}) if k not in ("epoch", "step", "lr")]
+    for k in sorted(keys, key=lambda k: k != "loss"):
+        ax.plot([r["step"] for r in steps], [r[k] for r in steps], label=k,
+                linewidth=1.6 if k == "loss" else 0.8)
     if log and "loss" in log[0]:
         ax.plot(ends, [r["loss"] for r in log], "ko", markersize=3, label="epoch mean loss")
     ax.set_xlabel("step")
@@ -88,6 +95,17 @@ def write_loss_png(path: Path, steps: list[dict[str, Any]], log: list[dict[str, 
                 linestyle=":", linewidth=0.8)
         lr.set_ylabel("learning rate (dotted)")
     ax.legend(fontsize=7, loc="upper right")
+    if val:
+        vax = fig.add_subplot(2, 1, 2, sharex=ax)
+        names = [k for k in val[0][1] if k.startswith("val_ap_")]
+        for k in names:
+            vax.plot([e for e, _ in val], [r[k] for _, r in val], "-", linewidth=0.8,
+                     label=k.removeprefix("val_ap_"))
+        vax.plot([e for e, _ in val], [r["val_map"] for _, r in val], "k-o", markersize=3,
+                 linewidth=1.6, label="mAP")
+        vax.set_xlabel("step")
+        vax.set_ylabel("val AP (%)")
+        vax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
     fig.savefig(path, format="png", metadata={"Software": None})  # no version stamp
     return path

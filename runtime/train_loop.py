@@ -87,6 +87,8 @@ class FitOptions(TypedDict, total=False):
     trainable: extra modules trained with the model, e.g. distillation adapters.
     modalities: what goes into each batch (default: the model's own; distillation adds the
         teacher's LiDAR).
+    validate: called with the model on rank 0 after every `cfg.val_every_epochs` epochs (and
+        the last); returns columns for that epoch's log row (runtime/validation.py).
     """
 
     loss_fn: LossFn
@@ -94,6 +96,7 @@ class FitOptions(TypedDict, total=False):
     epoch_seconds: list[float]
     trainable: Sequence[torch.nn.Module]
     modalities: Sequence[str] | None
+    validate: Callable[[torch.nn.Module], dict[str, float]]
 
 
 class _Step(torch.nn.Module):
@@ -191,6 +194,16 @@ def _restore(state_path: Path, modules: Sequence[torch.nn.Module], optim: tuple[
                                                        optim[0])
 
 
+def _validate(model: torch.nn.Module, validate: Callable[[torch.nn.Module], dict[str, float]]
+              | None, cfg: OptimConfig, epoch: int, shard: Shard) -> dict[str, float]:
+    """The validation columns of epoch `epoch` (1-based): on rank 0 after every
+    `val_every_epochs` epochs and the last; the other ranks wait at the epoch's barrier."""
+    if validate is None or shard.rank != 0 or (
+            epoch % cfg.val_every_epochs and epoch != cfg.epochs):
+        return {}
+    return validate(model)
+
+
 def fit(model: torch.nn.Module, frames: FrameSource | Sequence[TrainFrame], cfg: OptimConfig, *,
         workdir: Path, seed: int, device: torch.device,
         **options: Unpack[FitOptions]) -> list[dict[str, Any]]:
@@ -251,7 +264,7 @@ def fit(model: torch.nn.Module, frames: FrameSource | Sequence[TrainFrame], cfg:
                "lr_end": float(sched.get_last_lr()[0]),  # no wall times: artifacts must be
                **{k: v / max(1, n_steps) for k, v in sorted(sums.items())},  # reproducible
                **{f"points_{m}": int(round(v)) for m, v in sorted(points.items())}}
-        log.append(row)
+        log.append(row | _validate(model, options.get("validate"), cfg, epoch + 1, shard))
         if shard.rank == 0:
             atomic_save({"modules": [m.state_dict() for m in modules],
                          "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),

@@ -36,7 +36,9 @@ def run_training(ctx: StageContext[Any], builder: str, model_port: str, log_port
             "inputs": input_refs(ctx.inputs), "train_frames": frames,
             "final": res.log[-1] if res.log else {}}
     save_checkpoint(ctx.outputs[model_port], res.model, meta)
-    pl.DataFrame(res.log).write_parquet(ctx.outputs[log_port], metadata=ctx.file_metadata())
+    # validation columns exist only in validated epochs: null elsewhere
+    pl.from_dicts(res.log, infer_schema_length=None).write_parquet(
+        ctx.outputs[log_port], metadata=ctx.file_metadata())
     # TensorBoard scalars in <artifact>/tb/ and <log>.png beside the log (runtime/train_curves)
     write_curves(ctx.workdir, ctx.outputs[log_port], res.log, f"{ctx.stage} {ctx.key}")
     (ctx.workdir / "train_state.pt").unlink(missing_ok=True)  # resume state, not an output

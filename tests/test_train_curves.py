@@ -33,6 +33,8 @@ detector = {toml_value(TINY_DETECTOR)}
 [teacher-train.optim]
 epochs = 3
 batch_size = 2
+val_split = "val"
+val_every_epochs = 2
 """)
     rep = run_workflow(wf, str(tmp / ws), scheduler="sync")
     return Path(rep["stages"][-1]["path"])
@@ -65,6 +67,11 @@ def test_tensorboard_scalars_match_the_train_log(artifact: Path) -> None:
     assert [e.step for e in acc.Scalars("epoch/loss")] == bounds[1:].tolist()
     lr = [e.value for e in acc.Scalars("step/lr")]
     assert len(lr) == len(steps) and len(set(lr)) > 1  # one-cycle: the LR moves every step
+    # validated at epoch 2 (every 2) and 3 (the last): those rows and those steps only
+    val = [e for e in acc.Scalars("epoch/val_map")]
+    assert [e.step for e in val] == bounds[2:].tolist()
+    assert [e.value for e in val] == pytest.approx(log["val_map"].drop_nulls().to_list())
+    assert log["val_map"].null_count() == 1 and log["val_frames"].drop_nulls()[0] > 0
     png = artifact / "train_log.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
     assert not (artifact / STEPS_FILE).exists()  # not an output
