@@ -328,6 +328,44 @@ def export_nuscenes(table: Table, ingest: Ingest,
         f"wrote {out_json}: {summary['n_samples']} samples, {summary['n_boxes']} boxes")
 
 
+@app.command("export-rerun")
+def export_rerun(
+    out_rrd: Annotated[Path, typer.Option("--out", help="recording to write (FILE.rrd; open "
+                                          "it with `rerun FILE.rrd`)")],
+    workspace: Ws = "workspace",
+    audit: Annotated[list[str] | None, typer.Option(
+        "--audit", help="audit stage, instance or STAGE/KEY: its worst frames, detections "
+        "marked TP/FP (repeatable)")] = None,
+    selection: Annotated[list[str] | None, typer.Option(
+        "--selection", help="curate stage, instance or STAGE/KEY: its selected frames in rank "
+        "order, with the teacher detections it read (repeatable)")] = None,
+    frame: Annotated[list[str] | None, typer.Option(
+        "--frame", help="frame id (vod/00549) or unique native id (repeatable)")] = None,
+    detections: Annotated[str | None, typer.Option(
+        help="--frame frames: stage name or Parquet path of scored boxes to draw")] = None,
+    min_score: Annotated[float, typer.Option(
+        help="--selection / --frame detections below are not exported")] = 0.1,
+    radar_sensor: Annotated[str, typer.Option(
+        help="store radar sensor: radar, or VoD's accumulated radar_3 / radar_5")] = "radar",
+    images: Annotated[bool, typer.Option(help="include each frame's camera image")] = True,
+    as_json: Json = False,
+) -> None:
+    """Write committed frames (an audit's worst, a curate selection, frame ids) as one Rerun
+    recording: LiDAR, radar, ground truth and detections in the ego frame, per-frame numbers."""
+    from kdpipe.viewer_frames import RerunExport
+    from kdpipe.viewer_frames import export_rerun as run_export
+
+    summary = run_export(RerunExport(
+        out=out_rrd, workspace=workspace, audits=audit or [], selections=selection or [],
+        frames=frame or [], detections=detections, min_score=min_score,
+        radar_sensor=radar_sensor, images=images))
+    _emit_json(summary) if as_json else out.print(
+        f"wrote {summary['out']}: {summary['frames']} frame(s), {summary['n_lidar']} LiDAR and "
+        f"{summary['n_radar']} radar points, {summary['n_gt']} GT and {summary['n_det']} "
+        f"detected boxes, {summary['bytes'] / 1e6:.1f} MB in {summary['seconds']:.1f} s "
+        f"(open: rerun {summary['out']})", highlight=False)
+
+
 Opt = typer.Option
 
 
