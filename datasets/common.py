@@ -27,6 +27,7 @@ from kdpipe.datasets.box_counts import count_points_in_boxes
 from kdpipe.datasets.formats.bins import recording_digests
 from kdpipe.datasets.formats.errors import FormatError
 from kdpipe.datasets.formats.kitti import DONT_CARE, KittiLabels
+from kdpipe.datasets.shard_writer import Written, tree_digest, write_row_array, write_small_array
 from kdpipe.schemas import boxes as bx
 from kdpipe.schemas.tables import BOXES, CALIBRATION, FRAMES, REJECTS, frame_table
 
@@ -160,30 +161,28 @@ class GroupWriter:
         the done-marker (last). Everything a resumed run needs from this group is in `part`."""
         import zarr
 
-        from kdpipe.pipeline.hashing import digest_path
-
         gdir = zarr_root / self.source / self.scene
         shutil.rmtree(gdir, ignore_errors=True)  # a killed earlier attempt
         shutil.rmtree(self.part, ignore_errors=True)
         group = zarr.open_group(store=str(gdir), mode="w", zarr_format=3,
                                 attributes={"source": self.source, "scene": self.scene,
                                             "frames": [f["frame"] for f in self.frames]})
+        written = Written(gdir)
         for sensor, clouds in self.points.items():
             names, units, native = self.fields[sensor]
             counts = np.array([len(c) for c in clouds], dtype=np.int64)
             offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)  # (F + 1,)
-            data = np.concatenate(clouds) if clouds else np.zeros((0, len(names)), np.float32)
             rows = self.storage.chunk_rows
             g = group.create_group(sensor)
-            g.create_array("points", data=data, chunks=(rows, len(names)),
-                           shards=(rows * self.storage.shard_chunks, len(names)),
-                           compressors=self._codec(True), dimension_names=("point", "field"),
-                           attributes={"fields": list(names), "units": list(units),
-                                       "frame": "ego", "native_frame": native})
-            g.create_array("offsets", data=offsets, chunks=(max(len(offsets), 1),),
-                           compressors=None,
-                           attributes={"meaning": "points[offsets[i]:offsets[i+1]] "
-                                                  "belong to frame i"})
+            # the frames' clouds go chunk by chunk into the shards: no concatenated copy
+            write_row_array(g, "points", clouds or [np.zeros((0, len(names)), np.float32)], {
+                "chunks": (rows, len(names)), "shards": (rows * self.storage.shard_chunks,
+                                                         len(names)),
+                "compressors": self._codec(True), "dimension_names": ("point", "field"),
+                "attributes": {"fields": list(names), "units": list(units), "frame": "ego",
+                               "native_frame": native}}, written)
+            write_small_array(g, "offsets", offsets, {
+                "meaning": "points[offsets[i]:offsets[i+1]] belong to frame i"}, written)
         for path, data, lay in self.extra:
             parent, _, leaf = path.rpartition("/")
             target = group.require_group(parent) if parent else group
@@ -197,7 +196,7 @@ class GroupWriter:
             frame_table(rows, schema).write_parquet(self.part / f"{name}.parquet")
         pl.DataFrame(self.log.rows, schema=SOURCES).write_parquet(self.part / "sources.parquet")
         # digested here, in parallel across groups, so the driver never re-reads the store
-        (self.part / "_digest").write_text(digest_path(gdir))
+        (self.part / "_digest").write_text(tree_digest(gdir, written.sha256))
         (self.part / "_done").write_text(str(len(self.frames)))
 
 
