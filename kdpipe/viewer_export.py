@@ -192,7 +192,9 @@ def write_recording(frames: Sequence[ExportFrame], out_rrd: Path, *,
             rec.reset_time()  # a frame without a timestamp must not inherit the previous one
             rec.set_time("frame", sequence=i)
             if f.row.get("timestamp_us") is not None:
-                rec.set_time("timestamp", timestamp=f.row["timestamp_us"] * 1e-6)
+                # integer microseconds: a float in seconds would round the microseconds away
+                rec.set_time("timestamp",
+                             timestamp=np.datetime64(int(f.row["timestamp_us"]), "us"))
             for k, v in _log_frame(rec, f, radar_sensor, images).items():
                 totals[k] += v
         rec.flush(blocking=True)

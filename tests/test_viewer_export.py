@@ -161,6 +161,34 @@ def test_export_frame_ids_with_detections_json(workspace: dict[str, Any]) -> Non
     assert len(got["/ego/lidar:Position3D"][0]) == summary["n_lidar"] > 0
 
 
+def test_nuscenes_frames_on_the_timestamp_timeline(tmp_path: Path) -> None:
+    """nuScenes frames carry `timestamp_us`: the recording's `timestamp` timeline holds it
+    exactly (ns), frames in the order asked; radar values are the store's RCS and v_r."""
+    from kdpipe.datasets.synth import SynthConfig, write_nuscenes
+    from kdpipe.testing import ingest_store
+
+    write_nuscenes(tmp_path / "nus", 1, seed=3, cfg=SynthConfig(
+        nus_samples_per_scene=3, image_scale=0.25, nus_lidar_azimuths=256, nus_radar_sweeps=1))
+    art = ingest_store(tmp_path, tmp_path / "nus", "nuscenes", camera_channels=[])
+    frames = pl.read_parquet(art / "frames.parquet").sort("timestamp_us", descending=True)
+    ids = frames["frame_id"].to_list()
+    code, _ = kd("export-rerun", "--out", tmp_path / "n.rrd", "--workspace", tmp_path / "ws",
+                 *[a for f in ids for a in ("--frame", f)])
+    assert code == 0
+    table = rd.load_recording(str(tmp_path / "n.rrd")).view(
+        index="frame", contents="/**").select().read_all()
+    assert table.column("timestamp").cast("int64").to_pylist() == \
+        [t * 1000 for t in frames["timestamp_us"].to_list()]
+    store = IngestStore.from_artifact(art)
+    for i, row in enumerate(frames.iter_rows(named=True)):
+        _, radar = frame_points(store, row)  # x y z rcs v_r ...
+        assert len(radar) == row["n_radar"] > 0
+        np.testing.assert_allclose(table.column("/ego/radar:rcs_dbsm")[i].as_py(), radar[:, 3],
+                                   atol=1e-5)
+        np.testing.assert_allclose(table.column("/ego/radar:v_r_mps")[i].as_py(), radar[:, 4],
+                                   atol=1e-5)
+
+
 @pytest.mark.parametrize("args, msg", [
     (["--frame", "world/99999"], "frame 'world/99999' is not in any ingest artifact"),
     (["--audit", "curate"], "is not an audit (it has no 'audit_json' output)"),
