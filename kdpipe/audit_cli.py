@@ -7,7 +7,8 @@ gets one for this run (it needs a stage producing `detections`, i.e. `teacher-la
 thresholds marked on the curves are the workflow's own `[pseudo-label] sigma / class_thresholds`
 unless `[audit]` sets them, so after `--write-thresholds` the next audit shows the new operating
 point. The report names the workflow (`[workflow] name`, given to the stage as `workflow` when
-the audit stage is added for this run; a workflow listing `audit` sets `[audit] workflow`), and
+the audit stage is added for this run; in a workflow listing `audit` the loader fills `[audit]
+workflow` from `[workflow] name` unless the table sets it), and
 `--write-thresholds` warns on stderr (one line) before writing a recommended threshold whose
 best F1 is below 0.1.
 """
@@ -41,7 +42,7 @@ def summary(rep: dict[str, Any]) -> dict[str, Any]:
 def with_workflow_name(workflow: Path, overrides: list[str]) -> list[str]:
     """`overrides` plus `audit.workflow=<[workflow] name>` when this run adds the audit stage,
     so the report names the workflow. A workflow that lists its own audit stage is left as it
-    is: `kdpipe run` must plan the same key (it names itself with `[audit] workflow`)."""
+    is: `kdpipe run` must plan the same key (the loader names it, `kdpipe.config`)."""
     from kdpipe.config import load_workflow, toml_value
     from kdpipe.stages.audit.stage import AuditConfig
 

@@ -163,4 +163,8 @@ def load_workflow(path: str | Path, overrides: list[str] | tuple[str, ...] = ())
     seed = head.get("seed", 0)
     if not isinstance(seed, int):
         raise ConfigError(f"{p}: workflow.seed must be an integer")
-    return Workflow(str(head.get("name", p.stem)), tuple(stages), deltas, seed, p)
+    name = str(head.get("name", p.stem))
+    for s in stages:  # stages that name their workflow (the audit report) get its name
+        if "workflow" in s.config.model_fields:
+            deltas.setdefault(s.name, {}).setdefault("workflow", name)
+    return Workflow(name, tuple(stages), deltas, seed, p)

@@ -61,7 +61,7 @@ class AuditConfig(StageConfig):
     calibration_bins: int = Field(10, ge=2)
     n_worst: int = Field(6, ge=0)
     bev_range_m: list[float] | None = None  # x0, y0, x1, y1; default by dataset
-    workflow: str | None = None  # named in the report only (`kdpipe audit` sets it)
+    workflow: str | None = None  # named in the report only (the loader sets it)
 
 
 def audit_frames(frames: pl.DataFrame, det_frames: pl.DataFrame, splits: list[str]

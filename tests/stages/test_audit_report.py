@@ -232,3 +232,6 @@ def test_kdpipe_audit_names_the_workflow_and_warns_before_writing_weak_threshold
     listed = tmp_path / "listed.toml"
     listed.write_text(WORKFLOW.replace('"pseudo-label"]', '"pseudo-label", "audit"]'))
     assert with_workflow_name(listed, []) == []
+    # ... because the loader names it: `kdpipe run` and `kdpipe audit` plan one key
+    assert load_workflow(listed).deltas["audit"]["workflow"] == "report-test"
+    assert load_workflow(listed, ["audit.workflow=mine"]).deltas["audit"]["workflow"] == "mine"
