@@ -172,6 +172,20 @@ def _log_frame(rec: Any, f: ExportFrame, radar_sensor: str, images: bool) -> dic
             "n_det": det.height}
 
 
+def blueprint() -> Any:
+    """The layout the viewer opens with: the ego 3D view large, beside it the frame's text,
+    camera and the per-frame numbers over the `frame` timeline."""
+    import rerun.blueprint as rrb
+
+    side = rrb.Vertical(rrb.TextDocumentView(origin="frame/info", name="frame"),
+                        rrb.Spatial2DView(origin="camera", name="camera"),
+                        rrb.TimeSeriesView(origin="audit", name="audit"),
+                        rrb.TimeSeriesView(origin="curate", name="curate"))
+    return rrb.Blueprint(rrb.Horizontal(rrb.Spatial3DView(origin="ego", name="ego (x fwd, y "
+                                                          "left, z up)"), side,
+                                        column_shares=[3, 1]), collapse_panels=False)
+
+
 def write_recording(frames: Sequence[ExportFrame], out_rrd: Path, *,
                     radar_sensor: str = "radar", images: bool = True) -> dict[str, Any]:
     """Write `frames` as one `.rrd` (through a temporary file renamed into place, so a killed
@@ -186,7 +200,8 @@ def write_recording(frames: Sequence[ExportFrame], out_rrd: Path, *,
                              send_properties=False)
     totals = {"n_lidar": 0, "n_radar": 0, "n_gt": 0, "n_det": 0}
     try:
-        rec.save(tmp)
+        rec.save(tmp, default_blueprint=blueprint())
+        rec.send_recording_name(out_rrd.stem)  # the viewer's recordings list shows it
         rec.log("ego", rr.ViewCoordinates.FLU, static=True)
         for i, f in enumerate(frames):
             rec.reset_time()  # a frame without a timestamp must not inherit the previous one
