@@ -14,6 +14,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from kdpipe.pipeline.fingerprint import fingerprint_digest
+
 KEY_CHARS = 20  # 80 bits: collisions are not a practical concern for one workspace
 _CHUNK_BYTES = 1 << 20
 
@@ -73,27 +75,13 @@ def digest_path(path: str | os.PathLike[str]) -> str:
     return h.hexdigest()
 
 
-def fingerprint_tree(roots: Iterable[str | os.PathLike[str]]) -> str:
+def fingerprint_tree(roots: Iterable[str | os.PathLike[str]], *,
+                     cache_dir: str | os.PathLike[str] | None = None) -> str:
     """Cheap change detector for raw inputs: (relative path, size, mtime_ns) of every file.
 
     DVC's state-DB idea: stat, do not read. Content digests of raw files are taken while a stage
-    reads them and recorded in lineage.
+    reads them and recorded in lineage. A stat per file still runs every time (an in-place write
+    changes nothing but the file); folder listings and the hashing come from a cache when
+    nothing moved (`kdpipe.pipeline.fingerprint`).
     """
-    h = hashlib.sha256()
-    for root in roots:
-        r = Path(root)
-        h.update(str(r.resolve()).encode() + b"\n")
-        if r.is_file():
-            st = r.stat()
-            h.update(f"{st.st_size}:{st.st_mtime_ns}\n".encode())
-            continue
-        if not r.is_dir():
-            h.update(b"<missing>\n")
-            continue
-        rows = []
-        for rel, e in _walk_files(r):
-            st = e.stat()
-            rows.append(f"{rel}:{st.st_size}:{st.st_mtime_ns}")
-        rows.sort()
-        h.update("\n".join(rows).encode())
-    return h.hexdigest()[:KEY_CHARS]
+    return fingerprint_digest(roots, cache_dir)[:KEY_CHARS]
