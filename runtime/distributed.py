@@ -94,7 +94,10 @@ def train(job: TrainJob, device: torch.device, progress: Any = None) -> TrainRes
                                               "epoch_seconds": seconds})
     job_file = job.workdir / "launch_job.pkl"  # other nodes join with this file
     job_file.write_bytes(pickle.dumps(job))
-    results = _launch(job, launch)
+    from kdpipe.runtime.rank_progress import PROGRESS_FILE, FollowProgress
+
+    with FollowProgress(job.workdir / PROGRESS_FILE, progress):  # rank 0's steps and epochs
+        results = _launch(job, launch)
     rank0 = results.get(0)
     if rank0 is None:  # rank 0 lives on another node: its weights are on the shared disk
         rank0 = torch.load(job.workdir / "rank0_world.pt", weights_only=True)
@@ -177,8 +180,12 @@ def _rank_main(job: TrainJob) -> dict[str, Any]:
         setup = build_to_train(job, device, dist.get_rank())
         _maybe_drill_kill(job)
         seconds: list[float] = []
+        from kdpipe.runtime.rank_progress import PROGRESS_FILE, FileProgress
+
+        progress = FileProgress(job.workdir / PROGRESS_FILE) if dist.get_rank() == 0 else None
         log = fit(setup.model, setup.frames, job.config.optim, workdir=job.workdir,
-                  seed=job.seed, device=device, epoch_seconds=seconds, **setup.options)
+                  seed=job.seed, device=device, progress=progress, epoch_seconds=seconds,
+                  **setup.options)
         world = {"world_size": dist.get_world_size(), "backend": backend,
                  "devices": _all_devices(device), "epoch_seconds": seconds}
         if dist.get_rank() == 0:

@@ -89,5 +89,8 @@ def test_a_killed_rank_fails_in_one_line_and_the_rerun_resumes(runs: dict[str, P
         (p / "_lineage.json").exists() for p in (ws / "artifacts" / "teacher-train").iterdir())
     good = _run(runs["wf"], ws, 2)
     assert good.returncode == 0, good.stderr
+    # rank 0's progress reaches the launching process: plain epoch lines off a terminal
+    epochs = [ln for ln in good.stderr.splitlines() if ln.startswith("teacher-train epoch ")]
+    assert epochs and epochs[-1].startswith("teacher-train epoch 4/4 loss "), good.stderr
     resumed = (_artifact(ws, "teacher-train") / "teacher.pt").read_bytes()
     assert resumed == (_artifact(runs["two"], "teacher-train") / "teacher.pt").read_bytes()
