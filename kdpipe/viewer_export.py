@@ -25,7 +25,6 @@ nothing, so scrubbing never shows one frame's boxes over another frame's points.
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Sequence
@@ -71,14 +70,6 @@ class ExportFrame:
     @property
     def frame_id(self) -> str:
         return str(self.row["frame_id"])
-
-
-def _fields(store: IngestStore, row: dict[str, Any], sensor: str) -> list[str]:
-    """Column names of a sensor's points (the array's `fields` attribute), [] when absent."""
-    meta = store.group(row["source"], row["scene"]) / sensor / "points" / "zarr.json"
-    if not meta.is_file():
-        return []
-    return list(json.loads(meta.read_text()).get("attributes", {}).get("fields", []))
 
 
 def radar_colors(radar: np.ndarray, fields: Sequence[str]) -> tuple[np.ndarray, dict[str, Any]]:
@@ -141,16 +132,22 @@ def _info(f: ExportFrame, n_lidar: int, n_radar: int) -> str:
 def _log_frame(rec: Any, f: ExportFrame, radar_sensor: str, images: bool) -> dict[str, int]:
     import rerun as rr
 
-    from kdpipe.stages.audit.bev import frame_points
+    from kdpipe.datasets.points_reader import PointsReader
 
     group = f.store.group(f.row["source"], f.row["scene"])
     if not (group / radar_sensor).is_dir():
         have = sorted(p.name for p in group.iterdir() if p.is_dir())
         raise KdpipeError(f"{f.frame_id}: the store has no radar sensor {radar_sensor!r} "
                           f"(it has {', '.join(have)})")
-    lidar, radar = frame_points(f.store, f.row, radar_sensor=radar_sensor)  # (N, C), (M, C')
+    # the store's own direct reader: no torch (StoreDataset) for a few frames
+    reader = PointsReader(f.store.points)
+    where = (f.row["source"], f.row["scene"])
+    lidar = reader.frame(*where, "lidar", int(f.row["frame_index"]))         # (N, C)
+    radar = reader.frame(*where, radar_sensor, int(f.row["frame_index"]))    # (M, C')
+    radar_fields = reader.fields(*where, radar_sensor)
+    reader.close()
     rec.log("ego/lidar", rr.Points3D(lidar[:, :3], colors=LIDAR_RGB, radii=0.03))
-    rgb, values = radar_colors(radar, _fields(f.store, f.row, radar_sensor))
+    rgb, values = radar_colors(radar, radar_fields)
     rec.log("ego/radar", rr.Points3D(radar[:, :3], colors=rgb, radii=0.15),
             *([rr.AnyValues(**values)] if values else []))
     gt = f.gt.with_columns(label=pl.coalesce("label", "class_name"))

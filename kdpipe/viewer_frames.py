@@ -25,14 +25,15 @@ import polars as pl
 
 from kdpipe.datasets.store import IngestStore
 from kdpipe.pipeline.errors import KdpipeError
+from kdpipe.schemas.tables import BOXES
 from kdpipe.viewer_export import ExportFrame, write_recording
 
 
 def _ref_file(ws: Any, ref: dict[str, Any], want: Callable[[str, dict[str, Any]], bool]
               ) -> Path | None:
-    """A file of the artifact `ref` ({stage, key, digest}) points to: its output with the
-    ref's digest when `want` is None-like, else the first output `want(port, out)` accepts,
-    looking up through the producers of its `frames` input (radar-filter -> ingest)."""
+    """The first output file `want(port, out)` accepts of the artifact `ref` ({stage, key,
+    digest}) points to, else of the producers of its `frames` input, walking up (a
+    radar-filter's frames -> the ingest that holds the boxes); None if none has one."""
     stage, key = ref["stage"], ws.canonical_key(ref["stage"], ref["key"])
     rec = ws.read_lineage(stage, key)
     for port, out in rec["outputs"].items():
@@ -80,13 +81,13 @@ def _frames_of(store: IngestStore, ids: Sequence[str]) -> tuple[pl.DataFrame, pl
     frames = store.read_frames().filter(pl.col("frame_id").is_in(list(ids)))
     order = {f: i for i, f in enumerate(ids)}
     frames = frames.sort(pl.col("frame_id").replace_strict(order, return_dtype=pl.Int64))
-    gt = store.read_boxes().filter(pl.col("frame_id").is_in(list(ids))) \
-        if store.boxes is not None and store.boxes.is_file() else None
-    return frames, gt if gt is not None else pl.DataFrame()
+    if store.boxes is None or not store.boxes.is_file():  # a store without labels at all
+        return frames, pl.DataFrame(schema=BOXES)
+    return frames, store.read_boxes().filter(pl.col("frame_id").is_in(list(ids)))
 
 
 def _gt(gt: pl.DataFrame, fid: str) -> pl.DataFrame:
-    return gt.filter(pl.col("frame_id") == fid) if gt.height else gt
+    return gt.filter(pl.col("frame_id") == fid)
 
 
 def audit_frames(ws: Any, target: str) -> list[ExportFrame]:
