@@ -35,13 +35,21 @@ class Executor(Protocol):
 
 
 class SyncExecutor:
+    """Tasks inline, one at a time: like one Dask worker thread, so BLAS gets one thread
+    while they run (as a worker's, `dask_plugins.PinThreads`): small matrix calls in ingest
+    cost microseconds instead of milliseconds when another job keeps the cores busy. Torch's
+    pool is left alone: a sync run's inference tasks may use every core of the driver."""
+
     def map(self, fn: Callable[[Any], Any], items: Sequence[Any], *, name: str,
             resources: Mapping[str, float] | None = None,
             progress: Callable[[int], None] = lambda n: None) -> list[Any]:
+        from threadpoolctl import threadpool_limits
+
         out = []
-        for i, item in enumerate(items):
-            out.append(fn(item))
-            progress(i + 1)
+        with threadpool_limits(1, user_api="blas"):  # restored when the tasks are done
+            for i, item in enumerate(items):
+                out.append(fn(item))
+                progress(i + 1)
         return out
 
     def has_resource(self, name: str) -> bool:

@@ -52,3 +52,18 @@ def test_importing_kdpipe_makes_openmp_threads_sleep_unless_the_user_chose() -> 
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                          check=True).stdout.split()
     assert out[0] == "ACTIVE"
+
+
+def test_sync_tasks_run_blas_with_one_thread_and_the_driver_gets_its_pools_back() -> None:
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from kdpipe.pipeline.executor import SyncExecutor
+
+    def blas() -> list[int]:
+        return [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
+
+    with threadpool_limits(2, user_api="blas"):  # the driver as a 2-core machine starts it
+        assert blas() and all(n == 2 for n in blas())
+        out = SyncExecutor().map(lambda _: blas(), [0, 1], name="threads")
+        assert out == [[1] * len(blas())] * 2
+        assert all(n == 2 for n in blas())
