@@ -161,6 +161,8 @@ def _log_frame(rec: Any, f: ExportFrame, radar_sensor: str, images: bool) -> dic
     image = f.row.get("image_path")
     if images and image and Path(image).is_file():
         rec.log("camera/image", rr.EncodedImage(path=image))
+    elif images:  # else the previous frame's image would stay on screen
+        rec.log("camera/image", rr.Clear(recursive=False))
     rec.log("frame/info", rr.TextDocument(_info(f, len(lidar), len(radar)),
                                           media_type=rr.MediaType.MARKDOWN))
     for name, value in f.facts.items():
