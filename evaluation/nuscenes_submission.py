@@ -16,7 +16,7 @@ The table keeps the global values the devkit scores (`x_world_m`, `y_world_m`,
 from __future__ import annotations
 
 import json
-import math
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +33,26 @@ class SubmissionError(KdpipeError):
     """A submission file that cannot be audited (one line, exit 2)."""
 
 
+def _parse(raw: bytes) -> Any:
+    """orjson when installed (a few times faster on large files), else the standard library;
+    the standard library also reads what orjson refuses (NaN, as Python's json writes it)."""
+    try:
+        import orjson
+
+        return orjson.loads(raw)
+    except ImportError:
+        pass
+    except ValueError:  # orjson.JSONDecodeError: let the standard library decide
+        pass
+    return json.loads(raw)
+
+
 def read_results(path: Path) -> dict[str, list[Any]]:
     """The submission's ``results``, its outer shape checked."""
     if not path.is_file():
         raise SubmissionError(f"submission not found: {path}")
     try:
-        data = json.loads(path.read_bytes())
+        data = _parse(path.read_bytes())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise SubmissionError(f"{path} is not JSON ({e})") from e
     if not isinstance(data, dict) or "results" not in data:
@@ -57,67 +71,68 @@ def read_results(path: Path) -> dict[str, list[Any]]:
 
 def _flatten(path: Path, results: dict[str, list[Any]], max_boxes: int
              ) -> tuple[list[str], dict[str, list[Any]]]:
-    """(record sample tokens, {field: values}) over every box, in file order; a missing field
-    or a sample token that disagrees with its key is an error."""
-    cols: dict[str, list[Any]] = {f: [] for f in FIELDS}
+    """(each box's results key, {field: values}) over every box, in file order; a missing
+    field or a sample token that disagrees with its key is an error. Comprehensions per field,
+    not a loop per box: this is the part that grows with the file."""
     for token, boxes in results.items():
         if len(boxes) > max_boxes:
             raise SubmissionError(f"{path}: sample {token!r} has {len(boxes)} boxes; "
                                   f"DetectionEval allows at most {max_boxes} a sample")
-        for i, box in enumerate(boxes):
-            if not isinstance(box, dict) or not set(FIELDS) <= box.keys():
-                miss = sorted(set(FIELDS) - set(box)) if isinstance(box, dict) else FIELDS
-                raise SubmissionError(f"{path}: box {i} of sample {token!r} lacks "
-                                      f"{', '.join(miss)}")
-            for f in FIELDS:
-                cols[f].append(box[f])
-    bad = [t for t, k in zip(cols["sample_token"], _keys(results), strict=True) if t != k]
-    if bad:
+    keys = [t for t, boxes in results.items() for _ in boxes]
+    every = [b for boxes in results.values() for b in boxes]
+    try:
+        cols = {f: [b[f] for b in every] for f in FIELDS}
+    except (KeyError, TypeError):
+        i = next(i for i, b in enumerate(every)
+                 if not isinstance(b, dict) or not set(FIELDS) <= b.keys())
+        miss = sorted(set(FIELDS) - set(every[i])) if isinstance(every[i], dict) else FIELDS
+        raise SubmissionError(f"{path}: a box of sample {keys[i]!r} lacks "
+                              f"{', '.join(miss)}") from None
+    if cols["sample_token"] != keys:
+        bad = [t for t, k in zip(cols["sample_token"], keys, strict=True) if t != k]
         raise SubmissionError(f"{path}: {len(bad)} box(es) carry a sample_token other than "
                               f"the results key they are listed under, e.g. {bad[0]!r}")
-    return _keys(results), cols
-
-
-def _keys(results: dict[str, list[Any]]) -> list[str]:
-    return [t for t, boxes in results.items() for _ in boxes]
+    return keys, cols
 
 
 def _numbers(path: Path, values: list[Any], width: int, what: str) -> np.ndarray:
-    """(N, width) float64 from a list of lists; a wrong shape or a non-number is an error."""
+    """(N, width) float64 from a list of lists; a wrong length or a non-number is an error."""
     try:
-        arr = np.asarray(values, dtype=np.float64).reshape(len(values), -1)
+        lengths = np.fromiter(map(len, values), dtype=np.int64, count=len(values))
+        if (lengths != width).any():
+            raise SubmissionError(f"{path}: every {what} must be {width} numbers, one has "
+                                  f"{int(lengths[lengths != width][0])}")
+        flat = np.fromiter(chain.from_iterable(values), dtype=np.float64,
+                           count=width * len(values))
     except (TypeError, ValueError) as e:
         raise SubmissionError(f"{path}: every {what} must be {width} numbers ({e})") from e
-    if arr.shape[1] != width and len(values):
-        raise SubmissionError(f"{path}: every {what} must be {width} numbers, got "
-                              f"{arr.shape[1]}")
-    return arr.reshape(len(values), width)
+    return flat.reshape(len(values), width)
 
 
-def _check_names(path: Path, cols: dict[str, list[Any]], tokens: list[str]) -> None:
+def _check_names(path: Path, cols: dict[str, list[Any]], tokens: list[str]) -> np.ndarray:
+    """Names checked against the devkit's; returns the (N,) scores."""
     from nuscenes.eval.detection.constants import ATTRIBUTE_NAMES, DETECTION_NAMES
 
     for field, known, extra in (("detection_name", DETECTION_NAMES, ()),
                                 ("attribute_name", ATTRIBUTE_NAMES, ("",))):
         ok = set(known) | set(extra)
+        if set(cols[field]) <= ok:
+            continue
         bad = [(v, t) for v, t in zip(cols[field], tokens, strict=True) if v not in ok]
-        if bad:
-            names = sorted({str(v) for v, _ in bad})
-            raise SubmissionError(
-                f"{path}: unknown {field}(s) {', '.join(map(repr, names))} in {len(bad)} "
-                f"box(es), e.g. in sample {bad[0][1]!r}; nuScenes names: {', '.join(known)}")
-    bad_score = [i for i, s in enumerate(cols["detection_score"]) if not _is_score(s)]
-    if bad_score:
-        raise SubmissionError(f"{path}: {len(bad_score)} detection_score(s) are not numbers "
-                              f"(or NaN), e.g. in sample {tokens[bad_score[0]]!r}")
-
-
-def _is_score(s: Any) -> bool:
-    """What `DetectionBox.deserialize` accepts: anything `float()` takes, except NaN."""
-    try:
-        return not math.isnan(float(s))
+        names = sorted({str(v) for v, _ in bad})
+        raise SubmissionError(
+            f"{path}: unknown {field}(s) {', '.join(map(repr, names))} in {len(bad)} "
+            f"box(es), e.g. in sample {bad[0][1]!r}; nuScenes names: {', '.join(known)}")
+    try:  # DetectionBox.deserialize takes anything float() takes, then refuses NaN
+        score = np.fromiter(map(float, cols["detection_score"]), dtype=np.float64,
+                            count=len(tokens))
     except (TypeError, ValueError):
-        return False
+        score = np.full(len(tokens), np.nan)
+    if np.isnan(score).any():
+        i = int(np.flatnonzero(np.isnan(score))[0])
+        raise SubmissionError(f"{path}: a detection_score is not a number (or NaN), e.g. "
+                              f"{cols['detection_score'][i]!r} in sample {tokens[i]!r}")
+    return score
 
 
 def submission_frames(results: dict[str, list[Any]], frames: pl.DataFrame, path: Path,
@@ -144,7 +159,7 @@ def submission_table(path: Path, results: dict[str, list[Any]], frames: pl.DataF
     ``label`` = detection name, ``score``), ``attribute``, and the global values the devkit
     scores. ``frames``: `submission_frames`' output (one frame per sample token)."""
     tokens, cols = _flatten(path, results, max_boxes)
-    _check_names(path, cols, tokens)
+    score = _check_names(path, cols, tokens)
     t_world = _numbers(path, cols["translation"], 3, "translation")          # (N, 3)
     wlh = _numbers(path, cols["size"], 3, "size")                            # (N, 3)
     q = _numbers(path, cols["rotation"], 4, "rotation")                      # (N, 4) wxyz
@@ -155,10 +170,11 @@ def submission_table(path: Path, results: dict[str, list[Any]], frames: pl.DataF
         raise SubmissionError(f"{path}: a size is <= 0 (DetectionEval needs every size > 0)")
     if (np.linalg.norm(q, axis=1) == 0).any():
         raise SubmissionError(f"{path}: a rotation quaternion is all zeros")
-    fid = dict(zip(frames["frame"].to_list(), frames["frame_id"].to_list(), strict=True))
-    pose = dict(zip(frames["frame"].to_list(), frames["t_world_from_ego"].to_list(),
-                    strict=True))
-    T = np.asarray([pose[t] for t in tokens], dtype=np.float64).reshape(-1, 4, 4)  # (N, 4, 4)
+    # `frames` is in results order and the boxes are grouped by sample in that order, so a
+    # box's frame is its sample's position repeated over the sample's boxes
+    n_boxes = np.fromiter(map(len, results.values()), dtype=np.int64, count=len(results))
+    frame_idx = np.repeat(np.arange(len(results)), n_boxes)                 # (N,)
+    T = frames["t_world_from_ego"].to_numpy().astype(np.float64).reshape(-1, 4, 4)[frame_idx]
     R_t = np.transpose(T[:, :3, :3], (0, 2, 1))                               # ego <- world
     xyz_ego = np.einsum("nij,nj->ni", R_t, t_world - T[:, :3, 3])             # (N, 3)
     qn = q / np.linalg.norm(q, axis=1, keepdims=True)
@@ -167,19 +183,15 @@ def submission_table(path: Path, results: dict[str, list[Any]], frames: pl.DataF
     yaw_world = np.arctan2(x_axis[:, 1], x_axis[:, 0])   # the devkit's quaternion_yaw
     x_axis_ego = np.einsum("nij,nj->ni", R_t, x_axis)                         # (N, 3)
     v_ego = np.einsum("nij,nj->ni", R_t, np.c_[v_world, np.zeros(len(tokens))])
-    rank = np.arange(len(tokens)) - np.repeat(
-        np.cumsum([0, *[len(b) for b in results.values()]])[:-1],
-        [len(b) for b in results.values()])
+    rank = np.arange(len(tokens)) - np.repeat(np.cumsum(n_boxes) - n_boxes, n_boxes)
     return pl.DataFrame({
-        "frame_id": [fid[t] for t in tokens], "det_index": rank.astype(np.int32),
-        "label": cols["detection_name"],
-        "score": np.asarray([float(v) for v in cols["detection_score"]], dtype=np.float64),
+        "frame_id": frames["frame_id"].gather(frame_idx), "det_index": rank.astype(np.int32),
+        "label": pl.Series(cols["detection_name"], dtype=pl.String), "score": score,
         "x_ego_m": xyz_ego[:, 0], "y_ego_m": xyz_ego[:, 1], "z_ego_m": xyz_ego[:, 2],
         "length_m": wlh[:, 1], "width_m": wlh[:, 0], "height_m": wlh[:, 2],
         "yaw_ego_rad": np.arctan2(x_axis_ego[:, 1], x_axis_ego[:, 0]),
         "vx_ego_mps": v_ego[:, 0], "vy_ego_mps": v_ego[:, 1],
-        "attribute": cols["attribute_name"], "sample_token": tokens,
+        "attribute": pl.Series(cols["attribute_name"], dtype=pl.String),
         "x_world_m": t_world[:, 0], "y_world_m": t_world[:, 1], "yaw_world_rad": yaw_world,
         "vx_world_mps": v_world[:, 0], "vy_world_mps": v_world[:, 1],
-    }, schema_overrides={"frame_id": pl.String, "label": pl.String, "attribute": pl.String,
-                         "sample_token": pl.String})
+    })

@@ -63,57 +63,54 @@ def devkit_tp_rules(name: str = "detection_cvpr_2019") -> TPRules:
                    float(cfg.mean_ap_weight))
 
 
-def with_world_terms(df: pl.DataFrame, frames: pl.DataFrame) -> pl.DataFrame:
-    """Add `yaw_world_rad` and `vx_world_mps`, `vy_world_mps` (NaN where unknown) from the ego
-    columns and the frame's pose, unless the table already has them (a submission read in the
-    global frame keeps its own). The yaw is the devkit's `quaternion_yaw` of pose x box
-    rotation: the heading of R_world_from_ego @ (cos, sin, 0). The store keeps no vertical
-    velocity, so v_ego = (vx, vy, 0) (as `write_submission`)."""
-    if {"yaw_world_rad", "vx_world_mps", "vy_world_mps"} <= set(df.columns):
-        return df
-    j = df.select("frame_id").join(frames.select("frame_id", "t_world_from_ego"),
-                                   on="frame_id", how="left", maintain_order="left")
-    R = j["t_world_from_ego"].to_numpy().astype(np.float64).reshape(-1, 4, 4)[:, :3, :3]
-    yaw = df["yaw_ego_rad"].to_numpy().astype(np.float64)
-    heading = np.stack([np.cos(yaw), np.sin(yaw), np.zeros_like(yaw)], axis=1)   # (N, 3)
-    x_axis = np.einsum("nij,nj->ni", R, heading)                                 # (N, 3)
-    v_ego = np.zeros((df.height, 3))
-    for i, c in enumerate(("vx_ego_mps", "vy_ego_mps")):
-        v_ego[:, i] = df[c].cast(pl.Float64).fill_null(np.nan).to_numpy()
-    v_world = np.einsum("nij,nj->ni", R, v_ego)                                  # (N, 3)
-    return df.with_columns(yaw_world_rad=pl.Series(np.arctan2(x_axis[:, 1], x_axis[:, 0])),
-                           vx_world_mps=pl.Series(v_world[:, 0]),
-                           vy_world_mps=pl.Series(v_world[:, 1]))
+_TERMS = ["x_world_m", "y_world_m", "length_m", "width_m", "height_m"]
 
 
-def pair_errors(d: pl.DataFrame, g: pl.DataFrame, matched: np.ndarray,
-                class_names: tuple[str, ...], cls: np.ndarray) -> np.ndarray:
+def world_terms(df: pl.DataFrame, frame: np.ndarray, T_world_from_ego: np.ndarray
+                ) -> np.ndarray:
+    """(N, 8) per box: x, y (world), length, width, height, yaw (world), vx, vy (world; NaN
+    where unknown). A table that carries `yaw_world_rad`, `vx_world_mps`, `vy_world_mps` (a
+    submission read in the global frame) keeps its own; else they come from the ego columns
+    and the pose of `frame` ((N,) index into `T_world_from_ego`, (F, 4, 4)): the yaw is the
+    devkit's `quaternion_yaw` of pose x box rotation, the heading of R @ (cos, sin, 0); the
+    store keeps no vertical velocity, so v_ego = (vx, vy, 0) (as `write_submission`)."""
+    own = ["yaw_world_rad", "vx_world_mps", "vy_world_mps"]
+    if set(own) <= set(df.columns):
+        return df.select(*_TERMS, *own).to_numpy().astype(np.float64).reshape(-1, 8)
+    a = df.select(*_TERMS, "yaw_ego_rad", pl.col("vx_ego_mps", "vy_ego_mps")
+                  .cast(pl.Float64).fill_null(np.nan)).to_numpy().astype(np.float64)
+    a = a.reshape(-1, 8)
+    R = T_world_from_ego[frame, :3, :3]                                          # (N, 3, 3)
+    yaw = a[:, 5]
+    x_axis = np.einsum("nij,nj->ni", R[:, :, :2], np.stack([np.cos(yaw), np.sin(yaw)], 1))
+    a[:, 5] = np.arctan2(x_axis[:, 1], x_axis[:, 0])
+    a[:, 6:8] = np.einsum("nij,nj->ni", R[:, :2, :2], a[:, 6:8])               # (N, 2)
+    return a
+
+
+def pair_errors(d: np.ndarray, g: np.ndarray, matched: np.ndarray, half_turn: np.ndarray,
+                attrs: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
     """(P, 5) errors of each matched detection, in the order trans, vel, scale, orient, attr
-    (the devkit's `match_data`); rows of unmatched detections are NaN."""
-    err = np.full((d.height, 5), np.nan)
+    (the devkit's `match_data`); rows of unmatched detections are NaN.
+
+    Args:
+        d, g: `world_terms` of detections (P, 8) and ground truth (G, 8).
+        matched: (P,) ground-truth index or -1.
+        half_turn: (P,) the detection's class has a yaw period of pi.
+        attrs: (P,) and (G,) attribute names, "" where none.
+    """
+    err = np.full((len(d), 5), np.nan)
     m = np.flatnonzero(matched >= 0)
-    gi = matched[m]
-
-    def cols(df: pl.DataFrame, names: list[str], rows: np.ndarray) -> np.ndarray:
-        return df.select(names).to_numpy().astype(np.float64)[rows]
-
-    dxy, gxy = cols(d, ["x_world_m", "y_world_m"], m), cols(g, ["x_world_m", "y_world_m"], gi)
-    err[m, 0] = np.hypot(*(dxy - gxy).T)
-    dv, gv = cols(d, ["vx_world_mps", "vy_world_mps"], m), cols(g, ["vx_world_mps",
-                                                                   "vy_world_mps"], gi)
-    err[m, 1] = np.hypot(*(dv - gv).T)  # NaN when either velocity is unknown
-    size = ["length_m", "width_m", "height_m"]
-    ds, gs = cols(d, size, m), cols(g, size, gi)
-    inter = np.prod(np.minimum(ds, gs), axis=1)
-    err[m, 2] = 1.0 - inter / (np.prod(ds, axis=1) + np.prod(gs, axis=1) - inter)
-    half = np.isin(cls[m], [class_names.index(c) for c in _HALF_TURN_CLASSES
-                            if c in class_names])
-    period = np.where(half, np.pi, 2 * np.pi)
-    diff = (cols(g, ["yaw_world_rad"], gi)[:, 0] - cols(d, ["yaw_world_rad"], m)[:, 0]
-            + period / 2) % period - period / 2                 # the devkit's angle_diff
+    dm, gm = d[m], g[matched[m]]
+    err[m, 0] = np.hypot(*(dm[:, :2] - gm[:, :2]).T)
+    err[m, 1] = np.hypot(*(dm[:, 6:8] - gm[:, 6:8]).T)  # NaN when either velocity is unknown
+    inter = np.prod(np.minimum(dm[:, 2:5], gm[:, 2:5]), axis=1)
+    err[m, 2] = 1.0 - inter / (np.prod(dm[:, 2:5], axis=1) + np.prod(gm[:, 2:5], axis=1)
+                               - inter)
+    period = np.where(half_turn[m], np.pi, 2 * np.pi)
+    diff = (gm[:, 5] - dm[:, 5] + period / 2) % period - period / 2  # the devkit's angle_diff
     err[m, 3] = np.abs(np.where(diff > np.pi, diff - 2 * np.pi, diff))
-    g_attr = _attributes(g)[gi]
-    d_attr = _attributes(d)[m]
+    g_attr, d_attr = attrs[1][matched[m]], attrs[0][m]
     err[m, 4] = np.where(g_attr == "", np.nan, (g_attr != d_attr).astype(np.float64))
     return err
 
@@ -182,7 +179,6 @@ def nuscenes_scores(dets: pl.DataFrame, gts: pl.DataFrame, frames: pl.DataFrame,
     """
     rules, tpr = rules or devkit_rules(), tp_rules or devkit_tp_rules()
     d, g = apply_rules(dets, gts, frames, rules)
-    d, g = with_world_terms(d, frames), with_world_terms(g, frames)
     det, gt = box_sets(d, g, frames["frame_id"].to_list(), rules.class_names,
                        ("x_world_m", "y_world_m"))
     assert det.score is not None
@@ -198,7 +194,11 @@ def nuscenes_scores(dets: pl.DataFrame, gts: pl.DataFrame, frames: pl.DataFrame,
             m = det.cls == k
             ap[name][f"{th:g}"] = ap_nuscenes(curve(det.score[m], matched[m] >= 0, int(n_gt[k])),
                                               rules.min_recall, rules.min_precision)
-    err = pair_errors(d, g, matched_tp, rules.class_names, det.cls)      # (P, 5)
+    T = frames["t_world_from_ego"].to_numpy().astype(np.float64).reshape(-1, 4, 4)  # (F,4,4)
+    half = np.isin(det.cls, [rules.class_names.index(c) for c in _HALF_TURN_CLASSES
+                             if c in rules.class_names])
+    err = pair_errors(world_terms(d, det.frame, T), world_terms(g, gt.frame, T), matched_tp,
+                      half, (_attributes(d), _attributes(g)))              # (P, 5)
     class_tp: dict[str, dict[str, float]] = {}
     for k, name in enumerate(rules.class_names):
         m = det.cls == k

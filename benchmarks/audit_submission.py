@@ -1,0 +1,194 @@
+"""`kdpipe audit --submission` vs nuscenes-devkit `DetectionEval` on the same submission file
+(goal: mAP, NDS and every TP error within 1e-3, kdpipe >= 50x faster).
+
+A synthetic nuScenes world (`kdpipe synth nuscenes`, small sensors: only the boxes matter) is
+ingested. The submission is its ground truth made imperfect: 15% missed, noise in centre
+(growing with range), size, yaw (10% facing backwards) and velocity, 10% duplicates at lower
+scores, 3% another class, clutter (40% as many false positives as objects), a quarter of the
+attributes replaced at random; written by `write_submission` and scored over a custom devkit
+split holding every scene.
+
+Timed in one process after one untimed warm-up round, median of `--repeats`:
+- devkit `NuScenes(...)` table load (its ground truth source), reported on its own;
+- devkit `DetectionEval(...)` construction (reads the JSON, ground truth from the loaded
+  tables, ego distances, range / point / bike-rack filters) + `evaluate()` (matching, AP, TP
+  errors; NDS is a sum of these);
+- kdpipe `audit_submission` (what `kdpipe audit --submission --json` runs, without printing):
+  reads and checks the JSON, reads the store's frames and boxes (Parquet), maps tokens to
+  frames, the same filters, matching, AP, TP errors and NDS.
+`speedup` = devkit construction + evaluate over kdpipe; `speedup_with_table_load` adds the
+devkit's table load (a user with only the JSON pays it too).
+
+    python benchmarks/audit_submission.py [--scenes 20] [--samples 20] [--repeats 3]
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import io
+import json
+import math
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from kdpipe.datasets.synth import SynthConfig, write_nuscenes
+from kdpipe.evaluation.nuscenes_eval import write_submission
+from kdpipe.schemas.tables import DETECTIONS
+from kdpipe.submission_audit import audit_submission
+from kdpipe.testing import ingest_store
+
+SPLIT = "bench_all"  # custom devkit split (v1.0-mini/splits.json) holding every scene
+
+
+def predictions(gt: pl.DataFrame, seed: int) -> pl.DataFrame:
+    """Detections made from ground truth: misses, noise, duplicates, confusions, clutter."""
+    rng = np.random.default_rng(seed)
+    gt = gt.filter(pl.col("label").is_not_null())
+    hit = gt.filter(pl.Series(rng.random(gt.height) > 0.15))
+    n = hit.height
+    sd_m = 0.1 + 0.02 * np.hypot(hit["x_ego_m"].to_numpy(), hit["y_ego_m"].to_numpy())
+    names = sorted(set(gt["label"].to_list()))
+    tp = hit.with_columns(
+        x_ego_m=pl.col("x_ego_m") + rng.normal(0, sd_m),
+        y_ego_m=pl.col("y_ego_m") + rng.normal(0, sd_m),
+        z_ego_m=pl.col("z_ego_m") + rng.normal(0, 0.1, n),
+        length_m=pl.col("length_m") * rng.uniform(0.8, 1.2, n),
+        width_m=pl.col("width_m") * rng.uniform(0.8, 1.2, n),
+        yaw_ego_rad=pl.col("yaw_ego_rad") + rng.normal(0, 0.3, n)
+        + np.pi * (rng.random(n) < 0.1),
+        vx_ego_mps=pl.col("vx_ego_mps").fill_null(0.0) + rng.normal(0, 0.5, n),
+        vy_ego_mps=pl.col("vy_ego_mps").fill_null(0.0) + rng.normal(0, 0.5, n),
+        label=pl.when(pl.Series(rng.random(n) < 0.03)).then(pl.Series(rng.choice(names, n)))
+        .otherwise(pl.col("label")),
+        score=pl.Series(np.clip(rng.beta(5, 2, n) - 0.004 * sd_m, 0.01, 1.0)))
+    dup = tp.sample(fraction=0.1, seed=seed).with_columns(
+        x_ego_m=pl.col("x_ego_m") + rng.normal(0, 1.0), score=pl.col("score") * 0.6)
+    n_fp = int(0.4 * gt.height)
+    fp = gt.sample(n_fp, with_replacement=True, seed=seed + 1).with_columns(
+        x_ego_m=pl.Series(rng.uniform(-55, 55, n_fp)),
+        y_ego_m=pl.Series(rng.uniform(-55, 55, n_fp)), score=pl.Series(rng.beta(2, 5, n_fp)))
+    return pl.concat([tp, dup, fp]).with_columns(
+        det_index=pl.lit(0, pl.Int32), vx_ego_mps=pl.col("vx_ego_mps").fill_null(0.0),
+        vy_ego_mps=pl.col("vy_ego_mps").fill_null(0.0)).select(list(DETECTIONS))
+
+
+def scramble_attributes(sub: Path, seed: int) -> None:
+    from nuscenes.eval.detection.constants import ATTRIBUTE_NAMES
+
+    rng = np.random.default_rng(seed)
+    data = json.loads(sub.read_text())
+    for boxes in data["results"].values():
+        for b in boxes:
+            if rng.random() < 0.25:
+                b["attribute_name"] = str(rng.choice([*ATTRIBUTE_NAMES, ""]))
+    sub.write_text(json.dumps(data))
+
+
+def world(tmp: Path, scenes: int, samples: int) -> tuple[Path, Path]:
+    root = tmp / "nus"
+    write_nuscenes(root, scenes, seed=11, cfg=SynthConfig(
+        nus_samples_per_scene=samples, image_scale=0.1, nus_lidar_azimuths=128,
+        nus_radar_sweeps=1, nus_cameras=()))
+    splits_path = root / "v1.0-mini" / "splits.json"
+    splits = json.loads(splits_path.read_text())
+    splits[SPLIT] = sorted({s for v in splits.values() for s in v})
+    splits_path.write_text(json.dumps(splits))
+    return root, ingest_store(tmp, root, "nuscenes", camera_channels=[])
+
+
+def time_devkit(sub: Path, out: Path, nusc: Any) -> tuple[float, float, Any]:
+    """(construction s, evaluate s, DetectionMetrics) of one DetectionEval run, silenced."""
+    from nuscenes.eval.common.config import config_factory
+    from nuscenes.eval.detection.evaluate import DetectionEval
+
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        t0 = time.perf_counter()
+        ev = DetectionEval(nusc, config_factory("detection_cvpr_2019"), str(sub), SPLIT,
+                           str(out), verbose=False)
+        t1 = time.perf_counter()
+        metrics, _ = ev.evaluate()
+        t2 = time.perf_counter()
+    return t1 - t0, t2 - t1, metrics
+
+
+def differences(dev: Any, kd: dict[str, Any]) -> dict[str, float]:
+    """Largest absolute differences, devkit vs kdpipe (NaN pairs agree)."""
+    tp = [abs(dev.get_label_tp(c, m) - e) for c, errs in kd["class_tp_errors"].items()
+          for m, e in errs.items() if not (math.isnan(e) and math.isnan(dev.get_label_tp(c, m)))]
+    return {"mean_ap": abs(dev.mean_ap - kd["mean_ap"]),
+            "nd_score": abs(dev.nd_score - kd["nd_score"]),
+            "class_ap": max(abs(v - kd["class_ap"][c]) for c, v in dev.mean_dist_aps.items()),
+            "class_tp_errors": max(tp) if tp else 0.0}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--scenes", type=int, default=20)
+    ap.add_argument("--samples", type=int, default=20, help="samples per scene")
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    from nuscenes import NuScenes
+
+    load_before = os.getloadavg()
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        root, ingest = world(tmp, args.scenes, args.samples)
+        frames = pl.read_parquet(ingest / "frames.parquet")
+        boxes = pl.read_parquet(ingest / "boxes.parquet")
+        sub = tmp / "submission.json"
+        info = write_submission(predictions(boxes, seed=0), frames, sub)
+        scramble_attributes(sub, seed=1)
+        load_at_timing = os.getloadavg()
+        load_s, init_s, eval_s, kd_s = [], [], [], []
+        for rep in range(args.repeats + 1):  # the first round warms imports and caches
+            with contextlib.redirect_stdout(io.StringIO()):
+                t0 = time.perf_counter()
+                nusc = NuScenes(version="v1.0-mini", dataroot=str(root), verbose=False)
+                t_load = time.perf_counter() - t0
+            i, e, dev = time_devkit(sub, tmp / "eval", nusc)
+            t0 = time.perf_counter()
+            kd = audit_submission(sub, ingest)
+            t_kd = time.perf_counter() - t0
+            if rep:
+                for acc, v in zip((load_s, init_s, eval_s, kd_s), (t_load, i, e, t_kd),
+                                  strict=True):
+                    acc.append(v)
+    med = statistics.median
+    devkit_s, kdpipe_s = med(init_s) + med(eval_s), med(kd_s)
+    diff = differences(dev, kd)
+    speedup = devkit_s / kdpipe_s
+    print(json.dumps({
+        "benchmark": "audit_submission_vs_detection_eval",
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "machine": platform.platform(), "cpus": os.cpu_count(),
+        "load_average_1_5_15": {"start": load_before, "timing": load_at_timing,
+                                "end": os.getloadavg()},
+        "frames": frames.height, "samples_scored": kd["n_samples"],
+        "gt_boxes": boxes.height,
+        "gt_boxes_detection_classes": int(boxes["label"].is_not_null().sum()),
+        "predictions": info["n_boxes"], "repeats": args.repeats,
+        "devkit": {"mean_ap": dev.mean_ap, "nd_score": dev.nd_score, "tp_errors": dev.tp_errors},
+        "kdpipe": {"mean_ap": kd["mean_ap"], "nd_score": kd["nd_score"],
+                   "tp_errors": kd["tp_errors"]},
+        "max_abs_diff": diff,
+        "seconds": {"devkit_table_load": med(load_s), "devkit_detection_eval_init": med(init_s),
+                    "devkit_evaluate": med(eval_s), "kdpipe_audit_submission": kdpipe_s,
+                    "kdpipe_all": kd_s},
+        "devkit_seconds": devkit_s, "kdpipe_seconds": kdpipe_s, "speedup": speedup,
+        "speedup_with_table_load": (devkit_s + med(load_s)) / kdpipe_s,
+        "goal": "mAP, NDS and every TP error within 1e-3 and >= 50x faster",
+        "goal_met": bool(max(diff.values()) < 1e-3 and speedup >= 50.0),
+    }, indent=1))
+
+
+if __name__ == "__main__":
+    main()
