@@ -66,14 +66,26 @@ def workflow(path: Path, fmt: str, root: Path) -> Path:
     return path
 
 
-def timed_ingest(wf: Path, ws: Path, scheduler: str) -> tuple[float, int]:
-    t0 = time.perf_counter()
+def cpu_s() -> float:
+    """CPU seconds (user + system) of this process and of its reaped children (the Dask
+    workers once their cluster is closed): on a shared machine, CPU per frame is the figure
+    that other jobs disturb least."""
+    import resource
+
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(
+        resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def timed_ingest(wf: Path, ws: Path, scheduler: str) -> tuple[float, int, float]:
+    """(wall s, frames ingested, CPU s of this process and its workers)."""
+    c0, t0 = cpu_s(), time.perf_counter()
     rep = run_workflow(wf, str(ws), scheduler=scheduler)
-    dt = time.perf_counter() - t0
+    dt, cpu = time.perf_counter() - t0, cpu_s() - c0
     import polars as pl
 
     n = pl.read_parquet(Path(rep["stages"][0]["path"]) / "frames.parquet").height
-    return dt, n
+    return dt, n, cpu
 
 
 def point_files(fmt: str, root: Path) -> list[list[Path]]:
@@ -254,6 +266,8 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--world", type=Path, help="keep the 10x world here (reused if complete)")
     ap.add_argument("--small", type=Path, help="keep the 1x world here (reused if complete)")
     ap.add_argument("--profile", action="store_true", help="cProfile a sync ingest of the 1x world")
+    ap.add_argument("--scheduler", default="local:2",
+                    help="also time one ingest with this scheduler (e.g. sync: no cluster)")
     ap.add_argument("--out", type=Path, help="also write the JSON here")
     return ap.parse_args()
 
@@ -284,14 +298,23 @@ def main() -> None:
         dev_s, n_dev = devkit_loop(args.format, world)
         ff_s = fromfile_loop(files)
         loads["before_2workers"] = load()
-        t2, n = timed_ingest(wf, tmp / "ws2", "local:2")
+        t2, n, cpu2 = timed_ingest(wf, tmp / "ws2", "local:2")
         loads["before_1worker"] = load()
-        t1, _ = timed_ingest(wf, tmp / "ws1", "local:1")
+        t1, _, cpu1 = timed_ingest(wf, tmp / "ws1", "local:1")
         loads["after_ingests"] = load()
+        if args.scheduler != "local:2":  # a third, in-process run (no cluster start)
+            loads["before_" + args.scheduler] = load()
+            ts, _, cpus = timed_ingest(wf, tmp / "wss_t", args.scheduler)
+            res["ingest_" + args.scheduler] = {"fps": round(n / ts, 1),
+                                               "cpu_ms_per_frame": round(cpus / n * 1e3, 2)}
+            shutil.rmtree(tmp / "wss_t", ignore_errors=True)
         raw_bytes = sum(f.stat().st_size for fr in files for f in fr)
         res.update({"frames": n, "raw_mb": round(raw_bytes / 1e6, 1)})
         res["ingest_fps_2workers"] = round(n / t2, 1)
         res["ingest_fps_1worker"] = round(n / t1, 1)
+        # CPU of the driver and the workers together, process starts included
+        res["ingest_cpu_ms_per_frame"] = {"2workers": round(cpu2 / n * 1e3, 2),
+                                          "1worker": round(cpu1 / n * 1e3, 2)}
         res["devkit_load_fps"] = round(n_dev / dev_s, 1)
         res["fromfile_fps"] = round(len(files) / ff_s, 1)
         res["vs_devkit"] = {"ratio": round(dev_s / n_dev / (t2 / n), 3), "goal": 3.0}

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import numpy.typing as npt
 from pydantic import Field, model_validator
 
 from kdpipe.datasets.common import (
@@ -25,8 +26,9 @@ from kdpipe.datasets.common import (
     kitti_box_rows,
     need_file,
 )
+from kdpipe.datasets.formats.bins import read_text
 from kdpipe.datasets.formats.errors import FormatError
-from kdpipe.datasets.formats.kitti import DONT_CARE, read_kitti_calib, read_kitti_labels
+from kdpipe.datasets.formats.kitti import DONT_CARE, parse_kitti_calib, read_kitti_labels
 from kdpipe.datasets.formats.vod import VodLayout, read_vod_lidar, read_vod_pose, read_vod_radar
 from kdpipe.datasets.ingest_format import IngestConfig, register_format
 from kdpipe.schemas import boxes as bx
@@ -111,31 +113,70 @@ def ingest_vod_group(task: VodTask) -> dict[str, Any]:
     w.declare("lidar", *SENSOR_FIELDS["lidar"][:2], native_frame="lidar")
     for sensor in ["radar", *[s for s, ok in has_acc.items() if ok]]:
         w.declare(sensor, *SENSOR_FIELDS["vod_radar"][:2], native_frame="radar")
+    state = _TaskState(has_acc)
     with log.reading():  # each raw file read once: parsed and digested from one read
         for fid in task.frames:
             try:
                 if fid in task.duplicates:
                     raise task.duplicates[fid]
-                _frame(w, layout, fid, task.split_of.get(fid, task.unlisted_split), has_acc, log)
+                _frame(w, layout, fid, task.split_of.get(fid, task.unlisted_split), state, log)
             except FormatError as e:
                 w.reject(fid, e.path, e.check, e.reason)
     w.write(Path(task.zarr_root))
     return {"scene": task.scene, "resumed": False}
 
 
-def _frame(w: GroupWriter, layout: VodLayout, fid: str, split: str, has_acc: dict[str, bool],
+@dataclass
+class _TaskState:
+    """What one task's frames share: which accumulated radar folders exist, and the
+    calibration parsed from each distinct calib file (VoD writes the same two files for every
+    frame: each is still read and digested, but parsed and inverted once)."""
+
+    has_acc: dict[str, bool]
+    calibs: dict[str, dict[str, npt.NDArray[np.float64]]] = field(default_factory=dict)
+    rigs: dict[tuple[str, str], _Rig] = field(default_factory=dict)
+
+    def calib(self, path: Path, what: str) -> tuple[str, dict[str, npt.NDArray[np.float64]]]:
+        """(text, parsed) of a calib file, read here (rejects as `read_kitti_calib` gives)."""
+        text = read_text(need_file(path, what), "calib")
+        cal = self.calibs.get(text)
+        if cal is None:
+            cal = self.calibs[text] = parse_kitti_calib(path, text)
+        return text, cal
+
+    def rig(self, lidar_calib: Path, radar_calib: Path) -> _Rig:
+        """The calibration of a frame's two calib files (read and checked in this order)."""
+        text_l, cal_l = self.calib(lidar_calib, "LiDAR calib")
+        text_r, cal_r = self.calib(radar_calib, "radar calib")
+        rig = self.rigs.get((text_l, text_r))
+        if rig is None:
+            t_cam_from_lidar = cal_l["T_rect_from_velo"]
+            rig = self.rigs[text_l, text_r] = _Rig(
+                t_cam_from_lidar, np.linalg.inv(t_cam_from_lidar) @ cal_r["T_rect_from_velo"],
+                np.linalg.inv(t_cam_from_lidar), cal_l["P2"])
+        return rig
+
+
+@dataclass(frozen=True)
+class _Rig:
+    t_cam_from_lidar: npt.NDArray[np.float64]   # (4, 4) rectified camera <- LiDAR (= ego)
+    t_ego_from_radar: npt.NDArray[np.float64]   # (4, 4)
+    t_ego_from_cam: npt.NDArray[np.float64]     # (4, 4)
+    p2: npt.NDArray[np.float64]                 # (3, 4) camera intrinsics
+
+
+def _frame(w: GroupWriter, layout: VodLayout, fid: str, split: str, state: _TaskState,
            log: FileLog) -> None:
+    has_acc = state.has_acc
     p = layout.frame(fid)
     lidar = read_vod_lidar(need_file(p.lidar_bin, "LiDAR"))                       # (N, 4)
     radars = {"radar": read_vod_radar(need_file(p.radar_bin, "radar"))}           # (M, 7)
     for sensor, acc_path in (("radar_3", p.radar_3scans_bin), ("radar_5", p.radar_5scans_bin)):
         if has_acc.get(sensor):
             radars[sensor] = read_vod_radar(need_file(acc_path, f"{sensor} accumulated radar"))
-    cal_l = read_kitti_calib(need_file(p.lidar_calib, "LiDAR calib"))
-    cal_r = read_kitti_calib(need_file(p.radar_calib, "radar calib"))
+    rig = state.rig(p.lidar_calib, p.radar_calib)
     pose = read_vod_pose(need_file(p.pose, "pose"))
-    t_cam_from_lidar = cal_l["T_rect_from_velo"]
-    t_ego_from_radar = np.linalg.inv(t_cam_from_lidar) @ cal_r["T_rect_from_velo"]
+    t_cam_from_lidar, t_ego_from_radar = rig.t_cam_from_lidar, rig.t_ego_from_radar
     for cloud in radars.values():  # radar frame -> ego frame, in place on xyz
         cloud[:, :3] = bx.transform_points(t_ego_from_radar, cloud[:, :3])
     boxes: list[dict[str, Any]] = []
@@ -158,8 +199,8 @@ def _frame(w: GroupWriter, layout: VodLayout, fid: str, split: str, has_acc: dic
     calib = [
         {"sensor": "lidar", "t_ego_from_sensor": np.eye(4).ravel().tolist()},
         {"sensor": "radar", "t_ego_from_sensor": t_ego_from_radar.ravel().tolist()},
-        {"sensor": "camera", "t_ego_from_sensor": np.linalg.inv(t_cam_from_lidar).ravel().tolist(),
-         "intrinsics": cal_l["P2"].ravel().tolist(), "image_width_px": width,
+        {"sensor": "camera", "t_ego_from_sensor": rig.t_ego_from_cam.ravel().tolist(),
+         "intrinsics": rig.p2.ravel().tolist(), "image_width_px": width,
          "image_height_px": height},
     ]
     row = {"dataset": "vod", "frame": fid, "split": split,

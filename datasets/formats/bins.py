@@ -90,7 +90,11 @@ def check_finite_xyz(path: str | Path, points: npt.NDArray[np.floating]) -> None
         points: ``(N, C)`` points, x, y, z first.
     """
     xyz = points[:, : min(3, points.shape[1])]
-    if np.isfinite(np.add.reduce(xyz, axis=None)):  # one pass: a NaN or inf makes the sum so
+    # one pass: a NaN or inf makes the sum so. Over the whole row-major array when it is one
+    # block (a contiguous sum is ~6x faster than one over the strided x, y, z columns); a
+    # non-finite value in another column, or a sum that overflows, only costs the exact test.
+    whole = points if points.flags.c_contiguous else xyz
+    if np.isfinite(np.add.reduce(whole, axis=None)):
         return
     bad = ~np.isfinite(xyz).all(axis=1)
     if bad.any():

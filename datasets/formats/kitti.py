@@ -199,7 +199,11 @@ def read_kitti_calib(path: str | Path) -> dict[str, FloatArray]:
         FormatError: ``path``; ``calib`` (unparsable/non-finite numbers, wrong value count, or
             P2 / Tr_velo_to_cam missing).
     """
-    text = read_text(path, "calib")
+    return parse_kitti_calib(path, read_text(path, "calib"))
+
+
+def parse_kitti_calib(path: str | Path, text: str) -> dict[str, FloatArray]:
+    """`read_kitti_calib` of the already-read `text` of `path` (named in errors)."""
     calib: dict[str, FloatArray] = {}
     for lineno, line in enumerate(text.splitlines(), start=1):
         key, sep, rest = line.partition(":")
