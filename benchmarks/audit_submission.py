@@ -130,6 +130,14 @@ def differences(dev: Any, kd: dict[str, Any]) -> dict[str, float]:
             "class_tp_errors": max(tp) if tp else 0.0}
 
 
+def _parser() -> str:
+    try:
+        import orjson  # noqa: F401
+    except ImportError:
+        return "json (standard library)"
+    return "orjson"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--scenes", type=int, default=20)
@@ -182,7 +190,9 @@ def main() -> None:
         "max_abs_diff": diff,
         "seconds": {"devkit_table_load": med(load_s), "devkit_detection_eval_init": med(init_s),
                     "devkit_evaluate": med(eval_s), "kdpipe_audit_submission": kdpipe_s,
+                    "devkit_all": [a + b for a, b in zip(init_s, eval_s, strict=True)],
                     "kdpipe_all": kd_s},
+        "json_parser": _parser(),
         "devkit_seconds": devkit_s, "kdpipe_seconds": kdpipe_s, "speedup": speedup,
         "speedup_with_table_load": (devkit_s + med(load_s)) / kdpipe_s,
         "goal": "mAP, NDS and every TP error within 1e-3 and >= 50x faster",

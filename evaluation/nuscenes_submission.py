@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from kdpipe.evaluation.nuscenes_devkit import detection_constants
 from kdpipe.pipeline.errors import KdpipeError
 
 FIELDS = ("sample_token", "translation", "size", "rotation", "velocity", "detection_name",
@@ -111,10 +112,9 @@ def _numbers(path: Path, values: list[Any], width: int, what: str) -> np.ndarray
 
 def _check_names(path: Path, cols: dict[str, list[Any]], tokens: list[str]) -> np.ndarray:
     """Names checked against the devkit's; returns the (N,) scores."""
-    from nuscenes.eval.detection.constants import ATTRIBUTE_NAMES, DETECTION_NAMES
-
-    for field, known, extra in (("detection_name", DETECTION_NAMES, ()),
-                                ("attribute_name", ATTRIBUTE_NAMES, ("",))):
+    const = detection_constants()
+    for field, known, extra in (("detection_name", const["DETECTION_NAMES"], ()),
+                                ("attribute_name", const["ATTRIBUTE_NAMES"], ("",))):
         ok = set(known) | set(extra)
         if set(cols[field]) <= ok:
             continue

@@ -30,6 +30,11 @@ from kdpipe.evaluation.nuscenes_submission import (
 )
 
 _TABLES = ("frames.parquet", "boxes.parquet")
+# what the scoring reads of them (the rest: image paths, 2D boxes, ... stays on disk)
+_FRAME_COLUMNS = ["frame_id", "dataset", "frame", "split", "t_world_from_ego"]
+_BOX_COLUMNS = ["frame_id", "class_name", "label", "x_ego_m", "y_ego_m", "z_ego_m", "length_m",
+                "width_m", "height_m", "yaw_ego_rad", "vx_ego_mps", "vy_ego_mps",
+                "num_lidar_pts", "num_radar_pts", "attribute"]
 
 
 def _is_ingest_artifact(path: Path) -> bool:
@@ -83,22 +88,21 @@ def audit_submission(submission: Path, ingest: Path) -> dict[str, Any]:
 
 
 def _audit_submission(submission: Path, ingest: Path) -> dict[str, Any]:
-    from kdpipe.stages.audit.nuscenes import devkit_rules
-    from kdpipe.stages.audit.tp_errors import nuscenes_scores
+    from kdpipe.stages.audit.tp_errors import devkit_rules_from_files, nuscenes_scores
 
     t0 = time.perf_counter()
     results = read_results(submission)
     art = resolve_ingest(ingest, list(results))
-    frames_all = pl.read_parquet(art / "frames.parquet")
+    frames_all = pl.read_parquet(art / "frames.parquet", columns=_FRAME_COLUMNS)
     nus = frames_all.filter(pl.col("dataset") == "nuscenes")  # a mixed store: its nuScenes part
     if nus.is_empty():
         raise SubmissionError(f"{art} holds no nuScenes frames (datasets: "
                               f"{', '.join(sorted(map(str, frames_all['dataset'].unique())))})")
     where = f"the nuScenes frames of the ingest {art}"
     frames = submission_frames(results, nus, submission, where)
-    rules = devkit_rules()
+    rules = devkit_rules_from_files()
     dets = submission_table(submission, results, frames, rules.max_boxes_per_sample)
-    boxes = pl.read_parquet(art / "boxes.parquet").filter(
+    boxes = pl.read_parquet(art / "boxes.parquet", columns=_BOX_COLUMNS).filter(
         pl.col("frame_id").is_in(frames["frame_id"].implode()))
     scores = nuscenes_scores(dets, boxes, frames, rules)
     splits = frames.group_by("split").len().sort("split")

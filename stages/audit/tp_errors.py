@@ -16,8 +16,8 @@ evaluate.py `evaluate`, data_classes.py `DetectionMetrics`, eval/common/utils.py
   NaN-mean over classes, its score max(0, 1 - error), and NDS = (w mAP + sum of the five
   scores) / (w + 5) with w = `mean_ap_weight`.
 Numbers (`dist_th_tp`, `min_recall`, `mean_ap_weight`, metric names) are read from the installed
-devkit; the class exceptions above are code in the devkit (evaluate.py, algo.py), so they are
-code here too.
+devkit's files (kdpipe.evaluation.nuscenes_devkit); the class exceptions above are code in the
+devkit (evaluate.py, algo.py), so they are code here too.
 """
 from __future__ import annotations
 
@@ -27,14 +27,16 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from kdpipe.evaluation.nuscenes_devkit import detection_config, detection_constants
 from kdpipe.stages.audit.metrics import (
+    BoxSet,
+    Candidates,
+    Curve,
     ap_nuscenes,
     candidates,
-    curve,
     greedy_match,
-    score_order,
 )
-from kdpipe.stages.audit.nuscenes import NuScenesRules, apply_rules, box_sets, devkit_rules
+from kdpipe.stages.audit.nuscenes import NuScenesRules, apply_rules, box_sets
 
 NUS_RECALL_POINTS = 101  # DetectionMetricData.nelem
 SHORT_NAMES = {"trans_err": "ATE", "scale_err": "ASE", "orient_err": "AOE", "vel_err": "AVE",
@@ -54,13 +56,19 @@ class TPRules:
 
 
 def devkit_tp_rules(name: str = "detection_cvpr_2019") -> TPRules:
-    """The devkit's TP-error settings, read from the installed package."""
-    from nuscenes.eval.common.config import config_factory
-    from nuscenes.eval.detection.constants import TP_METRICS
+    """The devkit's TP-error settings, read from the installed package's files."""
+    cfg, const = detection_config(name), detection_constants()
+    return TPRules(tuple(const["TP_METRICS"]), float(cfg["dist_th_tp"]),
+                   float(cfg["min_recall"]), float(cfg["mean_ap_weight"]))
 
-    cfg = config_factory(name)
-    return TPRules(tuple(TP_METRICS), float(cfg.dist_th_tp), float(cfg.min_recall),
-                   float(cfg.mean_ap_weight))
+
+def devkit_rules_from_files(name: str = "detection_cvpr_2019") -> NuScenesRules:
+    """`nuscenes.devkit_rules` without importing the devkit (the same JSON `config_factory`
+    reads; see kdpipe.evaluation.nuscenes_devkit)."""
+    cfg = detection_config(name)
+    return NuScenesRules(tuple(cfg["class_range"]), dict(cfg["class_range"]),
+                         tuple(cfg["dist_ths"]), float(cfg["min_recall"]),
+                         float(cfg["min_precision"]), int(cfg["max_boxes_per_sample"]))
 
 
 _TERMS = ["x_world_m", "y_world_m", "length_m", "width_m", "height_m"]
@@ -132,18 +140,17 @@ def cummean(x: np.ndarray) -> np.ndarray:
     return out
 
 
-def class_tp_errors(score: np.ndarray, is_tp: np.ndarray, err: np.ndarray, n_gt: int,
+def class_tp_errors(conf: np.ndarray, hit: np.ndarray, err: np.ndarray, n_gt: int,
                     min_recall: float) -> np.ndarray:
-    """One class's five errors ((P,) scores, (P,) match flags, (P, 5) errors) -> (5,)."""
-    if n_gt == 0 or not is_tp.any():
+    """One class's five errors ((P,) scores in `score_order`, (P,) match flags, (P, 5) errors,
+    same order) -> (5,)."""
+    if n_gt == 0 or not hit.any():
         return np.ones(err.shape[1])  # DetectionMetricData.no_predictions -> calc_tp = 1
-    order = score_order(score)
-    hit, conf = is_tp[order], score[order]
     tp = np.cumsum(hit).astype(float)
     rec = tp / float(n_gt)
     rec_interp = np.linspace(0, 1, NUS_RECALL_POINTS)
     conf_interp = np.interp(rec_interp, rec, conf, right=0)               # (101,)
-    cm = cummean(err[order][hit])                                         # (T, 5)
+    cm = cummean(err[hit])                                                # (T, 5)
     match_conf = conf[hit][::-1]
     first = round(100 * min_recall) + 1
     nz = np.flatnonzero(conf_interp)
@@ -155,6 +162,27 @@ def class_tp_errors(score: np.ndarray, is_tp: np.ndarray, err: np.ndarray, n_gt:
         md = np.interp(conf_interp[::-1], match_conf, cm[::-1, k])[::-1]  # (101,)
         out[k] = np.mean(md[first:last + 1])
     return out
+
+
+def match_thresholds(det: BoxSet, cand: Candidates, n_gt: int, n_frames: int,
+                     dist_ths_m: tuple[float, ...]) -> np.ndarray:
+    """`greedy_match` at every distance threshold in one call -> (T, P) matched ground-truth
+    index or -1. Threshold t works on its own copy of the frames (frame + t F) and of the
+    ground truth (index + t G), so the copies never compete; one pass over the ranks instead
+    of T."""
+    n_th, n_det = len(dist_ths_m), len(det)
+    if n_det == 0 or cand.gt.shape[1] == 0:
+        return np.full((n_th, n_det), -1, dtype=np.int64)
+    assert det.score is not None
+    t = np.repeat(np.arange(n_th), n_det)                                   # (T P,)
+    rep = BoxSet(frame=np.tile(det.frame, n_th) + t * n_frames, cls=np.tile(det.cls, n_th),
+                 boxes=det.boxes, xy=det.xy, score=np.tile(det.score, n_th))
+    gt_rep = np.where(cand.gt >= 0, cand.gt[None] + (np.arange(n_th) * n_gt)[:, None, None],
+                      -1).reshape(n_th * n_det, -1)                          # (T P, K)
+    matched = greedy_match(rep, Candidates(gt_rep, np.tile(cand.cost, (n_th, 1))),
+                           n_th * n_gt, np.repeat(np.asarray(dist_ths_m), n_det),
+                           "center_distance").reshape(n_th, n_det)
+    return np.where(matched >= 0, matched - (np.arange(n_th) * n_gt)[:, None], -1)
 
 
 _ERR_ORDER = ("trans_err", "vel_err", "scale_err", "orient_err", "attr_err")  # pair_errors'
@@ -177,7 +205,7 @@ def nuscenes_scores(dets: pl.DataFrame, gts: pl.DataFrame, frames: pl.DataFrame,
         `mean_ap`, `nd_score`, `tp_errors` ({metric: mean over classes}), `class_ap`,
         `class_tp_errors` ({class: {metric: error or NaN}}), `ap`, `n_gt`, `n_det`.
     """
-    rules, tpr = rules or devkit_rules(), tp_rules or devkit_tp_rules()
+    rules, tpr = rules or devkit_rules_from_files(), tp_rules or devkit_tp_rules()
     d, g = apply_rules(dets, gts, frames, rules)
     det, gt = box_sets(d, g, frames["frame_id"].to_list(), rules.class_names,
                        ("x_world_m", "y_world_m"))
@@ -185,15 +213,17 @@ def nuscenes_scores(dets: pl.DataFrame, gts: pl.DataFrame, frames: pl.DataFrame,
     cand = candidates(det, gt, "center_distance", max(rules.dist_ths_m))
     n_gt = np.bincount(gt.cls, minlength=len(rules.class_names))
     ap: dict[str, dict[str, float]] = {c: {} for c in rules.class_names}
-    matched_tp = np.full(len(det), -1, dtype=np.int64)
-    for th in rules.dist_ths_m:
-        matched = greedy_match(det, cand, len(gt), np.full(len(det), th), "center_distance")
-        if th == tpr.dist_th_tp_m:
-            matched_tp = matched
+    matched_all = match_thresholds(det, cand, len(gt), frames.height, rules.dist_ths_m)
+    matched_tp = matched_all[rules.dist_ths_m.index(tpr.dist_th_tp_m)]
+    # one order for every class and threshold: by class, then as `score_order` inside it
+    order = np.lexsort((-np.arange(len(det)), -det.score, det.cls))
+    bounds = np.r_[0, np.cumsum(np.bincount(det.cls, minlength=len(rules.class_names)))]
+    seg = [order[bounds[k]:bounds[k + 1]] for k in range(len(rules.class_names))]
+    for th, matched in zip(rules.dist_ths_m, matched_all, strict=True):
         for k, name in enumerate(rules.class_names):
-            m = det.cls == k
-            ap[name][f"{th:g}"] = ap_nuscenes(curve(det.score[m], matched[m] >= 0, int(n_gt[k])),
-                                              rules.min_recall, rules.min_precision)
+            hit = (matched[seg[k]] >= 0).astype(np.float64)
+            c = Curve(det.score[seg[k]], np.cumsum(hit), np.cumsum(1.0 - hit), int(n_gt[k]))
+            ap[name][f"{th:g}"] = ap_nuscenes(c, rules.min_recall, rules.min_precision)
     T = frames["t_world_from_ego"].to_numpy().astype(np.float64).reshape(-1, 4, 4)  # (F,4,4)
     half = np.isin(det.cls, [rules.class_names.index(c) for c in _HALF_TURN_CLASSES
                              if c in rules.class_names])
@@ -201,9 +231,8 @@ def nuscenes_scores(dets: pl.DataFrame, gts: pl.DataFrame, frames: pl.DataFrame,
                       half, (_attributes(d), _attributes(g)))              # (P, 5)
     class_tp: dict[str, dict[str, float]] = {}
     for k, name in enumerate(rules.class_names):
-        m = det.cls == k
-        e = class_tp_errors(det.score[m], matched_tp[m] >= 0, err[m], int(n_gt[k]),
-                            tpr.min_recall)
+        e = class_tp_errors(det.score[seg[k]], matched_tp[seg[k]] >= 0, err[seg[k]],
+                            int(n_gt[k]), tpr.min_recall)
         by_name = dict(zip(_ERR_ORDER, e.tolist(), strict=True))
         class_tp[name] = {metric: (float("nan") if metric in _NAN_METRICS.get(name, ())
                                    else float(by_name[metric])) for metric in tpr.metrics}

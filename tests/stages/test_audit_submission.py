@@ -189,3 +189,21 @@ def test_bad_submissions_are_one_line_exit_2(world: dict[str, Any]) -> None:
     out = kdpipe("audit", "--submission", str(world["sub"]), "--ingest",
                  str(world["tmp"] / "nowhere"))
     _one_error_line(out, "nowhere")
+
+
+def test_devkit_settings_read_from_files_equal_the_imported_devkit() -> None:
+    from nuscenes.eval.common.config import config_factory
+    from nuscenes.eval.detection import constants
+
+    from kdpipe.evaluation.nuscenes_devkit import detection_constants
+    from kdpipe.stages.audit.nuscenes import devkit_rules
+    from kdpipe.stages.audit.tp_errors import devkit_rules_from_files, devkit_tp_rules
+
+    assert devkit_rules_from_files() == devkit_rules()
+    cfg, tpr = config_factory("detection_cvpr_2019"), devkit_tp_rules()
+    assert (tpr.dist_th_tp_m, tpr.min_recall, tpr.mean_ap_weight) == (
+        cfg.dist_th_tp, cfg.min_recall, cfg.mean_ap_weight)
+    assert tpr.metrics == tuple(constants.TP_METRICS)
+    const = detection_constants()
+    assert const["DETECTION_NAMES"] == constants.DETECTION_NAMES
+    assert const["ATTRIBUTE_NAMES"] == constants.ATTRIBUTE_NAMES

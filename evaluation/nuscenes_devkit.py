@@ -1,0 +1,50 @@
+"""nuscenes-devkit's detection settings and names, read from the installed package's files
+without importing it.
+
+`import nuscenes.eval...` runs `nuscenes/__init__.py`, which loads the NuScenes class and with
+it matplotlib and OpenCV: 2 s of CPU before a command can score anything. The numbers live in
+two files of the package: `eval/detection/configs/<name>.json` (what `config_factory` loads,
+unchanged) and `eval/detection/constants.py` (literal lists, read with `ast.literal_eval`,
+never executed). `tests/stages/test_audit_submission.py` checks both against the imported
+devkit.
+"""
+from __future__ import annotations
+
+import ast
+import functools
+import importlib.util
+import json
+from pathlib import Path
+from typing import Any
+
+
+def _detection_dir() -> Path:
+    spec = importlib.util.find_spec("nuscenes")  # finds the package, does not run it
+    if spec is None or spec.origin is None:
+        raise ModuleNotFoundError("nuscenes-devkit is not installed")
+    return Path(spec.origin).parent / "eval" / "detection"
+
+
+@functools.cache
+def detection_config(name: str = "detection_cvpr_2019") -> dict[str, Any]:
+    """The JSON `config_factory(name)` deserialises: class_range (its key order is the class
+    order), dist_ths, dist_th_tp, min_recall, min_precision, max_boxes_per_sample,
+    mean_ap_weight."""
+    data: dict[str, Any] = json.loads((_detection_dir() / "configs" / f"{name}.json").read_text())
+    return data
+
+
+@functools.cache
+def detection_constants() -> dict[str, Any]:
+    """The literal top-level assignments of `nuscenes/eval/detection/constants.py`
+    (DETECTION_NAMES, ATTRIBUTE_NAMES, TP_METRICS, ...)."""
+    tree = ast.parse((_detection_dir() / "constants.py").read_text())
+    out: dict[str, Any] = {}
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 \
+                and isinstance(node.targets[0], ast.Name):
+            try:
+                out[node.targets[0].id] = ast.literal_eval(node.value)
+            except ValueError:  # not a literal: not one of the names we read
+                continue
+    return out
