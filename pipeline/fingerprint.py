@@ -36,7 +36,7 @@ from functools import partial
 from itertools import chain
 from operator import attrgetter
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 RACY_NS = 2_000_000_000          # FAT's 2 s mtime granularity covers every common filesystem
 MIN_CACHED_FILES = 10_000        # below this a full scan takes < 50 ms: no cache file
@@ -57,7 +57,9 @@ class _Folder:
     root: int                    # index into the roots
     rel: str                     # "" for the root, else "a/b/": the prefix of its rows
     ident: Ident
-    leaves: Sequence[str]        # entries that are not real folders (files, links, ...)
+    # entries that are not real folders (files, links, ...): str when listed, bytes when read
+    # from the cache (os.stat then skips encoding each name)
+    leaves: Sequence[str] | Sequence[bytes]
 
 
 @dataclass
@@ -95,7 +97,7 @@ def fingerprint_digest(roots: Iterable[str | os.PathLike[str]],
 
 # --- a stat per leaf: threads, C-level maps, one int64 array per task -------------------------
 
-def _stat_task(task: tuple[str, Sequence[str]]) -> bytes:
+def _stat_task(task: tuple[str, Sequence[str] | Sequence[bytes]]) -> bytes:
     folder, names = task
     fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -179,10 +181,11 @@ def _digest(tree: _Tree) -> str:
     rows: list[list[str]] = [[] for _ in tree.roots]
     at = 0
     for f in tree.folders:
-        it = iter(stats[at:at + 3 * len(f.leaves)])
-        at += 3 * len(f.leaves)
+        names = cast("Sequence[str]", f.leaves)  # a scanned tree's
+        it = iter(stats[at:at + 3 * len(names)])
+        at += 3 * len(names)
         rows[f.root].extend(f"{f.rel}{name}:{size}:{mtime}"
-                            for name, mode, size, mtime in zip(f.leaves, it, it, it, strict=True)
+                            for name, mode, size, mtime in zip(names, it, it, it, strict=True)
                             if mode & _IFMT == stat_mod.S_IFREG)  # -1: no stat
     h = hashlib.sha256()
     for root, kind, rs, mine in zip(tree.roots, tree.kinds, tree.root_stats, rows, strict=True):
@@ -232,7 +235,8 @@ def _cached_digest(cache: Path, roots: list[str]) -> str | None:
 
 
 def _save(cache: Path, tree: _Tree) -> None:
-    names = "\0".join(chain.from_iterable(f.leaves for f in tree.folders)).encode(errors=_FS)
+    names = os.fsencode("\0".join(chain.from_iterable(
+        cast("Sequence[str]", f.leaves) for f in tree.folders)))  # the bytes os.stat would use
     head = json.dumps({
         "roots": tree.roots, "kinds": tree.kinds, "root_stats": tree.root_stats,
         "digest": tree.digest, "names_bytes": len(names),
@@ -266,7 +270,7 @@ def _load(cache: Path) -> _Tree | None:
         head: dict[str, Any] = json.loads(data[at:at + int.from_bytes(data[at - 8:at], "little")])
         at += int.from_bytes(data[at - 8:at], "little")
         n_names = int(head["names_bytes"])
-        names = data[at:at + n_names].decode(errors=_FS).split("\0") if n_names else []
+        names = data[at:at + n_names].split(b"\0") if n_names else []
         tree = _Tree([str(r) for r in head["roots"]], [str(k) for k in head["kinds"]],
                      head["root_stats"], [], data[at + n_names:], str(head["digest"]))
         k = 0
