@@ -14,7 +14,8 @@ that; the raw-input fingerprint still covers all 5N files). Then:
   `fingerprint.RACY_NS` ago is not cached, so it waits that long first);
 - `--repeats` no-op runs, `kdpipe run --json` in a fresh process (imports, planning,
   fingerprinting included), wall and CPU time (user + sys of the child), plus the in-process
-  `run_workflow` time;
+  `run_workflow` time; the baseline, interleaved: the same run with the stat cache off
+  (KDPIPE_FINGERPRINT_CACHE=off: every folder listed, every row formatted and sorted);
 - the safety check: one raw file rewritten in place (same size, mtime + 1 s, its folder's mtime
   untouched) must make the source stage run again.
 
@@ -110,12 +111,16 @@ def main() -> None:
         time.sleep(max(0.0, (written_ns + fingerprint.RACY_NS - time.time_ns()) / 1e9 + 0.05))
         warm_s, warm_cpu, status = cli_run(wf, tmp / "ws", env)
         assert set(status.values()) == {"cached"}, status
-        cli, cpu, inproc = [], [], []
+        cli, cpu, inproc, base, base_cpu = [], [], [], [], []
         for _ in range(args.repeats):
             wall, c, status = cli_run(wf, tmp / "ws", env)
             assert set(status.values()) == {"cached"}, status
             cli.append(wall)
             cpu.append(c)
+            wall, c, status = cli_run(wf, tmp / "ws", {**env, "KDPIPE_FINGERPRINT_CACHE": "off"})
+            assert set(status.values()) == {"cached"}, status
+            base.append(wall)
+            base_cpu.append(c)
             t0 = time.perf_counter()
             rep = run_workflow(wf, str(tmp / "ws"))
             inproc.append(time.perf_counter() - t0)
@@ -135,6 +140,8 @@ def main() -> None:
         "noop_cli_s_all": [round(x, 3) for x in cli],
         "noop_cli_cpu_s_median": round(statistics.median(cpu), 3),
         "noop_inprocess_s_median": round(statistics.median(inproc), 3),
+        "baseline_no_cache_cli_s_median": round(statistics.median(base), 3),
+        "baseline_no_cache_cli_cpu_s_median": round(statistics.median(base_cpu), 3),
         "in_place_change": {"file": str(changed.relative_to(tmp / "raw")), **write,
                             "source_status": status["toy-source"], "detected": detected,
                             "cli_s": round(change_s, 3)},
