@@ -152,6 +152,8 @@ class VodLayout:
     # realpath of every component (per instance: an ingest task builds its own layout)
     _real_dirs: dict[Path, Path] = field(default_factory=dict, init=False, repr=False,
                                          compare=False)
+    _acc_dirs: dict[int, Path | None] = field(default_factory=dict, init=False, repr=False,
+                                              compare=False)
 
     def sensor_dir(self, sensor: Literal["lidar", "radar"], sub: str) -> Path:
         """``root/<sensor>/<split>/<sub>``, e.g. ``sensor_dir("lidar", "label_2")``."""
@@ -209,7 +211,9 @@ class VodLayout:
         # every file is checked as safe_join checks it: a symlink out of the root is refused
         images = [at(self.sensor_dir("lidar", "image_2"), ext) for ext in (".jpg", ".png")]
         image = next((p for p in images if p.is_file()), None)
-        acc = {n: self.accumulated_radar_dir(n) for n in (3, 5)}  # type: ignore[arg-type]
+        acc = self._acc_dirs
+        if len(acc) < 2:  # noqa: PLR2004 -- looked up once per layout, like the folders above
+            acc.update({n: self.accumulated_radar_dir(n) for n in (3, 5)})  # type: ignore[arg-type]
         return VodFramePaths(
             frame_id=frame_id,
             lidar_bin=at(self.sensor_dir("lidar", "velodyne"), ".bin"),
