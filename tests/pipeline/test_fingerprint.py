@@ -252,3 +252,21 @@ def test_many_files_in_threads_equal_the_reference(
     assert cached(root) == before
     _rewrite(root / "b" / "c" / "00299", b"y" * (299 % 7))
     assert cached(root) != before
+
+
+def test_rerun_benchmark_runs_cached_and_sees_an_in_place_write(tmp_path: Path) -> None:
+    """benchmarks/rerun.py end to end, small: every no-op run is cached (cache on and off),
+    and its in-place rewrite (folder mtime untouched) re-runs the source."""
+    import json
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "rerun.py"
+    out = subprocess.run([sys.executable, str(script), "--frames", "40", "--repeats", "1"],
+                         capture_output=True, text=True, check=True,
+                         env={**os.environ, "KDPIPE_BENCH_TMP": str(tmp_path)})
+    doc = json.loads(out.stdout)
+    assert doc["layout"] == "vod" and doc["raw_files"] == 200
+    change = doc["in_place_change"]
+    assert change["file"].startswith(("lidar/", "radar/", "label_2/", "calib/", "pose/"))
+    assert change["same_size"] and change["folder_mtime_unchanged"] and change["detected"]
