@@ -27,7 +27,14 @@ from kdpipe.datasets.box_counts import count_points_in_boxes
 from kdpipe.datasets.formats.bins import recording_digests
 from kdpipe.datasets.formats.errors import FormatError
 from kdpipe.datasets.formats.kitti import DONT_CARE, KittiLabels
-from kdpipe.datasets.shard_writer import Written, tree_digest, write_row_array, write_small_array
+from kdpipe.datasets.shard_writer import (
+    Node,
+    Written,
+    create_nodes,
+    tree_digest,
+    write_row_array,
+    write_small_array,
+)
 from kdpipe.schemas import boxes as bx
 from kdpipe.schemas.tables import BOXES, CALIBRATION, FRAMES, REJECTS, frame_table
 
@@ -159,30 +166,34 @@ class GroupWriter:
     def write(self, zarr_root: Path) -> None:
         """Write the Zarr group, the Parquet parts, the raw-file log and the group digest, then
         the done-marker (last). Everything a resumed run needs from this group is in `part`."""
-        import zarr
-
         gdir = zarr_root / self.source / self.scene
         shutil.rmtree(gdir, ignore_errors=True)  # a killed earlier attempt
         shutil.rmtree(self.part, ignore_errors=True)
-        group = zarr.open_group(store=str(gdir), mode="w", zarr_format=3,
-                                attributes={"source": self.source, "scene": self.scene,
-                                            "frames": [f["frame"] for f in self.frames]})
-        written = Written(gdir)
+        rows, nodes, arrays = self.storage.chunk_rows, [], []
         for sensor, clouds in self.points.items():
             names, units, native = self.fields[sensor]
             counts = np.array([len(c) for c in clouds], dtype=np.int64)
             offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)  # (F + 1,)
-            rows = self.storage.chunk_rows
-            g = group.create_group(sensor)
+            nodes += [Node(sensor), Node(f"{sensor}/points", {
+                "fields": list(names), "units": list(units), "frame": "ego",
+                "native_frame": native}, {
+                "shape": (int(offsets[-1]), len(names)), "dtype": np.float32,
+                "chunks": (rows, len(names)),
+                "shards": (rows * self.storage.shard_chunks, len(names)),
+                "compressors": self._codec(True), "dimension_names": ("point", "field")}),
+                Node(f"{sensor}/offsets", {
+                    "meaning": "points[offsets[i]:offsets[i+1]] belong to frame i"}, {
+                    "shape": offsets.shape, "dtype": np.int64,
+                    "chunks": (max(len(offsets), 1),), "compressors": None})]
+            arrays.append((sensor, clouds, offsets))
+        # every zarr.json of the group in one round trip to zarr's event loop
+        group = create_nodes(gdir, {"source": self.source, "scene": self.scene,
+                                    "frames": [f["frame"] for f in self.frames]}, nodes)
+        written = Written(gdir)
+        for sensor, clouds, offsets in arrays:
             # the frames' clouds go chunk by chunk into the shards: no concatenated copy
-            write_row_array(g, "points", clouds or [np.zeros((0, len(names)), np.float32)], {
-                "chunks": (rows, len(names)), "shards": (rows * self.storage.shard_chunks,
-                                                         len(names)),
-                "compressors": self._codec(True), "dimension_names": ("point", "field"),
-                "attributes": {"fields": list(names), "units": list(units), "frame": "ego",
-                               "native_frame": native}}, written)
-            write_small_array(g, "offsets", offsets, {
-                "meaning": "points[offsets[i]:offsets[i+1]] belong to frame i"}, written)
+            write_row_array(gdir / sensor / "points", clouds, written)
+            write_small_array(gdir / sensor / "offsets", offsets, written)
         for path, data, lay in self.extra:
             parent, _, leaf = path.rpartition("/")
             target = group.require_group(parent) if parent else group
@@ -190,10 +201,10 @@ class GroupWriter:
                                 compressors=self._codec(lay.shuffle),
                                 dimension_names=lay.dims, attributes=dict(lay.attrs))
         self.part.mkdir(parents=True, exist_ok=True)
-        for name, rows, schema in (("frames", self.frames, FRAMES), ("boxes", self.boxes, BOXES),
-                                   ("calibration", self.calib, CALIBRATION),
-                                   ("rejects", self.rejects, REJECTS)):
-            frame_table(rows, schema).write_parquet(self.part / f"{name}.parquet")
+        for name, table, schema in (("frames", self.frames, FRAMES), ("boxes", self.boxes, BOXES),
+                                    ("calibration", self.calib, CALIBRATION),
+                                    ("rejects", self.rejects, REJECTS)):
+            frame_table(table, schema).write_parquet(self.part / f"{name}.parquet")
         pl.DataFrame(self.log.rows, schema=SOURCES).write_parquet(self.part / "sources.parquet")
         # digested here, in parallel across groups, so the driver never re-reads the store
         (self.part / "_digest").write_text(tree_digest(gdir, written.sha256))

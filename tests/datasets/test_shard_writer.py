@@ -8,7 +8,14 @@ import pytest
 import zarr
 from zarr.codecs import BloscCodec, BloscShuffle
 
-from kdpipe.datasets.shard_writer import Written, tree_digest, write_row_array, write_small_array
+from kdpipe.datasets.shard_writer import (
+    Node,
+    Written,
+    create_nodes,
+    tree_digest,
+    write_row_array,
+    write_small_array,
+)
 from kdpipe.pipeline.hashing import digest_path
 
 ROWS, PER_SHARD = 64, 4
@@ -49,19 +56,28 @@ def test_same_bytes_as_zarr(tmp_path: Path, case: str, codec: str) -> None:
     data = np.concatenate(parts) if parts else np.zeros((0, 7), np.float32)
     offsets = np.concatenate([[0], np.cumsum([len(p) for p in parts])]).astype(np.int64)
 
-    ref = zarr.open_group(store=str(tmp_path / "ref"), mode="w", zarr_format=3)
-    ref.create_array("points", data=data, **spec)
-    ref.create_array("offsets", data=offsets, chunks=(max(len(offsets), 1),), compressors=None,
-                     attributes={"meaning": "m"})
-    got = zarr.open_group(store=str(tmp_path / "got"), mode="w", zarr_format=3)
+    ref = zarr.open_group(store=str(tmp_path / "ref"), mode="w", zarr_format=3,
+                          attributes={"frames": ["a"]})
+    sensor = ref.create_group("lidar")
+    sensor.create_array("points", data=data, **spec)
+    sensor.create_array("offsets", data=offsets, chunks=(max(len(offsets), 1),),
+                        compressors=None, attributes={"meaning": "m"})
+    array = {k: v for k, v in spec.items() if k != "attributes"}
+    create_nodes(tmp_path / "got", {"frames": ["a"]}, [
+        Node("lidar"),
+        Node("lidar/points", spec["attributes"], {**array, "shape": data.shape,
+                                                  "dtype": np.float32}),
+        Node("lidar/offsets", {"meaning": "m"}, {"shape": offsets.shape, "dtype": np.int64,
+                                                 "chunks": (max(len(offsets), 1),),
+                                                 "compressors": None})])
     written = Written(tmp_path / "got")
-    write_row_array(got, "points", parts or [np.zeros((0, 7), np.float32)], spec, written)
-    write_small_array(got, "offsets", offsets, {"meaning": "m"}, written)
+    write_row_array(tmp_path / "got/lidar/points", parts, written)
+    write_small_array(tmp_path / "got/lidar/offsets", offsets, written)
 
     assert _files(tmp_path / "got") == _files(tmp_path / "ref")
     assert tree_digest(tmp_path / "got", written.sha256) == digest_path(tmp_path / "ref")
     back = zarr.open_group(store=str(tmp_path / "got"), mode="r")
-    np.testing.assert_array_equal(back["points"][...], data)
+    np.testing.assert_array_equal(back["lidar/points"][...], data)
 
 
 def test_digest_reads_files_it_was_not_told(tmp_path: Path) -> None:
@@ -73,3 +89,20 @@ def test_digest_reads_files_it_was_not_told(tmp_path: Path) -> None:
     assert (tmp_path / "b" / "z").read_bytes() == b"zzz"
     assert tree_digest(tmp_path, written.sha256) == digest_path(tmp_path)
     assert tree_digest(tmp_path, {}) == digest_path(tmp_path)
+
+
+def test_other_layouts_go_through_zarr(tmp_path: Path) -> None:
+    """An unsharded array (not the layout the direct path writes) is stored by zarr-python."""
+    parts = _parts(np.random.default_rng(1), 4, [10, 0, 90])
+    data = np.concatenate(parts)
+    ref = zarr.open_group(store=str(tmp_path / "ref"), mode="w", zarr_format=3)
+    ref.create_array("points", data=data, chunks=(32, 4))
+    ref.create_array("offsets", data=np.array([0, 10, 100]), chunks=(2,))
+    create_nodes(tmp_path / "got", {}, [
+        Node("points", {}, {"shape": data.shape, "dtype": np.float32, "chunks": (32, 4)}),
+        Node("offsets", {}, {"shape": (3,), "dtype": np.int64, "chunks": (2,)})])
+    written = Written(tmp_path / "got")
+    write_row_array(tmp_path / "got/points", parts, written)
+    write_small_array(tmp_path / "got/offsets", np.array([0, 10, 100]), written)
+    assert written.sha256 == {}
+    assert _files(tmp_path / "got") == _files(tmp_path / "ref")
