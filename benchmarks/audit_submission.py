@@ -4,7 +4,8 @@
 A synthetic nuScenes world (`kdpipe synth nuscenes`, small sensors: only the boxes matter) is
 ingested. The submission is its ground truth made imperfect: 15% missed, noise in centre
 (growing with range), size, yaw (10% facing backwards) and velocity, 10% duplicates at lower
-scores, 3% another class, clutter (40% as many false positives as objects), a quarter of the
+scores, 3% another class, clutter (`--fp-per-object`, default 0.4 false positives an object;
+real submissions keep up to 500 boxes a sample, i.e. several an object), a quarter of the
 attributes replaced at random; written by `write_submission` and scored over a custom devkit
 split holding every scene.
 
@@ -23,6 +24,7 @@ machine disturbs less than wall time (kdpipe's 0.1-0.3 s runs swing with other j
 `speedup_stdlib_json`: kdpipe without orjson (optional; the standard library parses).
 
     python benchmarks/audit_submission.py [--scenes 20] [--samples 20] [--repeats 3]
+                                          [--fp-per-object 0.4]
 """
 from __future__ import annotations
 
@@ -53,7 +55,7 @@ from kdpipe.testing import ingest_store
 SPLIT = "bench_all"  # custom devkit split (v1.0-mini/splits.json) holding every scene
 
 
-def predictions(gt: pl.DataFrame, seed: int) -> pl.DataFrame:
+def predictions(gt: pl.DataFrame, seed: int, fp_per_object: float = 0.4) -> pl.DataFrame:
     """Detections made from ground truth: misses, noise, duplicates, confusions, clutter."""
     rng = np.random.default_rng(seed)
     gt = gt.filter(pl.col("label").is_not_null())
@@ -76,7 +78,7 @@ def predictions(gt: pl.DataFrame, seed: int) -> pl.DataFrame:
         score=pl.Series(np.clip(rng.beta(5, 2, n) - 0.004 * sd_m, 0.01, 1.0)))
     dup = tp.sample(fraction=0.1, seed=seed).with_columns(
         x_ego_m=pl.col("x_ego_m") + rng.normal(0, 1.0), score=pl.col("score") * 0.6)
-    n_fp = int(0.4 * gt.height)
+    n_fp = int(fp_per_object * gt.height)
     fp = gt.sample(n_fp, with_replacement=True, seed=seed + 1).with_columns(
         x_ego_m=pl.Series(rng.uniform(-55, 55, n_fp)),
         y_ego_m=pl.Series(rng.uniform(-55, 55, n_fp)), score=pl.Series(rng.beta(2, 5, n_fp)))
@@ -166,6 +168,9 @@ def main() -> None:
     ap.add_argument("--scenes", type=int, default=20)
     ap.add_argument("--samples", type=int, default=20, help="samples per scene")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--fp-per-object", type=float, default=0.4,
+                    help="clutter boxes per ground-truth object (a detector that keeps its "
+                    "top 500 boxes a sample, as nuScenes submissions do, writes many more)")
     args = ap.parse_args()
     from nuscenes import NuScenes
 
@@ -176,7 +181,7 @@ def main() -> None:
         frames = pl.read_parquet(ingest / "frames.parquet")
         boxes = pl.read_parquet(ingest / "boxes.parquet")
         sub = tmp / "submission.json"
-        info = write_submission(predictions(boxes, seed=0), frames, sub)
+        info = write_submission(predictions(boxes, 0, args.fp_per_object), frames, sub)
         scramble_attributes(sub, seed=1)
         load_at_timing = os.getloadavg()
         load_s, init_s, eval_s, kd_s, dev_cpu, kd_cpu = [], [], [], [], [], []
@@ -210,7 +215,8 @@ def main() -> None:
         "frames": frames.height, "samples_scored": kd["n_samples"],
         "gt_boxes": boxes.height,
         "gt_boxes_detection_classes": int(boxes["label"].is_not_null().sum()),
-        "predictions": info["n_boxes"], "repeats": args.repeats,
+        "predictions": info["n_boxes"], "fp_per_object": args.fp_per_object,
+        "repeats": args.repeats,
         "devkit": {"mean_ap": dev.mean_ap, "nd_score": dev.nd_score, "tp_errors": dev.tp_errors},
         "kdpipe": {"mean_ap": kd["mean_ap"], "nd_score": kd["nd_score"],
                    "tp_errors": kd["tp_errors"]},
