@@ -27,7 +27,8 @@ RELABEL = {"vehicle.car": ("vehicle.truck", "movable_object.barrier"),
 
 
 def relabel_instances(root: Path, seed: int) -> None:
-    """Give every third car a truck / barrier category and every third pedestrian a cone's."""
+    """Give 40% of the cars a truck / barrier category and 40% of the pedestrians a cone's;
+    add a split holding every scene."""
     tables = root / "v1.0-mini"
     cats = json.loads((tables / "category.json").read_text())
     tok = {c["name"]: c["token"] for c in cats}
@@ -39,6 +40,13 @@ def relabel_instances(root: Path, seed: int) -> None:
         if options and rng.random() < 0.4:
             rec["category_token"] = tok[options[int(rng.integers(len(options)))]]
     (tables / "instance.json").write_text(json.dumps(inst))
+    # a third of the annotations lose their track links: the devkit's box_velocity is NaN
+    # there (the store's velocity null), which AVE must skip, not count as zero
+    anns = json.loads((tables / "sample_annotation.json").read_text())
+    for a in anns:
+        if rng.random() < 0.3:
+            a["prev"] = a["next"] = ""
+    (tables / "sample_annotation.json").write_text(json.dumps(anns))
     splits_path = tables / "splits.json"
     splits = json.loads(splits_path.read_text())
     splits[SPLIT] = sorted({s for v in splits.values() for s in v})
@@ -155,7 +163,7 @@ def test_workspace_names_its_ingest_and_table_prints(world: dict[str, Any]) -> N
     out = kdpipe("audit", "--submission", str(world["sub"]), "--ingest", str(ws))
     assert out.returncode == 0, out.stderr
     assert str(world["ingest"]) in out.stdout
-    assert f"NDS {world['want']['nd_score']:.3f}" in out.stdout
+    assert f"NDS {world['want']['nd_score']:.4f}" in out.stdout
     for word in ("mATE", "mASE", "mAOE", "mAVE", "mAAE", "traffic_cone", "barrier"):
         assert word in out.stdout
 
