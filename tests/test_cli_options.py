@@ -56,11 +56,20 @@ def test_workflow_option_is_the_same_everywhere() -> None:
                 seen[name] = p
                 assert type(p).__name__ == "TyperOption", name
                 assert set(p.opts) | set(p.secondary_opts) == {"--workflow", "-w"}, name
-                if name in RUNS_A_WORKFLOW:
+                if name == "audit":  # required unless --submission (checked in the command)
+                    assert not p.required and p.default is None, name
+                elif name in RUNS_A_WORKFLOW:
                     assert p.required and p.default is None, name
                 else:  # a filter
                     assert not p.required and p.default is None, name
     assert set(seen) == RUNS_A_WORKFLOW | {"gc", "metrics"}
+
+
+def test_audit_without_workflow_or_submission_guesses_nothing(tmp_path: Any) -> None:
+    res = subprocess.run([*KDPIPE, "audit", "--workspace", str(tmp_path / "ws")],
+                         capture_output=True, text=True, timeout=60, check=False, cwd=tmp_path)
+    assert res.returncode == 2 and "--workflow" in res.stderr and "--submission" in res.stderr
+    assert not (tmp_path / "ws").exists()
 
 
 def test_run_without_workflow_guesses_nothing(tmp_path: Any) -> None:
