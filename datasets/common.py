@@ -23,18 +23,11 @@ import numpy as np
 import numpy.typing as npt
 import polars as pl
 
+from kdpipe.datasets import shard_writer as sw
 from kdpipe.datasets.box_counts import count_points_in_boxes
 from kdpipe.datasets.formats.bins import recording_digests
 from kdpipe.datasets.formats.errors import FormatError
 from kdpipe.datasets.formats.kitti import DONT_CARE, KittiLabels
-from kdpipe.datasets.shard_writer import (
-    Node,
-    Written,
-    create_nodes,
-    tree_digest,
-    write_row_array,
-    write_small_array,
-)
 from kdpipe.schemas import boxes as bx
 from kdpipe.schemas.tables import BOXES, CALIBRATION, FRAMES, REJECTS, frame_table
 
@@ -174,26 +167,26 @@ class GroupWriter:
             names, units, native = self.fields[sensor]
             counts = np.array([len(c) for c in clouds], dtype=np.int64)
             offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)  # (F + 1,)
-            nodes += [Node(sensor), Node(f"{sensor}/points", {
+            nodes += [sw.Node(sensor), sw.Node(f"{sensor}/points", {
                 "fields": list(names), "units": list(units), "frame": "ego",
                 "native_frame": native}, {
                 "shape": (int(offsets[-1]), len(names)), "dtype": np.float32,
                 "chunks": (rows, len(names)),
                 "shards": (rows * self.storage.shard_chunks, len(names)),
                 "compressors": self._codec(True), "dimension_names": ("point", "field")}),
-                Node(f"{sensor}/offsets", {
+                sw.Node(f"{sensor}/offsets", {
                     "meaning": "points[offsets[i]:offsets[i+1]] belong to frame i"}, {
                     "shape": offsets.shape, "dtype": np.int64,
                     "chunks": (max(len(offsets), 1),), "compressors": None})]
             arrays.append((sensor, clouds, offsets))
         # every zarr.json of the group in one round trip to zarr's event loop
-        group = create_nodes(gdir, {"source": self.source, "scene": self.scene,
+        group = sw.create_nodes(gdir, {"source": self.source, "scene": self.scene,
                                     "frames": [f["frame"] for f in self.frames]}, nodes)
-        written = Written(gdir)
+        written = sw.Written(gdir)
         for sensor, clouds, offsets in arrays:
             # the frames' clouds go chunk by chunk into the shards: no concatenated copy
-            write_row_array(gdir / sensor / "points", clouds, written)
-            write_small_array(gdir / sensor / "offsets", offsets, written)
+            sw.write_row_array(gdir / sensor / "points", clouds, written)
+            sw.write_small_array(gdir / sensor / "offsets", offsets, written)
         for path, data, lay in self.extra:
             parent, _, leaf = path.rpartition("/")
             target = group.require_group(parent) if parent else group
@@ -207,7 +200,7 @@ class GroupWriter:
             frame_table(table, schema).write_parquet(self.part / f"{name}.parquet")
         pl.DataFrame(self.log.rows, schema=SOURCES).write_parquet(self.part / "sources.parquet")
         # digested here, in parallel across groups, so the driver never re-reads the store
-        (self.part / "_digest").write_text(tree_digest(gdir, written.sha256))
+        (self.part / "_digest").write_text(sw.tree_digest(gdir, written.sha256))
         (self.part / "_done").write_text(str(len(self.frames)))
 
 
