@@ -49,8 +49,9 @@ class Candidates:
 _PAIRS_PER_CHUNK = 1 << 22  # bounds the transient (pairs, 2) arrays of a large evaluation
 
 
-def _group_pairs(det: BoxSet, gt: BoxSet) -> tuple[np.ndarray, np.ndarray]:
-    """Every (detection, ground truth) pair of the same frame and class, in chunks' order."""
+def _pair_index(det: BoxSet, gt: BoxSet) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Ground truth sorted by (frame, class), input order inside a group, and for each
+    detection where its group starts there and how many it holds: (g_order, lo, n)."""
     n_cls = int(max(det.cls.max(initial=0), gt.cls.max(initial=0))) + 1
     g_key = gt.frame * n_cls + gt.cls
     g_order = np.argsort(g_key, kind="stable")                # same group: input order
@@ -58,9 +59,21 @@ def _group_pairs(det: BoxSet, gt: BoxSet) -> tuple[np.ndarray, np.ndarray]:
     d_key = det.frame * n_cls + det.cls
     lo = np.searchsorted(sorted_key, d_key, side="left")
     n = np.searchsorted(sorted_key, d_key, side="right") - lo  # (P,) candidates of each
-    p = np.repeat(np.arange(len(det)), n)
+    return g_order, lo, n
+
+
+def _pairs(index: tuple[np.ndarray, np.ndarray, np.ndarray], a: int, b: int
+           ) -> tuple[np.ndarray, np.ndarray]:
+    """Every (detection, ground truth) pair of detections a..b-1, by detection."""
+    g_order, lo, n = index[0], index[1][a:b], index[2][a:b]
+    p = np.repeat(np.arange(a, b), n)
     start = np.repeat(np.cumsum(n) - n, n)
     return p, g_order[np.repeat(lo, n) + np.arange(p.size) - start]
+
+
+def _group_pairs(det: BoxSet, gt: BoxSet) -> tuple[np.ndarray, np.ndarray]:
+    """Every (detection, ground truth) pair of the same frame and class, by detection."""
+    return _pairs(_pair_index(det, gt), 0, len(det))
 
 
 def _pack(p: np.ndarray, g: np.ndarray, cost: np.ndarray, n_det: int) -> Candidates:
@@ -83,16 +96,19 @@ def candidates(det: BoxSet, gt: BoxSet, criterion: Criterion, max_distance_m: fl
         return Candidates(np.full((len(det), 0), -1, np.int64), np.zeros((len(det), 0)))
     if criterion == "center_distance":
         ps, gs, cs = [], [], []
-        step = max(1, _PAIRS_PER_CHUNK // len(gt))
-        for a in range(0, len(det), step):
-            sub = BoxSet(det.frame[a:a + step], det.cls[a:a + step], det.boxes[a:a + step],
-                         det.xy[a:a + step])
-            p, g = _group_pairs(sub, gt)
-            d = np.hypot(*(sub.xy[p] - gt.xy[g]).T)
+        index = _pair_index(det, gt)                   # the ground truth sorted once
+        ends = np.cumsum(index[2])                     # pairs up to each detection
+        a = 0
+        while a < len(det):  # chunks of at most _PAIRS_PER_CHUNK pairs (one detection at least)
+            base = int(ends[a - 1]) if a else 0
+            b = max(a + 1, int(np.searchsorted(ends, base + _PAIRS_PER_CHUNK, side="right")))
+            p, g = _pairs(index, a, b)
+            d = np.hypot(*(det.xy[p] - gt.xy[g]).T)
             keep = d < max_distance_m
-            ps.append(p[keep] + a)
+            ps.append(p[keep])
             gs.append(g[keep])
             cs.append(d[keep])
+            a = b
         return _pack(np.concatenate(ps), np.concatenate(gs), np.concatenate(cs), len(det))
     import torch
 
