@@ -43,60 +43,19 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import polars as pl
 
 from kdpipe.datasets.synth import SynthConfig, write_nuscenes
 from kdpipe.evaluation.nuscenes_eval import write_submission
-from kdpipe.schemas.tables import DETECTIONS
 from kdpipe.submission_audit import audit_submission
 from kdpipe.testing import ingest_store
+from kdpipe.testing.submissions import (
+    add_split_of_every_scene,
+    noisy_detections,
+    scramble_attributes,
+)
 
 SPLIT = "bench_all"  # custom devkit split (v1.0-mini/splits.json) holding every scene
-
-
-def predictions(gt: pl.DataFrame, seed: int, fp_per_object: float = 0.4) -> pl.DataFrame:
-    """Detections made from ground truth: misses, noise, duplicates, confusions, clutter."""
-    rng = np.random.default_rng(seed)
-    gt = gt.filter(pl.col("label").is_not_null())
-    hit = gt.filter(pl.Series(rng.random(gt.height) > 0.15))
-    n = hit.height
-    sd_m = 0.1 + 0.02 * np.hypot(hit["x_ego_m"].to_numpy(), hit["y_ego_m"].to_numpy())
-    names = sorted(set(gt["label"].to_list()))
-    tp = hit.with_columns(
-        x_ego_m=pl.col("x_ego_m") + rng.normal(0, sd_m),
-        y_ego_m=pl.col("y_ego_m") + rng.normal(0, sd_m),
-        z_ego_m=pl.col("z_ego_m") + rng.normal(0, 0.1, n),
-        length_m=pl.col("length_m") * rng.uniform(0.8, 1.2, n),
-        width_m=pl.col("width_m") * rng.uniform(0.8, 1.2, n),
-        yaw_ego_rad=pl.col("yaw_ego_rad") + rng.normal(0, 0.3, n)
-        + np.pi * (rng.random(n) < 0.1),
-        vx_ego_mps=pl.col("vx_ego_mps").fill_null(0.0) + rng.normal(0, 0.5, n),
-        vy_ego_mps=pl.col("vy_ego_mps").fill_null(0.0) + rng.normal(0, 0.5, n),
-        label=pl.when(pl.Series(rng.random(n) < 0.03)).then(pl.Series(rng.choice(names, n)))
-        .otherwise(pl.col("label")),
-        score=pl.Series(np.clip(rng.beta(5, 2, n) - 0.004 * sd_m, 0.01, 1.0)))
-    dup = tp.sample(fraction=0.1, seed=seed).with_columns(
-        x_ego_m=pl.col("x_ego_m") + rng.normal(0, 1.0), score=pl.col("score") * 0.6)
-    n_fp = int(fp_per_object * gt.height)
-    fp = gt.sample(n_fp, with_replacement=True, seed=seed + 1).with_columns(
-        x_ego_m=pl.Series(rng.uniform(-55, 55, n_fp)),
-        y_ego_m=pl.Series(rng.uniform(-55, 55, n_fp)), score=pl.Series(rng.beta(2, 5, n_fp)))
-    return pl.concat([tp, dup, fp]).with_columns(
-        det_index=pl.lit(0, pl.Int32), vx_ego_mps=pl.col("vx_ego_mps").fill_null(0.0),
-        vy_ego_mps=pl.col("vy_ego_mps").fill_null(0.0)).select(list(DETECTIONS))
-
-
-def scramble_attributes(sub: Path, seed: int) -> None:
-    from nuscenes.eval.detection.constants import ATTRIBUTE_NAMES
-
-    rng = np.random.default_rng(seed)
-    data = json.loads(sub.read_text())
-    for boxes in data["results"].values():
-        for b in boxes:
-            if rng.random() < 0.25:
-                b["attribute_name"] = str(rng.choice([*ATTRIBUTE_NAMES, ""]))
-    sub.write_text(json.dumps(data))
 
 
 def world(tmp: Path, scenes: int, samples: int) -> tuple[Path, Path]:
@@ -104,10 +63,7 @@ def world(tmp: Path, scenes: int, samples: int) -> tuple[Path, Path]:
     write_nuscenes(root, scenes, seed=11, cfg=SynthConfig(
         nus_samples_per_scene=samples, image_scale=0.1, nus_lidar_azimuths=128,
         nus_radar_sweeps=1, nus_cameras=()))
-    splits_path = root / "v1.0-mini" / "splits.json"
-    splits = json.loads(splits_path.read_text())
-    splits[SPLIT] = sorted({s for v in splits.values() for s in v})
-    splits_path.write_text(json.dumps(splits))
+    add_split_of_every_scene(root / "v1.0-mini", SPLIT)
     return root, ingest_store(tmp, root, "nuscenes", camera_channels=[])
 
 
@@ -181,7 +137,8 @@ def main() -> None:
         frames = pl.read_parquet(ingest / "frames.parquet")
         boxes = pl.read_parquet(ingest / "boxes.parquet")
         sub = tmp / "submission.json"
-        info = write_submission(predictions(boxes, 0, args.fp_per_object), frames, sub)
+        info = write_submission(noisy_detections(boxes, 0, fp_per_object=args.fp_per_object,
+                                                    height_noise=False), frames, sub)
         scramble_attributes(sub, seed=1)
         load_at_timing = os.getloadavg()
         load_s, init_s, eval_s, kd_s, dev_cpu, kd_cpu = [], [], [], [], [], []

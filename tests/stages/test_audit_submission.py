@@ -16,8 +16,12 @@ import pytest
 
 from kdpipe.datasets.synth import SynthConfig, write_nuscenes
 from kdpipe.evaluation.nuscenes_eval import score_nuscenes, write_submission
-from kdpipe.schemas.tables import DETECTIONS
 from kdpipe.testing import ingest_store
+from kdpipe.testing.submissions import (
+    add_split_of_every_scene,
+    noisy_detections,
+    scramble_attributes,
+)
 
 SPLIT = "audit_all"  # custom devkit split holding every scene of the world
 # categories given to some instances before ingest, so that the world holds the classes whose
@@ -47,59 +51,7 @@ def relabel_instances(root: Path, seed: int) -> None:
         if rng.random() < 0.3:
             a["prev"] = a["next"] = ""
     (tables / "sample_annotation.json").write_text(json.dumps(anns))
-    splits_path = tables / "splits.json"
-    splits = json.loads(splits_path.read_text())
-    splits[SPLIT] = sorted({s for v in splits.values() for s in v})
-    splits_path.write_text(json.dumps(splits))
-
-
-def noisy_detections(gt: pl.DataFrame, seed: int) -> pl.DataFrame:
-    """Ground truth made imperfect: 15% missed, noise in centre (growing with range), size,
-    yaw and velocity, 10% duplicates, 3% another class, clutter (also of classes absent from
-    the ground truth)."""
-    rng = np.random.default_rng(seed)
-    gt = gt.filter(pl.col("label").is_not_null())
-    hit = gt.filter(pl.Series(rng.random(gt.height) > 0.15))
-    n = hit.height
-    sd_m = 0.1 + 0.02 * np.hypot(hit["x_ego_m"].to_numpy(), hit["y_ego_m"].to_numpy())
-    names = sorted(set(gt["label"].to_list()))
-    tp = hit.with_columns(
-        x_ego_m=pl.col("x_ego_m") + rng.normal(0, sd_m),
-        y_ego_m=pl.col("y_ego_m") + rng.normal(0, sd_m),
-        z_ego_m=pl.col("z_ego_m") + rng.normal(0, 0.1, n),
-        length_m=pl.col("length_m") * rng.uniform(0.8, 1.2, n),
-        width_m=pl.col("width_m") * rng.uniform(0.8, 1.2, n),
-        height_m=pl.col("height_m") * rng.uniform(0.8, 1.2, n),
-        yaw_ego_rad=pl.col("yaw_ego_rad") + rng.normal(0, 0.3, n)
-        + np.pi * (rng.random(n) < 0.1),                      # some boxes facing backwards
-        vx_ego_mps=pl.col("vx_ego_mps").fill_null(0.0) + rng.normal(0, 0.5, n),
-        vy_ego_mps=pl.col("vy_ego_mps").fill_null(0.0) + rng.normal(0, 0.5, n),
-        label=pl.when(pl.Series(rng.random(n) < 0.03)).then(pl.Series(rng.choice(names, n)))
-        .otherwise(pl.col("label")),
-        score=pl.Series(np.clip(rng.beta(5, 2, n) - 0.004 * sd_m, 0.01, 1.0)))
-    dup = tp.sample(fraction=0.1, seed=seed).with_columns(
-        x_ego_m=pl.col("x_ego_m") + rng.normal(0, 1.0), score=pl.col("score") * 0.6)
-    n_fp = max(1, int(0.4 * gt.height))
-    fp = gt.sample(n_fp, with_replacement=True, seed=seed + 1).with_columns(
-        x_ego_m=pl.Series(rng.uniform(-55, 55, n_fp)),
-        y_ego_m=pl.Series(rng.uniform(-55, 55, n_fp)), score=pl.Series(rng.beta(2, 5, n_fp)),
-        label=pl.Series(rng.choice([*names, "bus", "motorcycle"], n_fp)))
-    return pl.concat([tp, dup, fp]).with_columns(
-        det_index=pl.lit(0, pl.Int32), vx_ego_mps=pl.col("vx_ego_mps").fill_null(0.0),
-        vy_ego_mps=pl.col("vy_ego_mps").fill_null(0.0)).select(list(DETECTIONS))
-
-
-def scramble_attributes(sub: Path, seed: int) -> None:
-    """Wrong attributes on a quarter of the boxes (some empty), as a detector gets them."""
-    from nuscenes.eval.detection.constants import ATTRIBUTE_NAMES
-
-    rng = np.random.default_rng(seed)
-    data = json.loads(sub.read_text())
-    for boxes in data["results"].values():
-        for b in boxes:
-            if rng.random() < 0.25:
-                b["attribute_name"] = str(rng.choice([*ATTRIBUTE_NAMES, ""]))
-    sub.write_text(json.dumps(data))
+    add_split_of_every_scene(tables, SPLIT)
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +66,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     frames = pl.read_parquet(ingest / "frames.parquet")
     boxes = pl.read_parquet(ingest / "boxes.parquet")
     sub = tmp / "submission.json"
-    write_submission(noisy_detections(boxes, seed=1), frames, sub)
+    dets = noisy_detections(boxes, seed=1, fp_extra_labels=("bus", "motorcycle"))  # + absent
+    write_submission(dets, frames, sub)
     scramble_attributes(sub, seed=2)
     want = score_nuscenes(root, "v1.0-mini", SPLIT, sub, tmp / "eval")
     return {"tmp": tmp, "root": root, "ingest": ingest, "sub": sub, "want": want,
