@@ -88,7 +88,8 @@ def audit_submission(submission: Path, ingest: Path) -> dict[str, Any]:
 
 
 def _audit_submission(submission: Path, ingest: Path) -> dict[str, Any]:
-    from kdpipe.stages.audit.tp_errors import devkit_rules_from_files, nuscenes_scores
+    from kdpipe.stages.audit.nuscenes import devkit_rules
+    from kdpipe.stages.audit.tp_errors import nuscenes_scores
 
     t0 = time.perf_counter()
     results = read_results(submission)
@@ -100,7 +101,7 @@ def _audit_submission(submission: Path, ingest: Path) -> dict[str, Any]:
                               f"{', '.join(sorted(map(str, frames_all['dataset'].unique())))})")
     where = f"the nuScenes frames of the ingest {art}"
     frames = submission_frames(results, nus, submission, where)
-    rules = devkit_rules_from_files()
+    rules = devkit_rules()
     dets = submission_table(submission, results, frames, rules.max_boxes_per_sample)
     boxes = pl.read_parquet(art / "boxes.parquet", columns=_BOX_COLUMNS).filter(
         pl.col("frame_id").is_in(frames["frame_id"].implode()))

@@ -46,13 +46,15 @@ class NuScenesRules:
 
 
 def devkit_rules(name: str = "detection_cvpr_2019") -> NuScenesRules:
-    """The devkit's own config, read from the installed package (no numbers copied here)."""
-    from nuscenes.eval.common.config import config_factory
+    """The devkit's own config, read from the installed package's JSON (what `config_factory`
+    reads, without importing the devkit: 2 s of matplotlib and OpenCV; no numbers copied here;
+    tests/stages/test_audit_submission.py checks it equals the imported devkit's)."""
+    from kdpipe.evaluation.nuscenes_devkit import detection_config
 
-    cfg = config_factory(name)
-    return NuScenesRules(tuple(cfg.class_names), dict(cfg.class_range), tuple(cfg.dist_ths),
-                         float(cfg.min_recall), float(cfg.min_precision),
-                         int(cfg.max_boxes_per_sample))
+    cfg = detection_config(name)
+    return NuScenesRules(tuple(cfg["class_range"]), dict(cfg["class_range"]),
+                         tuple(cfg["dist_ths"]), float(cfg["min_recall"]),
+                         float(cfg["min_precision"]), int(cfg["max_boxes_per_sample"]))
 
 
 def with_world_xy(df: pl.DataFrame, frames: pl.DataFrame) -> pl.DataFrame:

@@ -36,7 +36,7 @@ from kdpipe.stages.audit.metrics import (
     candidates,
     greedy_match,
 )
-from kdpipe.stages.audit.nuscenes import NuScenesRules, apply_rules, box_sets
+from kdpipe.stages.audit.nuscenes import NuScenesRules, apply_rules, box_sets, devkit_rules
 
 NUS_RECALL_POINTS = 101  # DetectionMetricData.nelem
 SHORT_NAMES = {"trans_err": "ATE", "scale_err": "ASE", "orient_err": "AOE", "vel_err": "AVE",
@@ -60,15 +60,6 @@ def devkit_tp_rules(name: str = "detection_cvpr_2019") -> TPRules:
     cfg, const = detection_config(name), detection_constants()
     return TPRules(tuple(const["TP_METRICS"]), float(cfg["dist_th_tp"]),
                    float(cfg["min_recall"]), float(cfg["mean_ap_weight"]))
-
-
-def devkit_rules_from_files(name: str = "detection_cvpr_2019") -> NuScenesRules:
-    """`nuscenes.devkit_rules` without importing the devkit (the same JSON `config_factory`
-    reads; see kdpipe.evaluation.nuscenes_devkit)."""
-    cfg = detection_config(name)
-    return NuScenesRules(tuple(cfg["class_range"]), dict(cfg["class_range"]),
-                         tuple(cfg["dist_ths"]), float(cfg["min_recall"]),
-                         float(cfg["min_precision"]), int(cfg["max_boxes_per_sample"]))
 
 
 _TERMS = ["x_world_m", "y_world_m", "length_m", "width_m", "height_m"]
@@ -205,7 +196,7 @@ def nuscenes_scores(dets: pl.DataFrame, gts: pl.DataFrame, frames: pl.DataFrame,
         `mean_ap`, `nd_score`, `tp_errors` ({metric: mean over classes}), `class_ap`,
         `class_tp_errors` ({class: {metric: error or NaN}}), `ap`, `n_gt`, `n_det`.
     """
-    rules, tpr = rules or devkit_rules_from_files(), tp_rules or devkit_tp_rules()
+    rules, tpr = rules or devkit_rules(), tp_rules or devkit_tp_rules()
     d, g = apply_rules(dets, gts, frames, rules)
     det, gt = box_sets(d, g, frames["frame_id"].to_list(), rules.class_names,
                        ("x_world_m", "y_world_m"))

@@ -158,10 +158,15 @@ def test_devkit_settings_read_from_files_equal_the_imported_devkit() -> None:
 
     from kdpipe.evaluation.nuscenes_devkit import detection_constants
     from kdpipe.stages.audit.nuscenes import devkit_rules
-    from kdpipe.stages.audit.tp_errors import devkit_rules_from_files, devkit_tp_rules
+    from kdpipe.stages.audit.tp_errors import devkit_tp_rules
 
-    assert devkit_rules_from_files() == devkit_rules()
-    cfg, tpr = config_factory("detection_cvpr_2019"), devkit_tp_rules()
+    cfg, rules = config_factory("detection_cvpr_2019"), devkit_rules()
+    assert rules.class_names == tuple(cfg.class_names)
+    assert rules.class_range_m == dict(cfg.class_range)
+    assert (rules.dist_ths_m, rules.min_recall, rules.min_precision,
+            rules.max_boxes_per_sample) == (tuple(cfg.dist_ths), cfg.min_recall,
+                                            cfg.min_precision, cfg.max_boxes_per_sample)
+    tpr = devkit_tp_rules()
     assert (tpr.dist_th_tp_m, tpr.min_recall, tpr.mean_ap_weight) == (
         cfg.dist_th_tp, cfg.min_recall, cfg.mean_ap_weight)
     assert tpr.metrics == tuple(constants.TP_METRICS)
