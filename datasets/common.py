@@ -28,6 +28,7 @@ from kdpipe.datasets.box_counts import count_points_in_boxes
 from kdpipe.datasets.formats.bins import recording_digests
 from kdpipe.datasets.formats.errors import FormatError
 from kdpipe.datasets.formats.kitti import DONT_CARE, KittiLabels
+from kdpipe.pipeline.hashing import digest_path
 from kdpipe.schemas import boxes as bx
 from kdpipe.schemas.tables import BOXES, CALIBRATION, FRAMES, REJECTS, frame_table
 
@@ -200,7 +201,7 @@ class GroupWriter:
             frame_table(table, schema).write_parquet(self.part / f"{name}.parquet")
         pl.DataFrame(self.log.rows, schema=SOURCES).write_parquet(self.part / "sources.parquet")
         # digested here, in parallel across groups, so the driver never re-reads the store
-        (self.part / "_digest").write_text(sw.tree_digest(gdir, written.sha256))
+        (self.part / "_digest").write_text(digest_path(gdir, written.sha256))
         (self.part / "_done").write_text(str(len(self.frames)))
 
 

@@ -23,13 +23,12 @@ Any metadata other than that (a zarr default that changed, another codec) is wri
 zarr-python instead, so the store never depends on this module agreeing with zarr: `tests/
 datasets/test_shard_writer.py` compares the bytes with zarr-python's for every storage option.
 The sha256 of each file is taken from the bytes as they are written (`Written`), so the group
-digest needs no second read (`tree_digest` equals `pipeline.hashing.digest_path`).
+digest needs no second read (`pipeline.hashing.digest_path(root, known=written.sha256)`).
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -238,25 +237,3 @@ async def _create(made: dict[str, Any], node: Node) -> Any:
     if node.array is None:
         return await made[parent].create_group(name, attributes=node.attributes)
     return await made[parent].create_array(name, attributes=node.attributes, **node.array)
-
-
-def tree_digest(root: Path, known: dict[str, str]) -> str:
-    """`pipeline.hashing.digest_path(root)` of a folder, taking the sha256 of the files in
-    `known` (relative path -> sha256) from there instead of reading them."""
-    from kdpipe.pipeline.hashing import sha256_file
-
-    rows = []
-    stack = [(str(root), "")]
-    while stack:  # the walk of hashing._walk_files: no symlinked folder, symlinked files kept
-        d, prefix = stack.pop()
-        with os.scandir(d) as it:
-            for e in it:
-                rel = f"{prefix}{e.name}"
-                if e.is_dir(follow_symlinks=False):
-                    stack.append((e.path, rel + "/"))
-                elif e.is_file(follow_symlinks=True):
-                    rows.append((rel, known.get(rel) or sha256_file(e.path)))
-    h = hashlib.sha256()
-    for rel, sha in sorted(rows):
-        h.update(rel.encode() + b"\0" + sha.encode() + b"\n")
-    return h.hexdigest()

@@ -64,14 +64,19 @@ def _walk_files(root: Path) -> Iterable[tuple[str, os.DirEntry[str]]]:
                     yield rel, e
 
 
-def digest_path(path: str | os.PathLike[str]) -> str:
-    """sha256 of a file, or of a directory tree as sorted (relative path, file sha256) pairs."""
+def digest_path(path: str | os.PathLike[str], known: Mapping[str, str] | None = None) -> str:
+    """sha256 of a file, or of a directory tree as sorted (relative path, file sha256) pairs.
+
+    `known`: relative path -> sha256 of files whose digest was taken while they were written
+    (ingest's shard writer), so they are not read back."""
     p = Path(path)
     if p.is_file():
         return sha256_file(p)
+    known = known or {}
     h = hashlib.sha256()
     for rel, e in sorted(_walk_files(p), key=lambda t: t[0]):
-        h.update(rel.encode() + b"\0" + sha256_file(e.path).encode() + b"\n")
+        sha = known.get(rel) or sha256_file(e.path)
+        h.update(rel.encode() + b"\0" + sha.encode() + b"\n")
     return h.hexdigest()
 
 

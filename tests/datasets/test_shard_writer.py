@@ -12,7 +12,6 @@ from kdpipe.datasets.shard_writer import (
     Node,
     Written,
     create_nodes,
-    tree_digest,
     write_row_array,
     write_small_array,
 )
@@ -75,7 +74,7 @@ def test_same_bytes_as_zarr(tmp_path: Path, case: str, codec: str) -> None:
     write_small_array(tmp_path / "got/lidar/offsets", offsets, written)
 
     assert _files(tmp_path / "got") == _files(tmp_path / "ref")
-    assert tree_digest(tmp_path / "got", written.sha256) == digest_path(tmp_path / "ref")
+    assert digest_path(tmp_path / "got", written.sha256) == digest_path(tmp_path / "ref")
     back = zarr.open_group(store=str(tmp_path / "got"), mode="r")
     np.testing.assert_array_equal(back["lidar/points"][...], data)
 
@@ -87,8 +86,8 @@ def test_digest_reads_files_it_was_not_told(tmp_path: Path) -> None:
     written = Written(tmp_path)
     written.file(tmp_path / "b" / "z", [b"z", memoryview(b"zz")])
     assert (tmp_path / "b" / "z").read_bytes() == b"zzz"
-    assert tree_digest(tmp_path, written.sha256) == digest_path(tmp_path)
-    assert tree_digest(tmp_path, {}) == digest_path(tmp_path)
+    assert digest_path(tmp_path, written.sha256) == digest_path(tmp_path)
+    assert digest_path(tmp_path, {}) == digest_path(tmp_path)
 
 
 def test_other_layouts_go_through_zarr(tmp_path: Path) -> None:
