@@ -49,16 +49,32 @@ class Candidates:
 _PAIRS_PER_CHUNK = 1 << 22  # bounds the transient (pairs, 2) arrays of a large evaluation
 
 
-def _pair_index(det: BoxSet, gt: BoxSet) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Ground truth sorted by (frame, class), input order inside a group, and for each
-    detection where its group starts there and how many it holds: (g_order, lo, n)."""
+def _pair_index(det: BoxSet, gt: BoxSet, radius_m: float = np.inf
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Ground truth sorted by (frame, class), and for each detection where its candidates
+    start there and how many there are: (g_order, lo, n). With a finite `radius_m` the ground
+    truth is sorted by x inside a group and a detection's candidates are those within
+    `radius_m` of it in x (a superset of those within `radius_m` in xy; the caller keeps the
+    true distances), else its whole group, in input order."""
     n_cls = int(max(det.cls.max(initial=0), gt.cls.max(initial=0))) + 1
-    g_key = gt.frame * n_cls + gt.cls
-    g_order = np.argsort(g_key, kind="stable")                # same group: input order
+    g_key = (gt.frame * n_cls + gt.cls).astype(np.float64)
+    d_key = (det.frame * n_cls + det.cls).astype(np.float64)
+    lo_off = hi_off = 0.0
+    if np.isfinite(radius_m) and np.isfinite(gt.xy[:, 0]).all() \
+            and np.isfinite(det.xy[:, 0]).all():
+        # key = group * width + x - x_min: groups never overlap, x orders inside a group; the
+        # window gets a margin for the rounding of these sums (it only adds candidates)
+        x_min = min(gt.xy[:, 0].min(initial=0.0), det.xy[:, 0].min(initial=0.0))
+        x_max = max(gt.xy[:, 0].max(initial=0.0), det.xy[:, 0].max(initial=0.0))
+        width = x_max - x_min + 2 * radius_m + 1.0
+        g_key = g_key * width + (gt.xy[:, 0] - x_min)
+        d_key = d_key * width + (det.xy[:, 0] - x_min)
+        margin = 1e-6 * (1.0 + float(np.abs(g_key).max(initial=0.0)) * 1e-6)
+        lo_off, hi_off = -radius_m - margin, radius_m + margin
+    g_order = np.argsort(g_key, kind="stable")                # same key: input order
     sorted_key = g_key[g_order]
-    d_key = det.frame * n_cls + det.cls
-    lo = np.searchsorted(sorted_key, d_key, side="left")
-    n = np.searchsorted(sorted_key, d_key, side="right") - lo  # (P,) candidates of each
+    lo = np.searchsorted(sorted_key, d_key + lo_off, side="left")
+    n = np.searchsorted(sorted_key, d_key + hi_off, side="right") - lo  # (P,) candidates
     return g_order, lo, n
 
 
@@ -96,7 +112,7 @@ def candidates(det: BoxSet, gt: BoxSet, criterion: Criterion, max_distance_m: fl
         return Candidates(np.full((len(det), 0), -1, np.int64), np.zeros((len(det), 0)))
     if criterion == "center_distance":
         ps, gs, cs = [], [], []
-        index = _pair_index(det, gt)                   # the ground truth sorted once
+        index = _pair_index(det, gt, max_distance_m)   # the ground truth sorted once
         ends = np.cumsum(index[2])                     # pairs up to each detection
         a = 0
         while a < len(det):  # chunks of at most _PAIRS_PER_CHUNK pairs (one detection at least)
@@ -109,7 +125,11 @@ def candidates(det: BoxSet, gt: BoxSet, criterion: Criterion, max_distance_m: fl
             gs.append(g[keep])
             cs.append(d[keep])
             a = b
-        return _pack(np.concatenate(ps), np.concatenate(gs), np.concatenate(cs), len(det))
+        p, g, c = np.concatenate(ps), np.concatenate(gs), np.concatenate(cs)
+        # each detection's candidates in ground-truth input order (not x order): of equal
+        # distances the first wins, as in the devkit
+        by = np.lexsort((g, p))
+        return _pack(p[by], g[by], c[by], len(det))
     import torch
 
     from kdpipe.models.iou import boxes_iou_3d, boxes_iou_bev
@@ -151,25 +171,58 @@ def greedy_match(det: BoxSet, cand: Candidates, n_gt: int, limit: np.ndarray,
     if n == 0 or cand.gt.shape[1] == 0:
         return matched
     assert det.score is not None
-    group = det.frame * (int(det.cls.max()) + 1) + det.cls
+    # a detection none of whose candidates is another's cannot lose one to an earlier
+    # detection, nor take one from a later: its nearest (best) candidate is its match, with no
+    # loop; only the contested ones go through the rank loop (those without candidates: none)
+    valid = cand.gt >= 0                                       # (P, K)
+    shared = np.bincount(cand.gt[valid], minlength=n_gt) > 1
+    contested = (valid & shared[np.where(valid, cand.gt, 0)]).any(axis=1)
+    free = np.flatnonzero(valid.any(axis=1) & ~contested)
+    _take_best(free, cand, limit, criterion, matched)
+    loop = np.flatnonzero(contested)
+    if loop.size:
+        matched[loop] = _greedy_loop(det, cand, n_gt, limit, criterion, loop)
+    return matched
+
+
+def _take_best(ps: np.ndarray, cand: Candidates, limit: np.ndarray, criterion: Criterion,
+               matched: np.ndarray) -> np.ndarray:
+    """Detections `ps` take their best candidate where it meets their limit (into `matched`);
+    returns the ground truth taken."""
+    c = cand.cost[ps]                                          # (k, K), +inf: none or taken
+    j = c.argmin(axis=1)
+    best = c[np.arange(ps.size), j]
+    ok = best < limit[ps] if criterion == "center_distance" else -best >= limit[ps]
+    ok &= np.isfinite(best)
+    g = cand.gt[ps[ok], j[ok]]
+    matched[ps[ok]] = g
+    return g
+
+
+def _greedy_loop(det: BoxSet, cand: Candidates, n_gt: int, limit: np.ndarray,
+                 criterion: Criterion, rows: np.ndarray) -> np.ndarray:
+    """`greedy_match` of detections `rows` among themselves, one vectorised step per rank."""
+    assert det.score is not None
+    n = rows.size
+    matched = np.full(n, -1, dtype=np.int64)
+    frame, cls, score = det.frame[rows], det.cls[rows], det.score[rows]
+    sub = Candidates(cand.gt[rows], cand.cost[rows])
+    group = frame * (int(cls.max()) + 1) + cls
     idx = np.arange(n)
-    order = np.lexsort((-idx, -det.score, group))             # by group, then as score_order
+    order = np.lexsort((-idx, -score, group))                 # by group, then as score_order
     g_sorted = group[order]
     first = np.r_[True, g_sorted[1:] != g_sorted[:-1]]
     rank = idx - np.maximum.accumulate(np.where(first, idx, 0))  # rank inside its group
     taken = np.zeros(n_gt + 1, dtype=bool)                     # last slot: the -1 padding
     by_rank = order[np.argsort(rank, kind="stable")]
     bounds = np.cumsum(np.bincount(rank))
+    lim = limit[rows]
     for r, end in enumerate(bounds):
         ps = by_rank[(bounds[r - 1] if r else 0):end]          # one detection per group
-        c = np.where(taken[cand.gt[ps]], np.inf, cand.cost[ps])  # (k, K)
-        j = c.argmin(axis=1)
-        best = c[np.arange(ps.size), j]
-        ok = best < limit[ps] if criterion == "center_distance" else -best >= limit[ps]
-        ok &= np.isfinite(best)
-        g = cand.gt[ps[ok], j[ok]]
-        taken[g] = True
-        matched[ps[ok]] = g
+        step = Candidates(sub.gt[ps], np.where(taken[sub.gt[ps]], np.inf, sub.cost[ps]))
+        got = np.full(ps.size, -1, dtype=np.int64)
+        taken[_take_best(np.arange(ps.size), step, lim[ps], criterion, got)] = True
+        matched[ps] = got
     return matched
 
 

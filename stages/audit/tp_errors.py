@@ -165,15 +165,19 @@ def match_thresholds(det: BoxSet, cand: Candidates, n_gt: int, n_frames: int,
     if n_det == 0 or cand.gt.shape[1] == 0:
         return np.full((n_th, n_det), -1, dtype=np.int64)
     assert det.score is not None
-    t = np.repeat(np.arange(n_th), n_det)                                   # (T P,)
-    rep = BoxSet(frame=np.tile(det.frame, n_th) + t * n_frames, cls=np.tile(det.cls, n_th),
-                 boxes=det.boxes, xy=det.xy, score=np.tile(det.score, n_th))
-    gt_rep = np.where(cand.gt >= 0, cand.gt[None] + (np.arange(n_th) * n_gt)[:, None, None],
-                      -1).reshape(n_th * n_det, -1)                          # (T P, K)
-    matched = greedy_match(rep, Candidates(gt_rep, np.tile(cand.cost, (n_th, 1))),
-                           n_th * n_gt, np.repeat(np.asarray(dist_ths_m), n_det),
-                           "center_distance").reshape(n_th, n_det)
-    return np.where(matched >= 0, matched - (np.arange(n_th) * n_gt)[:, None], -1)
+    # a pair at or beyond threshold t never matches there: out of copy t's candidates; a copy
+    # of a detection left with none stays out of the matching (it can take nothing)
+    th = np.asarray(dist_ths_m)
+    near = (cand.gt >= 0) & (cand.cost < th[:, None, None])                # (T, P, K)
+    t, p = np.nonzero(near.any(axis=2))              # the copies that can match, t-major
+    rep = BoxSet(frame=det.frame[p] + t * n_frames, cls=det.cls[p], boxes=det.boxes,
+                 xy=det.xy, score=det.score[p])
+    gt_rep = np.where(near[t, p], cand.gt[p] + (t * n_gt)[:, None], -1)    # (M, K)
+    matched = greedy_match(rep, Candidates(gt_rep, np.where(near[t, p], cand.cost[p], np.inf)),
+                           n_th * n_gt, th[t], "center_distance")
+    out = np.full((n_th, n_det), -1, dtype=np.int64)
+    out[t, p] = np.where(matched >= 0, matched - t * n_gt, -1)
+    return out
 
 
 _ERR_ORDER = ("trans_err", "vel_err", "scale_err", "orient_err", "attr_err")  # pair_errors'
