@@ -1,5 +1,5 @@
 """Read a nuScenes detection submission (mmdetection3d, OpenPCDet or `kdpipe export nuscenes`
-output) into a kdpipe detections table, mapped onto an ingest's frames by sample token.
+output) into arrays of boxes (`NusBoxes`), mapped onto an ingest's frames by sample token.
 
 The format (nuscenes.org/object-detection): ``{"meta": {...}, "results": {sample_token:
 [{sample_token, translation, size, rotation, velocity, detection_name, detection_score,
@@ -9,9 +9,9 @@ devkit's (`load_prediction`, `DetectionBox`): at most `max_boxes_per_sample` box
 known detection and attribute names, a float score that is not NaN; every problem is one
 `SubmissionError` line.
 
-The table keeps the global values the devkit scores (`x_world_m`, `y_world_m`,
-`yaw_world_rad`: `quaternion_yaw`, the heading of the box x axis in the xy plane,
-`vx_world_mps`, `vy_world_mps`) next to the canonical ego boxes that kdpipe tables speak.
+The boxes keep the global values the devkit scores (centre, size, `quaternion_yaw`: the
+heading of the box x axis in the xy plane, velocity) and the ego-frame centre of the
+bike-rack test.
 """
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from kdpipe.evaluation.nuscenes_boxes import NusBoxes
 from kdpipe.evaluation.nuscenes_devkit import detection_constants
 from kdpipe.pipeline.errors import KdpipeError
 
@@ -137,27 +138,30 @@ def _check_names(path: Path, cols: dict[str, list[Any]], tokens: list[str]) -> n
 
 def submission_frames(results: dict[str, list[Any]], frames: pl.DataFrame, path: Path,
                       where: str) -> pl.DataFrame:
-    """The ingest's frames of the submission's samples, in the submission's order."""
+    """The ingest's frames of the submission's samples, in the submission's order (a few
+    hundred rows: matched in Python, one gather)."""
     tokens = list(results)
-    by_token = frames.filter(pl.col("frame").is_in(tokens))
-    dup = by_token.group_by("frame").len().filter(pl.col("len") > 1)
-    if dup.height:
-        raise SubmissionError(f"sample token {dup['frame'][0]!r} names {dup['len'][0]} frames "
-                              f"of {where}; audit one source at a time")
-    missing = sorted(set(tokens) - set(by_token["frame"].to_list()))
+    row_of: dict[str, int] = {}
+    for i, t in enumerate(frames["frame"].to_list()):
+        if t in results:
+            if t in row_of:
+                n = int((frames["frame"] == t).sum())
+                raise SubmissionError(f"sample token {t!r} names {n} frames of {where}; audit "
+                                      "one source at a time")
+            row_of[t] = i
+    missing = [t for t in tokens if t not in row_of]
     if missing:
         raise SubmissionError(f"{len(missing)} of {len(tokens)} sample tokens of {path} are not "
-                              f"in {where}, e.g. {missing[0]!r}")
-    pos = {t: i for i, t in enumerate(tokens)}
-    return by_token.with_columns(_pos=pl.col("frame").replace_strict(pos, return_dtype=pl.Int64)
-                                 ).sort("_pos").drop("_pos")
+                              f"in {where}, e.g. {sorted(missing)[0]!r}")
+    return frames[[row_of[t] for t in tokens]]
 
 
-def submission_table(path: Path, results: dict[str, list[Any]], frames: pl.DataFrame,
-                     max_boxes: int) -> pl.DataFrame:
-    """Every box of the submission as one row: kdpipe's detection columns (canonical ego box,
-    ``label`` = detection name, ``score``), ``attribute``, and the global values the devkit
-    scores. ``frames``: `submission_frames`' output (one frame per sample token)."""
+def submission_boxes(path: Path, results: dict[str, list[Any]], poses: np.ndarray,
+                     class_names: tuple[str, ...], max_boxes: int) -> NusBoxes:
+    """Every box of the submission, in file order, as the devkit scores it (global frame;
+    ``size`` = (width, length, height); yaw = `quaternion_yaw`, the heading of the box x axis
+    in the xy plane), with its centre in the ego frame for the bike-rack test. ``poses``:
+    (F, 4, 4) world-from-ego of the samples in results order (`submission_frames`)."""
     tokens, cols = _flatten(path, results, max_boxes)
     score = _check_names(path, cols, tokens)
     t_world = _numbers(path, cols["translation"], 3, "translation")          # (N, 3)
@@ -170,28 +174,19 @@ def submission_table(path: Path, results: dict[str, list[Any]], frames: pl.DataF
         raise SubmissionError(f"{path}: a size is <= 0 (DetectionEval needs every size > 0)")
     if (np.linalg.norm(q, axis=1) == 0).any():
         raise SubmissionError(f"{path}: a rotation quaternion is all zeros")
-    # `frames` is in results order and the boxes are grouped by sample in that order, so a
-    # box's frame is its sample's position repeated over the sample's boxes
+    # the boxes are grouped by sample in results order, so a box's sample is its sample's
+    # position repeated over the sample's boxes
     n_boxes = np.fromiter(map(len, results.values()), dtype=np.int64, count=len(results))
-    frame_idx = np.repeat(np.arange(len(results)), n_boxes)                 # (N,)
-    T = frames["t_world_from_ego"].to_numpy().astype(np.float64).reshape(-1, 4, 4)[frame_idx]
-    R_t = np.transpose(T[:, :3, :3], (0, 2, 1))                               # ego <- world
-    xyz_ego = np.einsum("nij,nj->ni", R_t, t_world - T[:, :3, 3])             # (N, 3)
-    qn = q / np.linalg.norm(q, axis=1, keepdims=True)
-    w, x, y, z = qn.T
-    x_axis = np.stack([1 - 2 * (y * y + z * z), 2 * (x * y + w * z), 2 * (x * z - w * y)], 1)
-    yaw_world = np.arctan2(x_axis[:, 1], x_axis[:, 0])   # the devkit's quaternion_yaw
-    x_axis_ego = np.einsum("nij,nj->ni", R_t, x_axis)                         # (N, 3)
-    v_ego = np.einsum("nij,nj->ni", R_t, np.c_[v_world, np.zeros(len(tokens))])
-    rank = np.arange(len(tokens)) - np.repeat(np.cumsum(n_boxes) - n_boxes, n_boxes)
-    return pl.DataFrame({
-        "frame_id": frames["frame_id"].gather(frame_idx), "det_index": rank.astype(np.int32),
-        "label": pl.Series(cols["detection_name"], dtype=pl.String), "score": score,
-        "x_ego_m": xyz_ego[:, 0], "y_ego_m": xyz_ego[:, 1], "z_ego_m": xyz_ego[:, 2],
-        "length_m": wlh[:, 1], "width_m": wlh[:, 0], "height_m": wlh[:, 2],
-        "yaw_ego_rad": np.arctan2(x_axis_ego[:, 1], x_axis_ego[:, 0]),
-        "vx_ego_mps": v_ego[:, 0], "vy_ego_mps": v_ego[:, 1],
-        "attribute": pl.Series(cols["attribute_name"], dtype=pl.String),
-        "x_world_m": t_world[:, 0], "y_world_m": t_world[:, 1], "yaw_world_rad": yaw_world,
-        "vx_world_mps": v_world[:, 0], "vy_world_mps": v_world[:, 1],
-    })
+    frame = np.repeat(np.arange(len(results)), n_boxes)                     # (N,)
+    T = poses[frame]                                                         # (N, 4, 4)
+    d_world = t_world - T[:, :3, 3]                                          # box - ego
+    xyz_ego = np.einsum("nji,nj->ni", T[:, :3, :3], d_world)                 # R^T (box - ego)
+    w, x, y, z = (q / np.linalg.norm(q, axis=1, keepdims=True)).T
+    yaw_world = np.arctan2(2 * (x * y + w * z), 1 - 2 * (y * y + z * z))     # quaternion_yaw
+    c_idx = {c: i for i, c in enumerate(class_names)}
+    cls = np.fromiter((c_idx.get(n, -1) for n in cols["detection_name"]), dtype=np.int64,
+                      count=len(tokens))
+    world = np.column_stack([t_world[:, :2], wlh[:, 1], wlh[:, 0], wlh[:, 2], yaw_world,
+                             v_world])
+    return NusBoxes(frame, cls, xyz_ego, world, np.hypot(d_world[:, 0], d_world[:, 1]),
+                    np.asarray(cols["attribute_name"], dtype=object), score)

@@ -17,24 +17,23 @@ import json
 import math
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 
 from kdpipe.evaluation.nuscenes_submission import (
     SubmissionError,
     read_results,
+    submission_boxes,
     submission_frames,
-    submission_table,
 )
 
 _TABLES = ("frames.parquet", "boxes.parquet")
-# what the scoring reads of them (the rest: image paths, 2D boxes, ... stays on disk)
+# what the scoring reads of the frames (image paths, ... stay on disk; the boxes: store_boxes)
 _FRAME_COLUMNS = ["frame_id", "dataset", "frame", "split", "t_world_from_ego"]
-_BOX_COLUMNS = ["frame_id", "class_name", "label", "x_ego_m", "y_ego_m", "z_ego_m", "length_m",
-                "width_m", "height_m", "yaw_ego_rad", "vx_ego_mps", "vy_ego_mps",
-                "num_lidar_pts", "num_radar_pts", "attribute"]
 
 
 def _is_ingest_artifact(path: Path) -> bool:
@@ -88,6 +87,7 @@ def audit_submission(submission: Path, ingest: Path) -> dict[str, Any]:
 
 
 def _audit_submission(submission: Path, ingest: Path) -> dict[str, Any]:
+    from kdpipe.evaluation.nuscenes_boxes import store_boxes
     from kdpipe.stages.audit.nuscenes import devkit_rules
     from kdpipe.stages.audit.tp_errors import nuscenes_scores
 
@@ -101,16 +101,17 @@ def _audit_submission(submission: Path, ingest: Path) -> dict[str, Any]:
                               f"{', '.join(sorted(map(str, frames_all['dataset'].unique())))})")
     where = f"the nuScenes frames of the ingest {art}"
     frames = submission_frames(results, nus, submission, where)
+    poses = frames["t_world_from_ego"].to_numpy().astype(np.float64).reshape(-1, 4, 4)
     rules = devkit_rules()
-    dets = submission_table(submission, results, frames, rules.max_boxes_per_sample)
-    boxes = pl.read_parquet(art / "boxes.parquet", columns=_BOX_COLUMNS).filter(
-        pl.col("frame_id").is_in(frames["frame_id"].implode()))
-    scores = nuscenes_scores(dets, boxes, frames, rules)
-    splits = frames.group_by("split").len().sort("split")
+    dets = submission_boxes(submission, results, poses, rules.class_names,
+                            rules.max_boxes_per_sample)
+    gts, racks = store_boxes(art / "boxes.parquet", frames["frame_id"].to_list(), poses,
+                             rules.class_names)
+    scores = nuscenes_scores(dets, gts, frames.height, racks, rules)
+    splits = Counter(frames["split"].to_list())
     return {"submission": str(submission), "ingest": str(art), "n_samples": frames.height,
-            "n_store_frames": nus.height, "n_predictions": dets.height,
-            "splits": dict(zip(splits["split"].to_list(), splits["len"].to_list(),
-                               strict=True)),
+            "n_store_frames": nus.height, "n_predictions": len(dets),
+            "splits": {s: splits[s] for s in sorted(splits, key=lambda s: (s is not None, s))},
             **scores, "seconds": time.perf_counter() - t0}
 
 

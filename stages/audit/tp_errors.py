@@ -1,4 +1,4 @@
-"""nuScenes TP errors (ATE, ASE, AOE, AVE, AAE) and NDS on kdpipe tables, rule for rule as
+"""nuScenes TP errors (ATE, ASE, AOE, AVE, AAE) and NDS on arrays of boxes, rule for rule as
 nuscenes-devkit's `DetectionEval` (`detection_cvpr_2019`), vectorised.
 
 Rules taken from the devkit source (eval/detection/algo.py `accumulate` / `calc_tp`,
@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import polars as pl
 
+from kdpipe.evaluation.nuscenes_boxes import NusBoxes, devkit_filter
 from kdpipe.evaluation.nuscenes_devkit import detection_config, detection_constants
 from kdpipe.stages.audit.metrics import (
     BoxSet,
@@ -36,7 +36,7 @@ from kdpipe.stages.audit.metrics import (
     candidates,
     greedy_match,
 )
-from kdpipe.stages.audit.nuscenes import NuScenesRules, apply_rules, box_sets, devkit_rules
+from kdpipe.stages.audit.nuscenes import NuScenesRules, devkit_rules
 
 NUS_RECALL_POINTS = 101  # DetectionMetricData.nelem
 SHORT_NAMES = {"trans_err": "ATE", "scale_err": "ASE", "orient_err": "AOE", "vel_err": "AVE",
@@ -62,38 +62,13 @@ def devkit_tp_rules(name: str = "detection_cvpr_2019") -> TPRules:
                    float(cfg["min_recall"]), float(cfg["mean_ap_weight"]))
 
 
-_TERMS = ["x_world_m", "y_world_m", "length_m", "width_m", "height_m"]
-
-
-def world_terms(df: pl.DataFrame, frame: np.ndarray, T_world_from_ego: np.ndarray
-                ) -> np.ndarray:
-    """(N, 8) per box: x, y (world), length, width, height, yaw (world), vx, vy (world; NaN
-    where unknown). A table that carries `yaw_world_rad`, `vx_world_mps`, `vy_world_mps` (a
-    submission read in the global frame) keeps its own; else they come from the ego columns
-    and the pose of `frame` ((N,) index into `T_world_from_ego`, (F, 4, 4)): the yaw is the
-    devkit's `quaternion_yaw` of pose x box rotation, the heading of R @ (cos, sin, 0); the
-    store keeps no vertical velocity, so v_ego = (vx, vy, 0) (as `write_submission`)."""
-    own = ["yaw_world_rad", "vx_world_mps", "vy_world_mps"]
-    if set(own) <= set(df.columns):
-        return df.select(*_TERMS, *own).to_numpy().astype(np.float64).reshape(-1, 8)
-    a = df.select(*_TERMS, "yaw_ego_rad", pl.col("vx_ego_mps", "vy_ego_mps")
-                  .cast(pl.Float64).fill_null(np.nan)).to_numpy().astype(np.float64)
-    a = a.reshape(-1, 8)
-    R = T_world_from_ego[frame, :3, :3]                                          # (N, 3, 3)
-    yaw = a[:, 5]
-    x_axis = np.einsum("nij,nj->ni", R[:, :, :2], np.stack([np.cos(yaw), np.sin(yaw)], 1))
-    a[:, 5] = np.arctan2(x_axis[:, 1], x_axis[:, 0])
-    a[:, 6:8] = np.einsum("nij,nj->ni", R[:, :2, :2], a[:, 6:8])               # (N, 2)
-    return a
-
-
 def pair_errors(d: np.ndarray, g: np.ndarray, matched: np.ndarray, half_turn: np.ndarray,
                 attrs: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
     """(P, 5) errors of each matched detection, in the order trans, vel, scale, orient, attr
     (the devkit's `match_data`); rows of unmatched detections are NaN.
 
     Args:
-        d, g: `world_terms` of detections (P, 8) and ground truth (G, 8).
+        d, g: `NusBoxes.world` of detections (P, 8) and ground truth (G, 8).
         matched: (P,) ground-truth index or -1.
         half_turn: (P,) the detection's class has a yaw period of pi.
         attrs: (P,) and (G,) attribute names, "" where none.
@@ -112,13 +87,6 @@ def pair_errors(d: np.ndarray, g: np.ndarray, matched: np.ndarray, half_turn: np
     g_attr, d_attr = attrs[1][matched[m]], attrs[0][m]
     err[m, 4] = np.where(g_attr == "", np.nan, (g_attr != d_attr).astype(np.float64))
     return err
-
-
-def _attributes(df: pl.DataFrame) -> np.ndarray:
-    """(N,) attribute names, "" where none (a kdpipe detections table has no column)."""
-    if "attribute" not in df.columns:
-        return np.full(df.height, "", dtype=object)
-    return np.asarray(df["attribute"].fill_null("").to_list(), dtype=object)
 
 
 def cummean(x: np.ndarray) -> np.ndarray:
@@ -183,32 +151,33 @@ def match_thresholds(det: BoxSet, cand: Candidates, n_gt: int, n_frames: int,
 _ERR_ORDER = ("trans_err", "vel_err", "scale_err", "orient_err", "attr_err")  # pair_errors'
 
 
-def nuscenes_scores(dets: pl.DataFrame, gts: pl.DataFrame, frames: pl.DataFrame,
-                    rules: NuScenesRules | None = None, tp_rules: TPRules | None = None
-                    ) -> dict[str, Any]:
+def nuscenes_scores(dets: NusBoxes, gts: NusBoxes, n_frames: int,
+                    racks: tuple[np.ndarray, np.ndarray], rules: NuScenesRules | None = None,
+                    tp_rules: TPRules | None = None) -> dict[str, Any]:
     """mAP, the TP errors and NDS as DetectionEval computes them.
 
     Args:
-        dets: detection rows of the evaluated samples (labels = detection names, `score`, ego
-            boxes, `attribute`; velocities and yaw in the world frame as `vx_world_mps`,
-            `vy_world_mps`, `yaw_world_rad`, else ego `vx_ego_mps`, `vy_ego_mps`).
-        gts: BOXES rows of the same samples (bike racks included: they are a filter).
-        frames: FRAMES rows of exactly the evaluated samples, in submission order (score ties
-            break by it, as in the devkit).
+        dets: the submission's boxes in file order (samples in results order: score ties
+            break by it, as in the devkit), with scores.
+        gts: the ground truth of the same samples that has points (`store_boxes`).
+        n_frames: number of evaluated samples.
+        racks: the bike racks of those samples, ((R,) sample index, (R, 7) ego boxes).
 
     Returns:
         `mean_ap`, `nd_score`, `tp_errors` ({metric: mean over classes}), `class_ap`,
         `class_tp_errors` ({class: {metric: error or NaN}}), `ap`, `n_gt`, `n_det`.
     """
     rules, tpr = rules or devkit_rules(), tp_rules or devkit_tp_rules()
-    d, g = apply_rules(dets, gts, frames, rules)
-    det, gt = box_sets(d, g, frames["frame_id"].to_list(), rules.class_names,
-                       ("x_world_m", "y_world_m"))
+    d = devkit_filter(dets, rules.class_names, rules.class_range_m, racks)
+    g = devkit_filter(gts, rules.class_names, rules.class_range_m, racks)
+    # the ego boxes are not used by centre-distance matching
+    det = BoxSet(d.frame, d.cls, np.zeros((len(d), 7)), d.world[:, :2], d.score)
+    gt = BoxSet(g.frame, g.cls, np.zeros((len(g), 7)), g.world[:, :2])
     assert det.score is not None
     cand = candidates(det, gt, "center_distance", max(rules.dist_ths_m))
     n_gt = np.bincount(gt.cls, minlength=len(rules.class_names))
     ap: dict[str, dict[str, float]] = {c: {} for c in rules.class_names}
-    matched_all = match_thresholds(det, cand, len(gt), frames.height, rules.dist_ths_m)
+    matched_all = match_thresholds(det, cand, len(gt), n_frames, rules.dist_ths_m)
     matched_tp = matched_all[rules.dist_ths_m.index(tpr.dist_th_tp_m)]
     # one order for every class and threshold: by class, then as `score_order` inside it
     order = np.lexsort((-np.arange(len(det)), -det.score, det.cls))
@@ -219,11 +188,9 @@ def nuscenes_scores(dets: pl.DataFrame, gts: pl.DataFrame, frames: pl.DataFrame,
             hit = (matched[seg[k]] >= 0).astype(np.float64)
             c = Curve(det.score[seg[k]], np.cumsum(hit), np.cumsum(1.0 - hit), int(n_gt[k]))
             ap[name][f"{th:g}"] = ap_nuscenes(c, rules.min_recall, rules.min_precision)
-    T = frames["t_world_from_ego"].to_numpy().astype(np.float64).reshape(-1, 4, 4)  # (F,4,4)
     half = np.isin(det.cls, [rules.class_names.index(c) for c in _HALF_TURN_CLASSES
                              if c in rules.class_names])
-    err = pair_errors(world_terms(d, det.frame, T), world_terms(g, gt.frame, T), matched_tp,
-                      half, (_attributes(d), _attributes(g)))              # (P, 5)
+    err = pair_errors(d.world, g.world, matched_tp, half, (d.attribute, g.attribute))  # (P, 5)
     class_tp: dict[str, dict[str, float]] = {}
     for k, name in enumerate(rules.class_names):
         e = class_tp_errors(det.score[seg[k]], matched_tp[seg[k]] >= 0, err[seg[k]],

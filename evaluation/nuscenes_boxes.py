@@ -1,0 +1,110 @@
+"""Boxes of the evaluated samples as nuscenes-devkit's `DetectionEval` sees them, as arrays, and
+the devkit's box filters on them (`filter_eval_boxes`: class range, bike racks; the
+ground truth's point filter is applied where it is read).
+
+The submission audit's path: one Parquet query reads the ground truth, and everything after it
+is numpy (the table form, `kdpipe.stages.audit.nuscenes.apply_rules`, spends most of its time
+in per-query overhead on a busy machine). The rules are those listed in
+`kdpipe.stages.audit.nuscenes`; the geometry is its `centres_in_boxes`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+BIKE_RACK = "static_object.bicycle_rack"
+BIKE_CLASSES = ("bicycle", "motorcycle")  # the classes a rack hides
+_EGO_BOX = ["x_ego_m", "y_ego_m", "z_ego_m", "length_m", "width_m", "height_m", "yaw_ego_rad"]
+
+
+@dataclass(frozen=True)
+class NusBoxes:
+    """Boxes of many samples in the devkit's terms (world = the global frame)."""
+
+    frame: np.ndarray       # (N,) int64 index of the evaluated sample
+    cls: np.ndarray         # (N,) int64 index into the class names; -1: not a detection class
+    xyz_ego_m: np.ndarray   # (N, 3) centre in the ego frame (the bike-rack test)
+    world: np.ndarray       # (N, 8) world x, y, length, width, height, yaw, vx, vy (v NaN: unknown)
+    ego_dist_m: np.ndarray  # (N,) xy distance from the ego, world frame (the range filter)
+    attribute: np.ndarray   # (N,) object: attribute name, "" where none
+    score: np.ndarray | None = None  # (N,) detections only
+
+    def __len__(self) -> int:
+        return int(self.frame.shape[0])
+
+    def take(self, rows: np.ndarray) -> NusBoxes:
+        """The boxes `rows` (indices or a mask), order kept."""
+        return NusBoxes(self.frame[rows], self.cls[rows], self.xyz_ego_m[rows],
+                        self.world[rows], self.ego_dist_m[rows], self.attribute[rows],
+                        None if self.score is None else self.score[rows])
+
+
+def in_racks(frame: np.ndarray, xyz_ego_m: np.ndarray, racks: tuple[np.ndarray, np.ndarray]
+             ) -> np.ndarray:
+    """(N,) centre i inside a rack of its own sample; racks = ((R,) sample index, (R, 7) ego
+    boxes)."""
+    from kdpipe.stages.audit.nuscenes import centres_in_boxes
+
+    rack_frame, rack_boxes = racks
+    order = np.argsort(rack_frame, kind="stable")
+    lo = np.searchsorted(rack_frame[order], frame, side="left")
+    n = np.searchsorted(rack_frame[order], frame, side="right") - lo     # racks of each box
+    p = np.repeat(np.arange(frame.size), n)
+    r = order[np.repeat(lo, n) + np.arange(p.size) - np.repeat(np.cumsum(n) - n, n)]
+    out = np.zeros(frame.size, dtype=bool)
+    out[p[centres_in_boxes(xyz_ego_m[p], rack_boxes[r])]] = True
+    return out
+
+
+def devkit_filter(boxes: NusBoxes, class_names: tuple[str, ...],
+                  class_range_m: dict[str, float], racks: tuple[np.ndarray, np.ndarray]
+                  ) -> NusBoxes:
+    """Detection classes only, each within its class range (strict, as the devkit), bicycles
+    and motorcycles out of the bike racks of their sample."""
+    rng = np.array([class_range_m[c] for c in class_names] + [-np.inf])  # -1 -> never kept
+    keep = boxes.ego_dist_m < rng[boxes.cls]
+    bikes = np.flatnonzero(keep & np.isin(boxes.cls, [class_names.index(c)
+                                                      for c in BIKE_CLASSES if c in class_names]))
+    if bikes.size and racks[0].size:
+        keep[bikes[in_racks(boxes.frame[bikes], boxes.xyz_ego_m[bikes], racks)]] = False
+    return boxes.take(keep)
+
+
+def store_boxes(path: Path, frame_ids: list[str], poses: np.ndarray,
+                class_names: tuple[str, ...]) -> tuple[NusBoxes, tuple[np.ndarray, np.ndarray]]:
+    """The ground truth of the samples `frame_ids` (poses: their (F, 4, 4) world-from-ego)
+    from a store's BOXES table: (boxes of the detection classes with at least one LiDAR or
+    radar point, bike racks as (sample index, (R, 7) ego boxes)). One query reads the
+    columns it needs of the samples it needs; the rest is numpy."""
+    pos = {f: i for i, f in enumerate(frame_ids)}
+    c_idx = {c: i for i, c in enumerate(class_names)}
+    df = pl.scan_parquet(path).select(
+        pl.col("frame_id").replace_strict(pos, default=-1, return_dtype=pl.Int64).alias("f"),
+        pl.col("label").replace_strict(c_idx, default=-1, return_dtype=pl.Int64).alias("c"),
+        (pl.col("class_name") == BIKE_RACK).fill_null(False).alias("rack"),
+        ((pl.col("num_lidar_pts").fill_null(0) + pl.col("num_radar_pts").fill_null(0)) != 0)
+        .alias("pts"),
+        *[pl.col(c).cast(pl.Float64) for c in _EGO_BOX],
+        pl.col("vx_ego_mps", "vy_ego_mps").cast(pl.Float64).fill_null(np.nan),
+        pl.col("attribute").fill_null(""),
+    ).filter((pl.col("f") >= 0) & (pl.col("rack") | ((pl.col("c") >= 0) & pl.col("pts")))
+             ).collect()
+    frame, rack = df["f"].to_numpy(), df["rack"].to_numpy()
+    a = df.select(*_EGO_BOX, "vx_ego_mps", "vy_ego_mps").to_numpy()          # (N, 9)
+    racks = (frame[rack], a[rack, :7])
+    gt = ~rack & (df["c"].to_numpy() >= 0)
+    a, frame = a[gt], frame[gt]
+    R, t = poses[frame, :3, :3], poses[frame, :3, 3]                          # (N, 3, 3), (N, 3)
+    rp = np.einsum("nij,nj->ni", R, a[:, :3])                                 # rotated only
+    yaw = a[:, 6]
+    # the devkit's quaternion_yaw of pose x box rotation: the heading of R (cos, sin, 0); the
+    # store keeps no vertical velocity: v_ego = (vx, vy, 0), as `write_submission` writes it
+    x_axis = np.einsum("nij,nj->ni", R[:, :, :2], np.stack([np.cos(yaw), np.sin(yaw)], 1))
+    world = np.column_stack([rp[:, :2] + t[:, :2], a[:, 3:6],
+                             np.arctan2(x_axis[:, 1], x_axis[:, 0]),
+                             np.einsum("nij,nj->ni", R[:, :2, :2], a[:, 7:9])])
+    return NusBoxes(frame, df["c"].to_numpy()[gt], a[:, :3], world,
+                    np.hypot(rp[:, 0], rp[:, 1]), df["attribute"].to_numpy()[gt]), racks
