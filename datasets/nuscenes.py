@@ -1,7 +1,7 @@
 """nuScenes ingest (`ingest.format = "nuscenes"`): one task, one Zarr group per scene.
 
-Tables are read through nuscenes-devkit (loaded once per worker process, see
-`ingest_nuscenes_io`); point files through kdpipe's own readers. Per keyframe sample:
+Tables: `nuscenes_tables` (the devkit's records and reverse index without the devkit's ~4 s
+import), once per process; files through kdpipe's own readers. Per keyframe sample:
 
 * `lidar` (N, 4) x, y, z, intensity in the ego frame of the LIDAR_TOP keyframe (the ring index,
   5th column of the `.pcd.bin`, is dropped so every dataset's `lidar` has the same 4 columns).
@@ -89,6 +89,7 @@ class NusTask:
     zarr_root: str
     storage: Storage
     table_sources: tuple[dict[str, Any], ...] = ()  # the JSON tables, on the first task only
+    split: str = ""                                  # train | val | test | "" (unknown)
 
 
 def make_tasks(cfg: NuscenesIngestConfig, source: str, root: Path, workdir: Path,
@@ -119,14 +120,16 @@ def make_tasks(cfg: NuscenesIngestConfig, source: str, root: Path, workdir: Path
         log.add(p)
     opts = NusOptions(cfg.version, cfg.radar_sweeps, cfg.radar_filter, cfg.max_time_gap_ms,
                       tuple(cfg.camera_channels), cfg.camera_downscale)
+    split_of = nio.scene_splits(root, cfg.version)
     return [NusTask(str(root), source, name, s["token"], opts, str(workdir), str(zarr_root),
-                    storage, tuple(log.rows) if i == 0 else ())
+                    storage, tuple(log.rows) if i == 0 else (), split_of.get(name, ""))
             for i, (name, s) in enumerate(zip(names, db.nusc.scene, strict=True))]
 
 
 def ingest_scene(task: NusTask) -> dict[str, Any]:
     """Ingest one scene's keyframes into its group (skipped if already done)."""
     from kdpipe.datasets import nuscenes_io as nio
+    from kdpipe.datasets import nuscenes_radar as nra
 
     w = nio.SceneWriter(Path(task.workdir), task.source, task.scene, task.storage)
     if w.done():
@@ -138,8 +141,8 @@ def ingest_scene(task: NusTask) -> dict[str, Any]:
     w.declare("radar", nio.RADAR_FIELDS, nio.RADAR_UNITS, native_frame="RADAR_* (see channel)")
     w.images = {c: [] for c in o.cameras}
     channels = {s.get("channel") for s in db.nusc.sensor}
-    ctx = _Ctx(db, root, o, nio.radar_filter(o.radar_filter), log,
-               [c for c in nio.RADARS if c in channels], db.split_of.get(task.scene, ""))
+    ctx = _Ctx(db, root, o, nra.radar_filter(o.radar_filter), log,
+               [c for c in nio.RADARS if c in channels], task.split)
     table = root / o.version
     with log.reading():  # LiDAR and radar files: parsed and digested from one read
         for idx, s in db.scene_samples.get(task.scene_token, []):
@@ -190,14 +193,11 @@ def _keyframe(ctx: _Ctx, sample: dict[str, Any], ch: str,
 
 def _frame(w: nio.SceneWriter, ctx: _Ctx, tok: str) -> None:
     from kdpipe.datasets import nuscenes_io as nio
+    from kdpipe.datasets import nuscenes_radar as nra
 
     db, o, nusc = ctx.db, ctx.opts, ctx.db.nusc
     sample = nusc.get("sample", tok)
-    used = {LIDAR, *ctx.radars, *o.cameras}
-    for r in db.keyframe_orphans.get(tok, []):  # keyframes whose calibration record is missing
-        if Path(str(r.get("filename", ""))).parent.name in used:
-            raise FormatError(str(r.get("filename")), "calib",
-                              f"sample_data {r.get('token')} has no calibrated_sensor record.")
+    nio.check_orphans(db, tok, {LIDAR, *ctx.radars, *o.cameras})
     lsd = _keyframe(ctx, sample, LIDAR)
     lf, ref_us = str(lsd["filename"]), nio.stamp_us(lsd)
     t_ego_lidar = nio.transform(db, "calibrated_sensor", lsd["calibrated_sensor_token"], lf,
@@ -209,21 +209,21 @@ def _frame(w: nio.SceneWriter, ctx: _Ctx, tok: str) -> None:
     pts = nio.read_logged(read_nuscenes_lidar, lidar_path, ctx.log)  # (N, 5) sensor frame
     lidar = np.column_stack([bx.transform_points(t_ego_lidar, pts[:, :3]), pts[:, 3]])  # (N, 4)
     calib = [{"sensor": "lidar", "t_ego_from_sensor": t_ego_lidar.ravel().tolist()}]
-    clouds, radar_path = [np.zeros((0, len(nio.RADAR_FIELDS)), np.float32)], None
-    ref = nio.RadarRef(t_ego_world, ref_us, o.radar_sweeps, ctx.keep)
+    radar_path = None
+    ref = nra.RadarRef(t_ego_world, ref_us, o.radar_sweeps, ctx.keep)
     for ch in ctx.radars:
         sd = _keyframe(ctx, sample, ch, ref_us)
-        cloud, t = nio.radar_channel(db, ctx.root, sd, ref, nio.RADARS.index(ch), ctx.log)
-        clouds.append(cloud)  # (M_ch, 23)
+        t = nra.read_channel(db, ctx.root, sd, ref, nio.RADARS.index(ch), ctx.log)
         calib.append({"sensor": ch, "t_ego_from_sensor": t.ravel().tolist()})
         radar_path = radar_path or str(safe_join(ctx.root, sd["filename"]))
     images, image_path, image_sha = {}, None, None
     for ch in o.cameras:
         sd = _keyframe(ctx, sample, ch, ref_us)
-        path, f = nio.data_file(ctx.root, sd, ctx.log), str(sd["filename"])
+        path, f = nio.data_file(ctx.root, sd), str(sd["filename"])
+        img, (width, height) = nio.read_logged(  # (H / d, W / d, 3), digested from one read
+            lambda p: nio.load_image(p, o.downscale), path, ctx.log)
         if image_path is None or ch == "CAM_FRONT":
             image_path, image_sha = str(path), ctx.log.rows[-1]["sha256"]
-        img, (width, height) = nio.load_image(path, o.downscale)  # (H / d, W / d, 3)
         prior = w.images[ch][0].shape if w.images[ch] else img.shape
         if img.shape != prior:
             raise FormatError(path, "size", f"{width}x{height} image downscales to {img.shape}, "
@@ -239,7 +239,7 @@ def _frame(w: nio.SceneWriter, ctx: _Ctx, tok: str) -> None:
                       "image_width_px": width, "image_height_px": height})
         images[ch] = img
         w.image_attrs.setdefault(ch, {"downscale": o.downscale, "source_wh": [width, height]})
-    radar = np.concatenate(clouds)
+    radar = nra.radar_cloud(ref)  # (M, 23)
     boxes = _boxes(ctx, sample, pose, t_world_ego)
     row = {"dataset": "nuscenes", "frame": tok, "split": ctx.split, "labeled": db.labeled,
            "timestamp_us": ref_us, "n_lidar": len(lidar), "n_radar": len(radar),
@@ -253,7 +253,7 @@ def _frame(w: nio.SceneWriter, ctx: _Ctx, tok: str) -> None:
 def _boxes(ctx: _Ctx, sample: dict[str, Any], pose: dict[str, Any],
            t_world_ego: np.ndarray) -> list[dict[str, Any]]:
     """The sample's annotations as canonical ego boxes (LiDAR keyframe pose), table order."""
-    from nuscenes.eval.detection.utils import category_to_detection_name
+    from kdpipe.datasets.nuscenes_devkit_data import detection_name
 
     nusc, table = ctx.db.nusc, ctx.root / ctx.opts.version / "sample_annotation.json"
     anns = [nusc.get("sample_annotation", a) for a in sample["anns"]]
@@ -274,7 +274,7 @@ def _boxes(ctx: _Ctx, sample: dict[str, Any], pose: dict[str, Any],
         cat = a["category_name"]
         attrs = [nusc.get("attribute", t)["name"] for t in a.get("attribute_tokens", [])]
         vx, vy = (None, None) if not np.isfinite(v_ego[i, :2]).all() else map(float, v_ego[i, :2])
-        out.append({"class_name": cat, "label": category_to_detection_name(cat),
+        out.append({"class_name": cat, "label": detection_name(cat),
                     "x_ego_m": b[i, 0], "y_ego_m": b[i, 1], "z_ego_m": b[i, 2],
                     "length_m": b[i, 3], "width_m": b[i, 4], "height_m": b[i, 5],
                     "yaw_ego_rad": b[i, 6], "vx_ego_mps": vx, "vy_ego_mps": vy,

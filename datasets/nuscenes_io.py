@@ -1,38 +1,33 @@
-"""nuScenes ingest helpers: the cached devkit database, transform chains, radar sweeps, cameras.
+"""nuScenes ingest helpers: the cached table database, transform chains, files, cameras.
 
-The devkit (`NuScenes`) is loaded once per process and cached by (version, dataroot) plus a
+The tables (`nuscenes_tables.NusTables`: the devkit's records and reverse index, without the
+devkit's ~4 s import) are loaded once per process and cached by (version, dataroot) plus a
 fingerprint of the table files, so a Dask worker that runs many scene tasks parses the JSON once.
-Its reverse index is made tolerant of sample_data records whose calibrated_sensor (or sensor) is
-missing: those records are set aside and reject their frame ("calib") instead of failing the
-whole load. Anything else wrong with the tables fails the load with one clear error.
+sample_data records whose calibrated_sensor (or sensor) is missing are set aside and reject their
+frame ("calib") instead of failing the whole load. Anything else wrong with the tables fails the
+load with one clear error. Radar sweeps: `nuscenes_radar`.
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 from collections import OrderedDict, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path  # noqa: TC003 -- annotations of a dataclass module
-from typing import TYPE_CHECKING, Any, TypeVar
+from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
-from nuscenes.nuscenes import NuScenes
-from nuscenes.utils.geometry_utils import transform_matrix
-from nuscenes.utils.splits import create_splits_scenes
 from PIL import Image, UnidentifiedImageError
 from pyquaternion import Quaternion
 
 from kdpipe.datasets.common import ArrayLayout, FileLog, GroupWriter
-from kdpipe.datasets.formats.bins import safe_join
+from kdpipe.datasets.formats.bins import read_raw, safe_join
 from kdpipe.datasets.formats.errors import FormatError
-from kdpipe.datasets.formats.pcd import read_radar_pcd
+from kdpipe.datasets.nuscenes_tables import NusTables, TableError
 from kdpipe.pipeline.errors import ConfigError
-from kdpipe.schemas import boxes as bx
-
-if TYPE_CHECKING:
-    from kdpipe.datasets.nuscenes import RadarFilter
 
 T = TypeVar("T")
 
@@ -45,47 +40,19 @@ RADAR_FIELDS = ("x", "y", "z", "rcs", "v_r", "v_r_comp", "time", "dyn_prop", "id
 RADAR_UNITS = ("m", "m", "m", "dBsm", "m/s", "m/s", "sweep", "code", "1", "m/s", "m/s", "m/s",
                "m/s", "code", "code", "code", "code", "code", "code", "code", "code",
                "index into RADARS", "s")
-_COL = {n: i for i, n in enumerate(RADAR_FIELDS)}
 _SPLIT_NAMES = {"mini": {"mini_train": "train", "mini_val": "val"},
                 "trainval": {"train": "train", "val": "val"}, "test": {"test": "test"}}
 _MAX_CACHED = 2  # datasets kept per process (two nuScenes roots in one run alternate)
-
-
-class _TableError(Exception):
-    pass
-
-
-class TolerantNuScenes(NuScenes):  # type: ignore[misc]
-    """`NuScenes` that names a bad table and sets aside sample_data with no calibration."""
-
-    def __load_table__(self, table_name: str) -> Any:
-        try:
-            table = super().__load_table__(table_name)
-        except (OSError, ValueError) as e:  # missing file / bad JSON (JSONDecodeError)
-            raise _TableError(f"{table_name}.json: {type(e).__name__}: {e}") from None
-        if not isinstance(table, list) or not all(isinstance(r, dict) for r in table):
-            raise _TableError(f"{table_name}.json: not a JSON array of records")
-        return table
-
-    def __make_reverse_index__(self, verbose: bool) -> None:
-        cs = {r.get("token"): r.get("sensor_token") for r in self.calibrated_sensor}
-        sensors = {r.get("token") for r in self.sensor}
-        ok = [cs.get(r.get("calibrated_sensor_token"), "\0") in sensors for r in self.sample_data]
-        pairs = list(zip(self.sample_data, ok, strict=True))
-        self.kd_orphans = {r.get("token"): r for r, good in pairs if not good}
-        self.sample_data = [r for r, good in pairs if good]
-        super().__make_reverse_index__(verbose)
 
 
 @dataclass
 class NusDb:
     """One loaded dataroot: the devkit plus the indexes ingest needs."""
 
-    nusc: TolerantNuScenes
+    nusc: NusTables
     scene_samples: dict[str, list[tuple[int, dict[str, Any]]]]  # scene token -> (table idx, rec)
     first_index: dict[str, int]                                # sample token -> first table index
     keyframe_orphans: dict[str, list[dict[str, Any]]]          # sample token -> bad sample_data
-    split_of: dict[str, str]                                   # scene name -> train | val | test
     labeled: bool                                              # annotation table is non-empty
     mats: dict[tuple[str, str, bool], npt.NDArray[np.float64]] = field(default_factory=dict)
 
@@ -101,11 +68,13 @@ def _fingerprint(table_root: Path) -> tuple[Any, ...]:
                         for e in os.scandir(table_root) if e.name.endswith(".json")))
 
 
-def _splits(root: Path, version: str) -> dict[str, str]:
+def scene_splits(root: Path, version: str) -> dict[str, str]:
     """Scene name -> split: the devkit's official splits, then `splits.json` custom splits whose
     name ends in train / val / test (e.g. the synthetic world's `synth_train`)."""
+    from kdpipe.datasets.nuscenes_devkit_data import official_splits
+
     kind = next((k for k in _SPLIT_NAMES if k in version), None)
-    official = create_splits_scenes()
+    official = official_splits()
     out = {s: split for name, split in (_SPLIT_NAMES[kind].items() if kind else ())
            for s in official[name]}
     custom = root / version / "splits.json"
@@ -136,10 +105,10 @@ def load_db(version: str, root: Path) -> NusDb:
                           f"expects {version}/*.json tables and the samples/ and sweeps/ files "
                           f"they name; check ingest.version, ingest.roots and ingest.format)")
     try:
-        nusc = TolerantNuScenes(version=version, dataroot=str(root), verbose=False)
-    except _TableError as e:
+        nusc = NusTables(root / version)
+    except TableError as e:
         raise ConfigError(f"nuScenes table {root / version}/{e}") from None
-    except Exception as e:  # devkit asserts / KeyErrors on inconsistent tables
+    except Exception as e:  # KeyErrors / TypeErrors on inconsistent tables
         raise ConfigError(f"nuScenes tables at {root / version} are inconsistent: "
                           f"{type(e).__name__}: {e}") from None
     scenes: dict[str, list[tuple[int, dict[str, Any]]]] = defaultdict(list)
@@ -153,12 +122,19 @@ def load_db(version: str, root: Path) -> NusDb:
     for r in nusc.kd_orphans.values():
         if r.get("is_key_frame"):
             orphans[r.get("sample_token", "")].append(r)
-    db = NusDb(nusc, dict(scenes), first, dict(orphans), _splits(root, version),
-               bool(nusc.sample_annotation))
+    db = NusDb(nusc, dict(scenes), first, dict(orphans), bool(nusc.sample_annotation))
     _CACHE[key] = (fp, db)
     while len(_CACHE) > _MAX_CACHED:
         _CACHE.popitem(last=False)
     return db
+
+
+def check_orphans(db: NusDb, sample_token: str, used: set[str]) -> None:
+    """`calib` reject if a keyframe of a used channel has no calibrated_sensor record."""
+    for r in db.keyframe_orphans.get(sample_token, []):
+        if Path(str(r.get("filename", ""))).parent.name in used:
+            raise FormatError(str(r.get("filename")), "calib",
+                              f"sample_data {r.get('token')} has no calibrated_sensor record.")
 
 
 def record(db: NusDb, table: str, token: str, path: str, check: Any) -> dict[str, Any]:
@@ -170,23 +146,39 @@ def record(db: NusDb, table: str, token: str, path: str, check: Any) -> dict[str
         raise FormatError(path, check, f"{table} record {token!r} {why}.") from None
 
 
+def rigid(translation: Any, rotation: Any, inverse: bool = False) -> npt.NDArray[np.float64]:
+    """(4, 4) target <- source of a translation + wxyz quaternion: the devkit's
+    `transform_matrix` operation for operation (same bits), inverse in closed form (R^T, -R^T t),
+    without importing the devkit."""
+    rot = Quaternion(rotation).rotation_matrix  # (3, 3), quaternion normalised first
+    tm = np.eye(4)
+    if inverse:
+        rot_inv = rot.T
+        tm[:3, :3] = rot_inv
+        tm[:3, 3] = rot_inv.dot(-np.asarray(translation, float))
+    else:
+        tm[:3, :3] = rot
+        tm[:3, 3] = np.asarray(translation, float)
+    return tm
+
+
 def transform(db: NusDb, table: str, token: str, path: str, check: Any,
               inverse: bool = False) -> npt.NDArray[np.float64]:
-    """(4, 4) transform of a calibrated_sensor / ego_pose record, by the devkit's own function;
-    calibrated_sensor ones (few, reused by every frame) are memoised."""
+    """(4, 4) transform of a calibrated_sensor / ego_pose record (`rigid`), memoised per
+    process: calibrated_sensor ones are reused by every frame, ego_pose ones by the frames of a
+    scene (the LiDAR keyframe pose three times)."""
     key = (table, token, inverse)
-    if key in db.mats:
-        return db.mats[key]
+    hit = db.mats.get(key)
+    if hit is not None:
+        return hit
     rec = record(db, table, token, path, check)
     try:
-        t = transform_matrix(np.asarray(rec["translation"], float), Quaternion(rec["rotation"]),
-                             inverse=inverse)
+        t = rigid(rec["translation"], rec["rotation"], inverse=inverse)
     except (KeyError, ValueError, TypeError, ZeroDivisionError) as e:
         raise FormatError(path, check, f"bad {table} translation/rotation ({e}).") from None
     if not np.isfinite(t).all():
         raise FormatError(path, check, f"{table} translation/rotation is not finite.")
-    if table == "calibrated_sensor":
-        db.mats[key] = t
+    db.mats[key] = t
     return t
 
 
@@ -197,12 +189,35 @@ def stamp_us(rec: dict[str, Any]) -> int:
 
 def data_file(root: Path, sd: dict[str, Any], log: FileLog | None = None) -> Path:
     """The sample_data file, inside the dataroot and present (else `path` / `missing`)."""
-    p = safe_join(root, str(sd.get("filename", "")))
+    p = _join(root, str(sd.get("filename", "")))
     if not p.is_file():
         raise FormatError(p, "missing", f"{sd.get('channel', 'sensor')} file is missing.")
     if log is not None:
         log.add(p)
     return p
+
+
+_DIRS: dict[tuple[str, str], Path] = {}  # (root, relative folder) -> resolved folder in root
+
+
+def _join(root: Path, rel: str) -> Path:
+    """`safe_join(root, rel)` (same result, same errors) without resolving every path component
+    of every file: the folder is resolved once per process (`samples/RADAR_FRONT`), then only the
+    file name is checked for a symlink (a link may point anywhere: `safe_join` decides)."""
+    folder, _, name = rel.rpartition("/")
+    if name in ("", ".", "..") or not folder or "\x00" in rel:
+        return safe_join(root, rel)
+    key = (str(root), folder)
+    parent = _DIRS.get(key)
+    if parent is None:
+        try:
+            parent = safe_join(root, folder)
+        except FormatError:
+            return safe_join(root, rel)  # its error names the file, not the folder
+        if len(_DIRS) < 4096:  # noqa: PLR2004 -- a bound, not a tuning knob
+            _DIRS[key] = parent
+    target = parent / name
+    return safe_join(root, rel) if os.path.islink(target) else target
 
 
 def read_logged(read: Callable[[Path], T], path: Path, log: FileLog) -> T:
@@ -213,74 +228,6 @@ def read_logged(read: Callable[[Path], T], path: Path, log: FileLog) -> T:
         return read(path)
     finally:
         log.add(path)
-
-
-def radar_filter(flt: RadarFilter) -> Any:
-    """Mask function of the configured state filters (devkit semantics; None keeps all)."""
-    tests = [(n, np.asarray(v)) for n, v in (("invalid_state", flt.invalid_states),
-                                             ("dyn_prop", flt.dynprop_states),
-                                             ("ambig_state", flt.ambig_states)) if v is not None]
-
-    def keep(rec: npt.NDArray[np.void]) -> npt.NDArray[np.bool_]:
-        m = np.ones(len(rec), bool)
-        for name, allowed in tests:
-            m &= np.isin(rec[name], allowed)
-        return m
-
-    return keep
-
-
-@dataclass
-class RadarRef:
-    """Where one keyframe's radar goes: ego(LiDAR keyframe) <- global, its time, the filter."""
-
-    t_ego_from_global: npt.NDArray[np.float64]  # (4, 4)
-    ref_us: int
-    sweeps: int
-    keep: Any
-
-
-def radar_channel(db: NusDb, root: Path, sd: dict[str, Any], ref: RadarRef, ch: int,
-                  log: FileLog) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float64]]:
-    """Accumulate one radar channel over `ref.sweeps` sweeps (keyframe, then its `prev` chain).
-
-    Each sweep goes sensor -> ego(t) -> global -> ego(LiDAR keyframe), the chain of the devkit's
-    `from_file_multisweep` (without its `remove_close`); velocity vectors get the same rotation.
-
-    Returns:
-        `(M, 23)` float32 in `RADAR_FIELDS` order (ego frame), and the `(4, 4)` ego-from-sensor
-        chain of the keyframe sweep (raw = inv(T) @ ego for `time == 0` points).
-    """
-    out, t_key = [], None
-    for k in range(ref.sweeps):
-        f = str(sd.get("filename", ""))
-        pose = transform(db, "ego_pose", sd.get("ego_pose_token", ""), f, "pose")
-        t = ref.t_ego_from_global @ pose \
-            @ transform(db, "calibrated_sensor", sd.get("calibrated_sensor_token", ""), f, "calib")
-        t_key = t if t_key is None else t_key  # (4, 4) ego(LiDAR keyframe) <- sensor(t)
-        rec = read_logged(read_radar_pcd, data_file(root, sd), log)  # (N,) 18 native fields
-        rec = rec[ref.keep(rec)]
-        cloud = np.empty((len(rec), len(RADAR_FIELDS)), np.float32)  # (N, 23)
-        xyz = bx.transform_points(t, np.column_stack([rec["x"], rec["y"], rec["z"]]))  # (N, 3)
-        cloud[:, :3] = xyz
-        for name in ("rcs", *RADAR_FIELDS[7:21]):  # rcs, dyn_prop .. vy_rms as stored
-            cloud[:, _COL[name]] = rec[name]
-        rng = np.hypot(xyz[:, 0], xyz[:, 1])
-        los = np.divide(xyz[:, :2], rng[:, None], out=np.zeros((len(xyz), 2)),
-                        where=rng[:, None] > 0)  # (N, 2) BEV direction from the ego origin
-        for a, b, radial in (("vx", "vy", "v_r"), ("vx_comp", "vy_comp", "v_r_comp")):
-            v = np.column_stack([rec[a], rec[b]]).astype(np.float64) @ t[:2, :2].T  # (N, 2) ego
-            cloud[:, _COL[a]], cloud[:, _COL[b]] = v[:, 0], v[:, 1]
-            cloud[:, _COL[radial]] = (los * v).sum(axis=1)
-        cloud[:, _COL["time"]] = -k
-        cloud[:, _COL["channel"]] = ch
-        cloud[:, _COL["time_lag"]] = (ref.ref_us - stamp_us(sd)) * 1e-6
-        out.append(cloud)
-        if not sd.get("prev"):
-            break
-        sd = record(db, "sample_data", sd["prev"], f, "missing")
-    assert t_key is not None
-    return np.concatenate(out), t_key
 
 
 @dataclass
@@ -303,9 +250,14 @@ class SceneWriter(GroupWriter):
 
 
 def load_image(path: Path, factor: int) -> tuple[npt.NDArray[np.uint8], tuple[int, int]]:
-    """Decode a camera image downscaled by `factor`: `(H // f, W // f, 3)` uint8 and (W, H)."""
+    """Decode a camera image downscaled by `factor`: `(H // f, W // f, 3)` uint8 and (W, H).
+    The bytes are read once (`read_raw`: digested when a FileLog is reading), then decoded."""
     try:
-        with Image.open(path) as im:
+        raw = read_raw(path)
+    except OSError as e:
+        raise FormatError(path, "payload", f"image cannot be decoded ({e}).") from None
+    try:
+        with Image.open(io.BytesIO(raw)) as im:
             wh = im.size
             size = (max(wh[0] // factor, 1), max(wh[1] // factor, 1))
             im.draft("RGB", size)  # JPEG: decode at 1/2..1/8 scale in the DCT, much faster
