@@ -54,3 +54,14 @@ def test_non_finite_points_count_nowhere() -> None:
     pts, boxes = _scene(rng, 2000, 6, 10)
     pts[::7, 0], pts[1::7, 1], pts[2::7, 2] = np.nan, np.inf, -np.inf
     np.testing.assert_array_equal(count_points_in_boxes(pts, boxes), bx.points_in_boxes(pts, boxes))
+
+
+@pytest.mark.parametrize("spread_m", [0.0, 1.0, 300.0])
+def test_grid_cells_of_one_box_and_of_several(spread_m: float) -> None:
+    """Boxes on one spot (every grid cell names several boxes), close together (a mix) and far
+    apart (every marked cell names one box): the same counts on a scan big enough for the grid."""
+    rng = np.random.default_rng(int(spread_m))
+    boxes = np.column_stack([rng.uniform(-spread_m, spread_m, (12, 2)), np.zeros(12),
+                             rng.uniform(1, 5, (12, 3)), rng.uniform(-np.pi, np.pi, 12)])
+    pts = np.concatenate([rng.normal(b[:3], b[3:6], (400, 3)) for b in boxes]).astype(np.float32)
+    np.testing.assert_array_equal(count_points_in_boxes(pts, boxes), bx.points_in_boxes(pts, boxes))
