@@ -261,7 +261,8 @@ def load_image(path: Path, factor: int) -> tuple[npt.NDArray[np.uint8], tuple[in
             wh = im.size
             size = (max(wh[0] // factor, 1), max(wh[1] // factor, 1))
             im.draft("RGB", size)  # JPEG: decode at 1/2..1/8 scale in the DCT, much faster
-            small = im.convert("RGB")
+            im.load()
+            small = im if im.mode == "RGB" else im.convert("RGB")  # no copy of an RGB image
             if small.size != size:
                 small = small.resize(size, Image.Resampling.BOX)
             return np.asarray(small, dtype=np.uint8), wh

@@ -185,7 +185,9 @@ def radar_cloud(ref: RadarRef) -> npt.NDArray[np.float32]:
     """`(M, 23)` float32 in `RADAR_FIELDS` order (ego frame) of every sweep read into `ref`."""
     if not ref.recs:
         return np.zeros((0, len(RADAR_FIELDS)), np.float32)
-    rec = np.concatenate(ref.recs)  # (M,)
+    # (M,) records: joined as bytes (every sweep is RADAR_PCD_DTYPE, packed): concatenating
+    # structured arrays promotes their dtypes pairwise, 2 ms per keyframe for 25 sweeps
+    rec = np.concatenate([r.view(np.uint8) for r in ref.recs]).view(RADAR_PCD_DTYPE)
     n = np.array([len(r) for r in ref.recs])  # (S,) points per sweep
     ends = np.cumsum(n)
     cloud = np.empty((len(rec), len(RADAR_FIELDS)), np.float32)  # (M, 23)
