@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from kdpipe.evaluation.nuscenes_devkit import detection_constants
+
 BIKE_RACK = "static_object.bicycle_rack"
 BIKE_CLASSES = ("bicycle", "motorcycle")  # the classes a rack hides
 _EGO_BOX = ["x_ego_m", "y_ego_m", "z_ego_m", "length_m", "width_m", "height_m", "yaw_ego_rad"]
@@ -29,17 +31,25 @@ class NusBoxes:
     xyz_ego_m: np.ndarray   # (N, 3) centre in the ego frame (the bike-rack test)
     world: np.ndarray       # (N, 8) world x, y, length, width, height, yaw, vx, vy (v NaN: unknown)
     ego_dist_m: np.ndarray  # (N,) xy distance from the ego, world frame (the range filter)
-    attribute: np.ndarray   # (N,) object: attribute name, "" where none
+    attribute: np.ndarray   # (N,) int64 `attribute_codes` code; -1: none
     score: np.ndarray | None = None  # (N,) detections only
 
     def __len__(self) -> int:
         return int(self.frame.shape[0])
 
     def take(self, rows: np.ndarray) -> NusBoxes:
-        """The boxes `rows` (indices or a mask), order kept."""
+        """The boxes `rows` (indices), order kept."""
         return NusBoxes(self.frame[rows], self.cls[rows], self.xyz_ego_m[rows],
                         self.world[rows], self.ego_dist_m[rows], self.attribute[rows],
                         None if self.score is None else self.score[rows])
+
+
+def attribute_codes() -> dict[str, int]:
+    """Attribute name -> integer code (compared as integers, not strings): the devkit's names
+    0, 1, ...; "" (none) -1. A name it does not know (ground truth only: submissions are
+    checked) gets `len(codes) - 1`, which no detection has."""
+    names = detection_constants()["ATTRIBUTE_NAMES"]
+    return {"": -1, **{n: i for i, n in enumerate(names)}}
 
 
 def in_racks(frame: np.ndarray, xyz_ego_m: np.ndarray, racks: tuple[np.ndarray, np.ndarray]
@@ -70,7 +80,7 @@ def devkit_filter(boxes: NusBoxes, class_names: tuple[str, ...],
                                                       for c in BIKE_CLASSES if c in class_names]))
     if bikes.size and racks[0].size:
         keep[bikes[in_racks(boxes.frame[bikes], boxes.xyz_ego_m[bikes], racks)]] = False
-    return boxes.take(keep)
+    return boxes.take(np.flatnonzero(keep))
 
 
 def store_boxes(path: Path, frame_ids: list[str], poses: np.ndarray,
@@ -81,6 +91,7 @@ def store_boxes(path: Path, frame_ids: list[str], poses: np.ndarray,
     columns it needs of the samples it needs; the rest is numpy."""
     pos = {f: i for i, f in enumerate(frame_ids)}
     c_idx = {c: i for i, c in enumerate(class_names)}
+    codes = attribute_codes()
     df = pl.scan_parquet(path).select(
         pl.col("frame_id").replace_strict(pos, default=-1, return_dtype=pl.Int64).alias("f"),
         pl.col("label").replace_strict(c_idx, default=-1, return_dtype=pl.Int64).alias("c"),
@@ -89,7 +100,8 @@ def store_boxes(path: Path, frame_ids: list[str], poses: np.ndarray,
         .alias("pts"),
         *[pl.col(c).cast(pl.Float64) for c in _EGO_BOX],
         pl.col("vx_ego_mps", "vy_ego_mps").cast(pl.Float64).fill_null(np.nan),
-        pl.col("attribute").fill_null(""),
+        pl.col("attribute").fill_null("").replace_strict(
+            codes, default=len(codes) - 1, return_dtype=pl.Int64),
     ).filter((pl.col("f") >= 0) & (pl.col("rack") | ((pl.col("c") >= 0) & pl.col("pts")))
              ).collect()
     frame, rack = df["f"].to_numpy(), df["rack"].to_numpy()

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from kdpipe.evaluation.nuscenes_boxes import NusBoxes
+from kdpipe.evaluation.nuscenes_boxes import NusBoxes, attribute_codes
 from kdpipe.evaluation.nuscenes_devkit import detection_constants
 from kdpipe.pipeline.errors import KdpipeError
 
@@ -111,28 +111,33 @@ def _numbers(path: Path, values: list[Any], width: int, what: str) -> np.ndarray
     return flat.reshape(len(values), width)
 
 
-def _check_names(path: Path, cols: dict[str, list[Any]], tokens: list[str]) -> np.ndarray:
-    """Names checked against the devkit's; returns the (N,) scores."""
-    const = detection_constants()
-    for field, known, extra in (("detection_name", const["DETECTION_NAMES"], ()),
-                                ("attribute_name", const["ATTRIBUTE_NAMES"], ("",))):
-        ok = set(known) | set(extra)
-        if set(cols[field]) <= ok:
-            continue
-        bad = [(v, t) for v, t in zip(cols[field], tokens, strict=True) if v not in ok]
-        names = sorted({str(v) for v, _ in bad})
-        raise SubmissionError(
-            f"{path}: unknown {field}(s) {', '.join(map(repr, names))} in {len(bad)} "
-            f"box(es), e.g. in sample {bad[0][1]!r}; nuScenes names: {', '.join(known)}")
+def _codes(path: Path, values: list[Any], tokens: list[str], field: str,
+           codes: dict[str, int]) -> np.ndarray:
+    """(N,) codes of the names `values` (the keys of `codes`); any other value, the devkit's
+    own check, is an error naming them."""
+    try:  # one C-level pass; a name that is no key stops it
+        return np.fromiter(map(codes.__getitem__, values), dtype=np.int64, count=len(values))
+    except (KeyError, TypeError):
+        pass
+    bad = [(v, t) for v, t in zip(values, tokens, strict=True)
+           if not isinstance(v, str) or v not in codes]
+    names = sorted({repr(v) for v, _ in bad})
+    known = [n for n in codes if n]
+    raise SubmissionError(
+        f"{path}: unknown {field}(s) {', '.join(names)} in {len(bad)} box(es), e.g. in "
+        f"sample {bad[0][1]!r}; nuScenes names: {', '.join(known)}")
+
+
+def _scores(path: Path, values: list[Any], tokens: list[str]) -> np.ndarray:
+    """(N,) detection scores."""
     try:  # DetectionBox.deserialize takes anything float() takes, then refuses NaN
-        score = np.fromiter(map(float, cols["detection_score"]), dtype=np.float64,
-                            count=len(tokens))
+        score = np.fromiter(map(float, values), dtype=np.float64, count=len(tokens))
     except (TypeError, ValueError):
         score = np.full(len(tokens), np.nan)
     if np.isnan(score).any():
         i = int(np.flatnonzero(np.isnan(score))[0])
         raise SubmissionError(f"{path}: a detection_score is not a number (or NaN), e.g. "
-                              f"{cols['detection_score'][i]!r} in sample {tokens[i]!r}")
+                              f"{values[i]!r} in sample {tokens[i]!r}")
     return score
 
 
@@ -163,7 +168,12 @@ def submission_boxes(path: Path, results: dict[str, list[Any]], poses: np.ndarra
     in the xy plane), with its centre in the ego frame for the bike-rack test. ``poses``:
     (F, 4, 4) world-from-ego of the samples in results order (`submission_frames`)."""
     tokens, cols = _flatten(path, results, max_boxes)
-    score = _check_names(path, cols, tokens)
+    # every devkit name is a key (-1: a name the config does not score)
+    c_idx = {n: class_names.index(n) if n in class_names else -1
+             for n in detection_constants()["DETECTION_NAMES"]}
+    cls = _codes(path, cols["detection_name"], tokens, "detection_name", c_idx)
+    attr = _codes(path, cols["attribute_name"], tokens, "attribute_name", attribute_codes())
+    score = _scores(path, cols["detection_score"], tokens)
     t_world = _numbers(path, cols["translation"], 3, "translation")          # (N, 3)
     wlh = _numbers(path, cols["size"], 3, "size")                            # (N, 3)
     q = _numbers(path, cols["rotation"], 4, "rotation")                      # (N, 4) wxyz
@@ -183,10 +193,7 @@ def submission_boxes(path: Path, results: dict[str, list[Any]], poses: np.ndarra
     xyz_ego = np.einsum("nji,nj->ni", T[:, :3, :3], d_world)                 # R^T (box - ego)
     w, x, y, z = (q / np.linalg.norm(q, axis=1, keepdims=True)).T
     yaw_world = np.arctan2(2 * (x * y + w * z), 1 - 2 * (y * y + z * z))     # quaternion_yaw
-    c_idx = {c: i for i, c in enumerate(class_names)}
-    cls = np.fromiter((c_idx.get(n, -1) for n in cols["detection_name"]), dtype=np.int64,
-                      count=len(tokens))
     world = np.column_stack([t_world[:, :2], wlh[:, 1], wlh[:, 0], wlh[:, 2], yaw_world,
                              v_world])
     return NusBoxes(frame, cls, xyz_ego, world, np.hypot(d_world[:, 0], d_world[:, 1]),
-                    np.asarray(cols["attribute_name"], dtype=object), score)
+                    attr, score)

@@ -71,7 +71,7 @@ def pair_errors(d: np.ndarray, g: np.ndarray, matched: np.ndarray, half_turn: np
         d, g: `NusBoxes.world` of detections (P, 8) and ground truth (G, 8).
         matched: (P,) ground-truth index or -1.
         half_turn: (P,) the detection's class has a yaw period of pi.
-        attrs: (P,) and (G,) attribute names, "" where none.
+        attrs: (P,) and (G,) attribute codes (`attribute_codes`), -1 where none.
     """
     err = np.full((len(d), 5), np.nan)
     m = np.flatnonzero(matched >= 0)
@@ -85,7 +85,7 @@ def pair_errors(d: np.ndarray, g: np.ndarray, matched: np.ndarray, half_turn: np
     diff = (gm[:, 5] - dm[:, 5] + period / 2) % period - period / 2  # the devkit's angle_diff
     err[m, 3] = np.abs(np.where(diff > np.pi, diff - 2 * np.pi, diff))
     g_attr, d_attr = attrs[1][matched[m]], attrs[0][m]
-    err[m, 4] = np.where(g_attr == "", np.nan, (g_attr != d_attr).astype(np.float64))
+    err[m, 4] = np.where(g_attr < 0, np.nan, (g_attr != d_attr).astype(np.float64))
     return err
 
 
