@@ -83,17 +83,15 @@ def devkit_filter(boxes: NusBoxes, class_names: tuple[str, ...],
     return boxes.take(np.flatnonzero(keep))
 
 
-def store_boxes(path: Path, frame_ids: list[str], poses: np.ndarray,
-                class_names: tuple[str, ...]) -> tuple[NusBoxes, tuple[np.ndarray, np.ndarray]]:
-    """The ground truth of the samples `frame_ids` (poses: their (F, 4, 4) world-from-ego)
-    from a store's BOXES table: (boxes of the detection classes with at least one LiDAR or
-    radar point, bike racks as (sample index, (R, 7) ego boxes)). One query reads the
-    columns it needs of the samples it needs; the rest is numpy."""
-    pos = {f: i for i, f in enumerate(frame_ids)}
+def store_boxes_query(path: Path, class_names: tuple[str, ...]) -> pl.LazyFrame:
+    """What the scoring reads of a store's BOXES table: the ground truth of the detection
+    classes with at least one LiDAR or radar point, and the bike racks; only the columns it
+    needs, classes and attributes as codes. Every sample's rows: it runs while the
+    submission, which names the samples, is still being parsed."""
     c_idx = {c: i for i, c in enumerate(class_names)}
     codes = attribute_codes()
-    df = pl.scan_parquet(path).select(
-        pl.col("frame_id").replace_strict(pos, default=-1, return_dtype=pl.Int64).alias("f"),
+    return pl.scan_parquet(path).select(
+        "frame_id",
         pl.col("label").replace_strict(c_idx, default=-1, return_dtype=pl.Int64).alias("c"),
         (pl.col("class_name") == BIKE_RACK).fill_null(False).alias("rack"),
         ((pl.col("num_lidar_pts").fill_null(0) + pl.col("num_radar_pts").fill_null(0)) != 0)
@@ -102,12 +100,20 @@ def store_boxes(path: Path, frame_ids: list[str], poses: np.ndarray,
         pl.col("vx_ego_mps", "vy_ego_mps").cast(pl.Float64).fill_null(np.nan),
         pl.col("attribute").fill_null("").replace_strict(
             codes, default=len(codes) - 1, return_dtype=pl.Int64),
-    ).filter((pl.col("f") >= 0) & (pl.col("rack") | ((pl.col("c") >= 0) & pl.col("pts")))
-             ).collect()
-    frame, rack = df["f"].to_numpy(), df["rack"].to_numpy()
-    a = df.select(*_EGO_BOX, "vx_ego_mps", "vy_ego_mps").to_numpy()          # (N, 9)
-    racks = (frame[rack], a[rack, :7])
-    gt = ~rack & (df["c"].to_numpy() >= 0)
+    ).filter(pl.col("rack") | ((pl.col("c") >= 0) & pl.col("pts")))
+
+
+def store_boxes(table: pl.DataFrame, frame_ids: list[str], poses: np.ndarray
+                ) -> tuple[NusBoxes, tuple[np.ndarray, np.ndarray]]:
+    """The ground truth of the samples `frame_ids` (poses: their (F, 4, 4) world-from-ego)
+    in `store_boxes_query`'s table: (its boxes, its bike racks as (sample index, (R, 7) ego
+    boxes))."""
+    pos = {f: i for i, f in enumerate(frame_ids)}
+    frame = table["frame_id"].replace_strict(pos, default=-1, return_dtype=pl.Int64).to_numpy()
+    rack = table["rack"].to_numpy()
+    a = table.select(*_EGO_BOX, "vx_ego_mps", "vy_ego_mps").to_numpy()       # (N, 9)
+    racks = (frame[rack & (frame >= 0)], a[rack & (frame >= 0), :7])
+    gt = np.flatnonzero(~rack & (frame >= 0))
     a, frame = a[gt], frame[gt]
     R, t = poses[frame, :3, :3], poses[frame, :3, 3]                          # (N, 3, 3), (N, 3)
     rp = np.einsum("nij,nj->ni", R, a[:, :3])                                 # rotated only
@@ -118,5 +124,5 @@ def store_boxes(path: Path, frame_ids: list[str], poses: np.ndarray,
     world = np.column_stack([rp[:, :2] + t[:, :2], a[:, 3:6],
                              np.arctan2(x_axis[:, 1], x_axis[:, 0]),
                              np.einsum("nij,nj->ni", R[:, :2, :2], a[:, 7:9])])
-    return NusBoxes(frame, df["c"].to_numpy()[gt], a[:, :3], world,
-                    np.hypot(rp[:, 0], rp[:, 1]), df["attribute"].to_numpy()[gt]), racks
+    return NusBoxes(frame, table["c"].to_numpy()[gt], a[:, :3], world,
+                    np.hypot(rp[:, 0], rp[:, 1]), table["attribute"].to_numpy()[gt]), racks

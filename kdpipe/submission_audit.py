@@ -16,8 +16,10 @@ import gc
 import json
 import math
 import sys
+import threading
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -86,15 +88,39 @@ def audit_submission(submission: Path, ingest: Path) -> dict[str, Any]:
             gc.enable()
 
 
+def _read_store(art: Path, class_names: tuple[str, ...], started: threading.Event | None = None
+                ) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(frames, `store_boxes_query`'s table) of the ingest artifact `art`; `started` is set
+    once the queries are built, just before polars runs them without the GIL."""
+    from kdpipe.evaluation.nuscenes_boxes import store_boxes_query
+
+    lazy = [pl.scan_parquet(art / "frames.parquet").select(_FRAME_COLUMNS),
+            store_boxes_query(art / "boxes.parquet", class_names)]
+    if started is not None:
+        started.set()
+    frames, boxes = pl.collect_all(lazy)
+    return frames, boxes
+
+
 def _audit_submission(submission: Path, ingest: Path) -> dict[str, Any]:
     from kdpipe.evaluation.nuscenes_boxes import store_boxes
     from kdpipe.stages.audit.nuscenes import devkit_rules
     from kdpipe.stages.audit.tp_errors import nuscenes_scores
 
     t0 = time.perf_counter()
-    results = read_results(submission)
-    art = resolve_ingest(ingest, list(results))
-    frames_all = pl.read_parquet(art / "frames.parquet", columns=_FRAME_COLUMNS)
+    rules = devkit_rules()
+    with ThreadPoolExecutor(1) as pool:
+        early = None
+        if _is_ingest_artifact(ingest):
+            # the store is known before the submission is read: polars reads it on the other
+            # core meanwhile. orjson holds the GIL for the whole parse, so the reads must be
+            # under way (`started`: queries built, the GIL about to be released) before it runs
+            started = threading.Event()
+            early = pool.submit(_read_store, ingest, rules.class_names, started)
+            started.wait(timeout=1.0)
+        results = read_results(submission)
+        art = resolve_ingest(ingest, list(results))
+        frames_all, table = early.result() if early else _read_store(art, rules.class_names)
     nus = frames_all.filter(pl.col("dataset") == "nuscenes")  # a mixed store: its nuScenes part
     if nus.is_empty():
         raise SubmissionError(f"{art} holds no nuScenes frames (datasets: "
@@ -102,11 +128,9 @@ def _audit_submission(submission: Path, ingest: Path) -> dict[str, Any]:
     where = f"the nuScenes frames of the ingest {art}"
     frames = submission_frames(results, nus, submission, where)
     poses = frames["t_world_from_ego"].to_numpy().astype(np.float64).reshape(-1, 4, 4)
-    rules = devkit_rules()
     dets = submission_boxes(submission, results, poses, rules.class_names,
                             rules.max_boxes_per_sample)
-    gts, racks = store_boxes(art / "boxes.parquet", frames["frame_id"].to_list(), poses,
-                             rules.class_names)
+    gts, racks = store_boxes(table, frames["frame_id"].to_list(), poses)
     scores = nuscenes_scores(dets, gts, frames.height, racks, rules)
     splits = Counter(frames["split"].to_list())
     return {"submission": str(submission), "ingest": str(art), "n_samples": frames.height,
