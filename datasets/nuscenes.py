@@ -267,17 +267,18 @@ def _boxes(ctx: _Ctx, sample: dict[str, Any], pose: dict[str, Any],
     if (wlh <= 0).any():
         raise FormatError(table, "box_size", f"an annotation has a size <= 0 ({wlh.min():.3g} m).")
     b = bx.nuscenes_global_to_ego(trans, wlh, rot, pose["translation"], pose["rotation"])  # (B, 7)
-    v_glob = np.array([nusc.box_velocity(a["token"]) for a in anns])  # (B, 3), NaN if unknown
+    v_glob = nusc.box_velocities([a["token"] for a in anns])  # (B, 3), NaN if unknown
     v_ego = v_glob @ t_world_ego[:3, :3]  # row form of R_world_ego^T v
+    known = np.isfinite(v_ego[:, :2]).all(axis=1).tolist()  # (B,)
     out = []
-    for i, a in enumerate(anns):
+    for i, (a, box, v) in enumerate(zip(anns, b.tolist(), v_ego[:, :2].tolist(), strict=True)):
         cat = a["category_name"]
         attrs = [nusc.get("attribute", t)["name"] for t in a.get("attribute_tokens", [])]
-        vx, vy = (None, None) if not np.isfinite(v_ego[i, :2]).all() else map(float, v_ego[i, :2])
+        vx, vy = v if known[i] else (None, None)
         out.append({"class_name": cat, "label": detection_name(cat),
-                    "x_ego_m": b[i, 0], "y_ego_m": b[i, 1], "z_ego_m": b[i, 2],
-                    "length_m": b[i, 3], "width_m": b[i, 4], "height_m": b[i, 5],
-                    "yaw_ego_rad": b[i, 6], "vx_ego_mps": vx, "vy_ego_mps": vy,
+                    "x_ego_m": box[0], "y_ego_m": box[1], "z_ego_m": box[2],
+                    "length_m": box[3], "width_m": box[4], "height_m": box[5],
+                    "yaw_ego_rad": box[6], "vx_ego_mps": vx, "vy_ego_mps": vy,
                     "num_lidar_pts": int(a.get("num_lidar_pts", 0)),
                     "num_radar_pts": int(a.get("num_radar_pts", 0)),
                     "instance": a.get("instance_token"), "attribute": ",".join(attrs) or None})

@@ -106,6 +106,32 @@ class NusTables:
         if self.map and "log_tokens" not in self.map[0]:  # the devkit refuses these tables too
             raise KeyError("log_tokens not in the map table")
 
+    def box_velocities(self, tokens: list[str],
+                       max_time_diff: float = 1.5) -> npt.NDArray[np.float64]:
+        """(B, 3) `box_velocity` of each annotation: the same float operations, element by
+        element, on arrays (no neighbour: limit -inf, so NaN as the devkit)."""
+        ann, sample = self._by_token["sample_annotation"], self._by_token["sample"]
+        ends: list[tuple[Record, Record]] = []   # (first, last) of each annotation
+        limit = np.empty(len(tokens))             # (B,) largest time difference allowed
+        for i, tok in enumerate(tokens):
+            cur = ann[tok]
+            has_prev, has_next = cur["prev"] != "", cur["next"] != ""
+            ends.append((ann[cur["prev"]] if has_prev else cur,
+                         ann[cur["next"]] if has_next else cur))
+            limit[i] = (max_time_diff * 2 if has_prev and has_next else
+                        max_time_diff if has_prev or has_next else -np.inf)
+        pos_diff = np.array([last["translation"] for _, last in ends], dtype=float) \
+            - np.array([first["translation"] for first, _ in ends], dtype=float)  # (B, 3)
+        time_last = 1e-6 * np.array([sample[last["sample_token"]]["timestamp"]
+                                     for _, last in ends], dtype=float)
+        time_first = 1e-6 * np.array([sample[first["sample_token"]]["timestamp"]
+                                      for first, _ in ends], dtype=float)
+        time_diff = time_last - time_first  # (B,)
+        with np.errstate(divide="ignore", invalid="ignore"):  # the devkit's numpy warns here
+            v = pos_diff / time_diff[:, None]
+        v[time_diff > limit] = np.nan
+        return v.reshape(-1, 3)
+
     def box_velocity(self, token: str, max_time_diff: float = 1.5) -> npt.NDArray[np.float64]:
         """(3,) global velocity (m/s) of an annotation from its neighbours, NaN if unknown."""
         current = self.get("sample_annotation", token)
