@@ -164,9 +164,9 @@ def rigid(translation: Any, rotation: Any, inverse: bool = False) -> npt.NDArray
 
 def transform(db: NusDb, table: str, token: str, path: str, check: Any,
               inverse: bool = False) -> npt.NDArray[np.float64]:
-    """(4, 4) transform of a calibrated_sensor / ego_pose record (`rigid`), memoised per
-    process: calibrated_sensor ones are reused by every frame, ego_pose ones by the frames of a
-    scene (the LiDAR keyframe pose three times)."""
+    """(4, 4) transform of a calibrated_sensor / ego_pose record (`rigid`); calibrated_sensor
+    ones (few, reused by every frame) are memoised, ego_pose ones (one per sample_data, each
+    used by one keyframe) are not: a worker's memo would grow with every sweep it reads."""
     key = (table, token, inverse)
     hit = db.mats.get(key)
     if hit is not None:
@@ -178,7 +178,8 @@ def transform(db: NusDb, table: str, token: str, path: str, check: Any,
         raise FormatError(path, check, f"bad {table} translation/rotation ({e}).") from None
     if not np.isfinite(t).all():
         raise FormatError(path, check, f"{table} translation/rotation is not finite.")
-    db.mats[key] = t
+    if table == "calibrated_sensor":
+        db.mats[key] = t
     return t
 
 
