@@ -133,17 +133,29 @@ def match_thresholds(det: BoxSet, cand: Candidates, n_gt: int, n_frames: int,
     if n_det == 0 or cand.gt.shape[1] == 0:
         return np.full((n_th, n_det), -1, dtype=np.int64)
     assert det.score is not None
-    # a pair at or beyond threshold t never matches there: out of copy t's candidates; a copy
-    # of a detection left with none stays out of the matching (it can take nothing)
     th = np.asarray(dist_ths_m)
-    near = (cand.gt >= 0) & (cand.cost < th[:, None, None])                # (T, P, K)
-    t, p = np.nonzero(near.any(axis=2))              # the copies that can match, t-major
+    out = np.full((n_th, n_det), -1, dtype=np.int64)
+    # most detections share no candidate with another detection (within the largest
+    # threshold, so within any): nothing is taken from them and they take from no one, so at
+    # each threshold their match is their nearest candidate if it is near enough
+    valid = cand.gt >= 0                                                    # (P, K)
+    shared = np.bincount(cand.gt[valid], minlength=n_gt) > 1
+    contested = (valid & shared[np.where(valid, cand.gt, 0)]).any(axis=1)
+    free = np.flatnonzero(valid[:, 0] & ~contested)   # slot 0 is filled first
+    j = cand.cost[free].argmin(axis=1)
+    best, g = cand.cost[free, j], cand.gt[free, j]
+    out[:, free] = np.where(best < th[:, None], g, -1)
+    # the others: a pair at or beyond threshold t never matches there, so it is out of copy
+    # t's candidates; a copy left with none stays out of the matching (it can take nothing)
+    rows = np.flatnonzero(contested)
+    near = cand.cost[rows] < th[:, None, None]                              # (T, C, K)
+    t, i = np.nonzero(near.any(axis=2))              # the copies that can match, t-major
+    p = rows[i]
     rep = BoxSet(frame=det.frame[p] + t * n_frames, cls=det.cls[p], boxes=det.boxes,
                  xy=det.xy, score=det.score[p])
-    gt_rep = np.where(near[t, p], cand.gt[p] + (t * n_gt)[:, None], -1)    # (M, K)
-    matched = greedy_match(rep, Candidates(gt_rep, np.where(near[t, p], cand.cost[p], np.inf)),
+    gt_rep = np.where(near[t, i], cand.gt[p] + (t * n_gt)[:, None], -1)    # (M, K)
+    matched = greedy_match(rep, Candidates(gt_rep, np.where(near[t, i], cand.cost[p], np.inf)),
                            n_th * n_gt, th[t], "center_distance")
-    out = np.full((n_th, n_det), -1, dtype=np.int64)
     out[t, p] = np.where(matched >= 0, matched - t * n_gt, -1)
     return out
 
