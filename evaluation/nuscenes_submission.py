@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 from itertools import chain
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,9 @@ from kdpipe.pipeline.errors import KdpipeError
 
 FIELDS = ("sample_token", "translation", "size", "rotation", "velocity", "detection_name",
           "detection_score", "attribute_name")
+_VECTORS = ("translation", "size", "rotation", "velocity")
+_WIDTHS = np.array([3, 3, 4, 2])  # their lengths
+_NAMED = [f for f in FIELDS if f not in _VECTORS]
 
 
 class SubmissionError(KdpipeError):
@@ -73,9 +77,10 @@ def read_results(path: Path) -> dict[str, list[Any]]:
 
 def _flatten(path: Path, results: dict[str, list[Any]], max_boxes: int
              ) -> tuple[list[str], dict[str, list[Any]]]:
-    """(each box's results key, {field: values}) over every box, in file order; a missing
-    field or a sample token that disagrees with its key is an error. Comprehensions per field,
-    not a loop per box: this is the part that grows with the file."""
+    """(each box's results key, {field: values} for the fields that are not vectors and
+    "vectors": each box's (translation, size, rotation, velocity)) over every box, in file
+    order; a missing field or a sample token that disagrees with its key is an error.
+    Comprehensions per field, not a loop per box: this is the part that grows with the file."""
     for token, boxes in results.items():
         if len(boxes) > max_boxes:
             raise SubmissionError(f"{path}: sample {token!r} has {len(boxes)} boxes; "
@@ -83,7 +88,8 @@ def _flatten(path: Path, results: dict[str, list[Any]], max_boxes: int
     keys = [t for t, boxes in results.items() for _ in boxes]
     every = [b for boxes in results.values() for b in boxes]
     try:
-        cols = {f: [b[f] for b in every] for f in FIELDS}
+        cols: dict[str, Any] = {f: [b[f] for b in every] for f in _NAMED}
+        cols["vectors"] = list(map(itemgetter(*_VECTORS), every))  # (N,) 4-tuples of lists
     except (KeyError, TypeError):
         i = next(i for i, b in enumerate(every)
                  if not isinstance(b, dict) or not set(FIELDS) <= b.keys())
@@ -95,6 +101,23 @@ def _flatten(path: Path, results: dict[str, list[Any]], max_boxes: int
         raise SubmissionError(f"{path}: {len(bad)} box(es) carry a sample_token other than "
                               f"the results key they are listed under, e.g. {bad[0]!r}")
     return keys, cols
+
+
+def _vectors(path: Path, rows: list[tuple[Any, ...]]) -> np.ndarray:
+    """(N, 12) translation, size, rotation, velocity from each box's 4-tuple of lists: one
+    pass for the lengths, one for the numbers (not four of each); any problem is named by
+    the per-field check."""
+    n = len(rows)
+    try:
+        lengths = np.fromiter(map(len, chain.from_iterable(rows)), dtype=np.int64,
+                              count=len(_VECTORS) * n).reshape(n, len(_VECTORS))
+        if (lengths == _WIDTHS).all():
+            return np.fromiter(chain.from_iterable(chain.from_iterable(rows)),
+                               dtype=np.float64, count=int(_WIDTHS.sum()) * n).reshape(n, -1)
+    except (TypeError, ValueError):
+        pass
+    return np.hstack([_numbers(path, [r[k] for r in rows], w, f)
+                      for k, (f, w) in enumerate(zip(_VECTORS, _WIDTHS, strict=True))])
 
 
 def _numbers(path: Path, values: list[Any], width: int, what: str) -> np.ndarray:
@@ -174,10 +197,8 @@ def submission_boxes(path: Path, results: dict[str, list[Any]], poses: np.ndarra
     cls = _codes(path, cols["detection_name"], tokens, "detection_name", c_idx)
     attr = _codes(path, cols["attribute_name"], tokens, "attribute_name", attribute_codes())
     score = _scores(path, cols["detection_score"], tokens)
-    t_world = _numbers(path, cols["translation"], 3, "translation")          # (N, 3)
-    wlh = _numbers(path, cols["size"], 3, "size")                            # (N, 3)
-    q = _numbers(path, cols["rotation"], 4, "rotation")                      # (N, 4) wxyz
-    v_world = _numbers(path, cols["velocity"], 2, "velocity")                # (N, 2)
+    vec = _vectors(path, cols["vectors"])                                    # (N, 12)
+    t_world, wlh, q, v_world = vec[:, :3], vec[:, 3:6], vec[:, 6:10], vec[:, 10:]  # q: wxyz
     if not (np.isfinite(t_world).all() and np.isfinite(q).all() and np.isfinite(wlh).all()):
         raise SubmissionError(f"{path}: a translation, size or rotation is not finite")
     if (wlh <= 0).any():

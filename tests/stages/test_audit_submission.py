@@ -173,3 +173,43 @@ def test_devkit_settings_read_from_files_equal_the_imported_devkit() -> None:
     const = detection_constants()
     assert const["DETECTION_NAMES"] == constants.DETECTION_NAMES
     assert const["ATTRIBUTE_NAMES"] == constants.ATTRIBUTE_NAMES
+
+
+def _box(**over: Any) -> dict[str, Any]:
+    box = {"sample_token": "s0", "translation": [1.0, 2.0, 0.5], "size": [2.0, 4.5, 1.6],
+           "rotation": [1.0, 0.0, 0.0, 0.0], "velocity": [0.5, 0.0],
+           "detection_name": "car", "detection_score": 0.9, "attribute_name": ""}
+    return {**box, **over}
+
+
+@pytest.mark.parametrize(("over", "words"), [
+    ({"translation": [1.0, 2.0]}, ("every translation must be 3 numbers", "one has 2")),
+    ({"translation": [1.0, 2.0, 3.0, 4.0], "velocity": [0.0]}, ("translation", "one has 4")),
+    ({"rotation": [1.0, 0.0, "x", 0.0]}, ("every rotation must be 4 numbers",)),
+    ({"size": 3.0}, ("every size must be 3 numbers",)),
+    ({"detection_name": ["car"]}, ("unknown detection_name", "['car']")),
+    ({"attribute_name": "vehicle.flying"}, ("unknown attribute_name", "'vehicle.flying'")),
+    ({"detection_score": "nan"}, ("detection_score is not a number",)),
+    ({"sample_token": "s1"}, ("sample_token other than",)),
+])
+def test_bad_boxes_are_one_error(over: dict[str, Any], words: tuple[str, ...]) -> None:
+    from kdpipe.evaluation.nuscenes_submission import SubmissionError, submission_boxes
+    from kdpipe.stages.audit.nuscenes import devkit_rules
+
+    results = {"s0": [_box(), _box(**over), _box()]}
+    with pytest.raises(SubmissionError) as err:
+        submission_boxes(Path("sub.json"), results, np.eye(4)[None], devkit_rules().class_names,
+                         500)
+    msg = str(err.value)
+    assert "\n" not in msg and all(w in msg for w in words), msg
+
+
+def test_missing_field_is_one_error() -> None:
+    from kdpipe.evaluation.nuscenes_submission import SubmissionError, submission_boxes
+    from kdpipe.stages.audit.nuscenes import devkit_rules
+
+    box = _box()
+    del box["velocity"]
+    with pytest.raises(SubmissionError, match="lacks velocity"):
+        submission_boxes(Path("sub.json"), {"s0": [_box(), box]}, np.eye(4)[None],
+                         devkit_rules().class_names, 500)
