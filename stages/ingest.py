@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kdpipe.datasets.common import Storage, assemble
+from kdpipe.datasets.common import TASK_MODULES, Storage, assemble
 from kdpipe.datasets.ingest_format import IngestConfig, IngestFormat, get_format
 from kdpipe.pipeline.errors import ConfigError
 from kdpipe.pipeline.stage import ParquetArtifact, Port, Stage, StageContext, ZarrArtifact
@@ -37,6 +37,12 @@ def _sources(cfg: IngestConfig, fmt: IngestFormat) -> list[tuple[str, Path]]:
 
 def run(ctx: StageContext[IngestConfig]) -> None:
     cfg = ctx.config
+    fmt = get_format(cfg.format)
+    # a Dask cluster's workers start (and import what a task needs) while this process lists
+    # the frames; `ctx.map` waits for them
+    prestart = getattr(ctx.executor, "prestart", None)
+    if prestart is not None:
+        prestart([type(fmt).__module__, *TASK_MODULES])
     zarr_root = ctx.outputs["points"]
     import zarr
 
@@ -44,7 +50,6 @@ def run(ctx: StageContext[IngestConfig]) -> None:
     root.attrs.update({"format": cfg.format, "frame": "ego", "layout": "<source>/<scene>/<sensor>/"
                        "{points,offsets}", **ctx.file_metadata()})
     storage = Storage(cfg.chunk_rows, cfg.shard_chunks, cfg.clevel, cfg.compressor)
-    fmt = get_format(cfg.format)
     tasks, roots = [], _sources(cfg, fmt)
     for name, path in roots:
         root.require_group(name)  # created here, once: tasks only create their own subgroup

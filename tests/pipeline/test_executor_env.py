@@ -21,3 +21,19 @@ def test_local_cluster_pins_worker_threads_but_leaves_the_driver_alone(
         assert "OMP_NUM_THREADS" not in os.environ                # driver: untouched
     finally:
         ex.close()
+
+
+def test_prestart_starts_in_the_background_and_map_waits_for_it() -> None:
+    """`prestart` returns at once (the cluster starts in a thread); `map` and `close` wait for
+    it, a second `prestart` is a no-op, and a cluster started but never used closes cleanly."""
+    ex = DaskExecutor(n_workers=1)
+    try:
+        ex.prestart(["json"])
+        ex.prestart(["json"])
+        assert ex.map(os.getenv, ["OMP_NUM_THREADS"], name="omp") == ["1"]
+    finally:
+        ex.close()
+    unused = DaskExecutor(n_workers=1)
+    unused.prestart()
+    unused.close()
+    assert unused._client is None and unused._cluster is None
