@@ -15,8 +15,9 @@ Timed in one process after one untimed warm-up round, median of `--repeats`:
   tables, ego distances, range / point / bike-rack filters) + `evaluate()` (matching, AP, TP
   errors; NDS is a sum of these);
 - kdpipe `audit_submission` (what `kdpipe audit --submission --json` runs, without printing):
-  reads and checks the JSON, reads the store's frames and boxes (Parquet), maps tokens to
-  frames, the same filters, matching, AP, TP errors and NDS.
+  reads and checks the JSON, reads the store's frames and boxes (Parquet; on a second thread
+  while the JSON is parsed, when --ingest names the artifact), maps tokens to frames, the
+  same filters, matching, AP, TP errors and NDS.
 `speedup` = devkit construction + evaluate over kdpipe (wall clock, medians);
 `speedup_with_table_load` adds the devkit's table load (a user with only the JSON pays it too);
 `speedup_cpu` divides the processes' CPU seconds (`time.process_time`) instead, which a busy
