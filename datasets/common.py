@@ -44,10 +44,6 @@ SPLITS = ("train", "val", "unlabeled", "test")
 
 SOURCES = {"path": pl.String, "bytes": pl.Int64, "sha256": pl.String}
 
-# what an ingest task imports on first use (the writer's codecs, image headers), beside its
-# format module: imported on the workers while the driver plans (`DaskExecutor.prestart`)
-TASK_MODULES = ("zarr", "numcodecs.blosc", "google_crc32c", "PIL.Image")
-
 
 @dataclass(frozen=True)
 class Storage:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kdpipe.datasets.common import TASK_MODULES, Storage, assemble
+from kdpipe.datasets.common import Storage, assemble
 from kdpipe.datasets.ingest_format import IngestConfig, IngestFormat, get_format
 from kdpipe.pipeline.errors import ConfigError
 from kdpipe.pipeline.stage import ParquetArtifact, Port, Stage, StageContext, ZarrArtifact
@@ -38,11 +38,10 @@ def _sources(cfg: IngestConfig, fmt: IngestFormat) -> list[tuple[str, Path]]:
 def run(ctx: StageContext[IngestConfig]) -> None:
     cfg = ctx.config
     fmt = get_format(cfg.format)
-    # a Dask cluster's workers start (and import what a task needs) while this process lists
-    # the frames; `ctx.map` waits for them
+    # a Dask cluster's workers start while this process lists the frames; `ctx.map` waits
     prestart = getattr(ctx.executor, "prestart", None)
     if prestart is not None:
-        prestart([type(fmt).__module__, *TASK_MODULES])
+        prestart()
     zarr_root = ctx.outputs["points"]
     import zarr
 

@@ -28,8 +28,8 @@ def test_prestart_starts_in_the_background_and_map_waits_for_it() -> None:
     it, a second `prestart` is a no-op, and a cluster started but never used closes cleanly."""
     ex = DaskExecutor(n_workers=1)
     try:
-        ex.prestart(["json"])
-        ex.prestart(["json"])
+        ex.prestart()
+        ex.prestart()
         assert ex.map(os.getenv, ["OMP_NUM_THREADS"], name="omp") == ["1"]
     finally:
         ex.close()
