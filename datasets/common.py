@@ -12,6 +12,7 @@ labels, image sizes from headers and the missing-file reject (`need_file`).
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -85,15 +86,15 @@ class FileLog:
                 self.read = {}
 
     def add(self, path: str | Path) -> None:
-        p = Path(path)
+        name = str(path) if isinstance(path, Path) else str(Path(path))  # as Path spells it
         sha = self.read.pop(str(path), None)
         if sha is None:  # not read by a parser (an image), or read outside `reading()`
             h = hashlib.sha256()
-            with open(p, "rb") as f:
+            with open(name, "rb") as f:
                 while chunk := f.read(1 << 20):
                     h.update(chunk)
             sha = h.hexdigest()
-        self.rows.append({"path": str(p), "bytes": p.stat().st_size, "sha256": sha})
+        self.rows.append({"path": name, "bytes": os.stat(name).st_size, "sha256": sha})
 
 
 @dataclass
@@ -282,14 +283,16 @@ def kitti_box_rows(lab: KittiLabels, t_cam_from_lidar: npt.NDArray[np.float64],
                                t_cam_from_lidar)                                 # (B, 7)
     n_l = count_points_in_boxes(lidar[:, :3], b)
     n_r = count_points_in_boxes(radar[:, :3], b)
-    bbox = lab.bbox_ltrb[keep]
+    # plain Python numbers, one conversion per array (the same float64 / int values)
     out = []
-    for i, name in enumerate(lab.class_name[keep]):
+    for name, (x, y, z, length, width, height, yaw), (left, top, right, bottom), occ, nl, nr in zip(
+            lab.class_name[keep].tolist(), b.tolist(), lab.bbox_ltrb[keep].tolist(),
+            lab.occluded[keep].tolist(), n_l.tolist(), n_r.tolist(), strict=True):
         out.append({"class_name": str(name), "label": str(name),
-                    "x_ego_m": b[i, 0], "y_ego_m": b[i, 1], "z_ego_m": b[i, 2],
-                    "length_m": b[i, 3], "width_m": b[i, 4], "height_m": b[i, 5],
-                    "yaw_ego_rad": b[i, 6], "occluded": int(lab.occluded[keep][i]),
-                    "bbox_left_px": bbox[i, 0], "bbox_top_px": bbox[i, 1],
-                    "bbox_right_px": bbox[i, 2], "bbox_bottom_px": bbox[i, 3],
-                    "num_lidar_pts": int(n_l[i]), "num_radar_pts": int(n_r[i])})
+                    "x_ego_m": x, "y_ego_m": y, "z_ego_m": z,
+                    "length_m": length, "width_m": width, "height_m": height,
+                    "yaw_ego_rad": yaw, "occluded": int(occ),
+                    "bbox_left_px": left, "bbox_top_px": top,
+                    "bbox_right_px": right, "bbox_bottom_px": bottom,
+                    "num_lidar_pts": int(nl), "num_radar_pts": int(nr)})
     return out
