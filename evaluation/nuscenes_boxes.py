@@ -2,10 +2,11 @@
 the devkit's box filters on them (`filter_eval_boxes`: class range, bike racks; the
 ground truth's point filter is applied where it is read).
 
-The submission audit's path: one Parquet query reads the ground truth, and everything after it
-is numpy (the table form, `kdpipe.stages.audit.nuscenes.apply_rules`, spends most of its time
-in per-query overhead on a busy machine). The rules are those listed in
-`kdpipe.stages.audit.nuscenes`; the geometry is its `centres_in_boxes`.
+The submission audit's path: one lazy query reads the ground truth and puts it in the global
+frame (while the submission is parsed), everything after it is numpy (the table form,
+`kdpipe.stages.audit.nuscenes.apply_rules`, spends most of its time in per-query overhead on a
+busy machine). The rules are those listed in `kdpipe.stages.audit.nuscenes`; the bike-rack
+geometry is its `centres_in_boxes`.
 """
 from __future__ import annotations
 
@@ -83,14 +84,25 @@ def devkit_filter(boxes: NusBoxes, class_names: tuple[str, ...],
     return boxes.take(np.flatnonzero(keep))
 
 
-def store_boxes_query(path: Path, class_names: tuple[str, ...]) -> pl.LazyFrame:
+def store_boxes_query(boxes: Path, frames: Path, class_names: tuple[str, ...]) -> pl.LazyFrame:
     """What the scoring reads of a store's BOXES table: the ground truth of the detection
-    classes with at least one LiDAR or radar point, and the bike racks; only the columns it
-    needs, classes and attributes as codes. Every sample's rows: it runs while the
-    submission, which names the samples, is still being parsed."""
+    classes with at least one LiDAR or radar point, and the bike racks; classes and
+    attributes as codes; the devkit's global terms from the ego box and its frame's pose
+    (FRAMES `t_world_from_ego`): centre, yaw (`quaternion_yaw` of pose x box rotation, the
+    heading of R (cos, sin, 0)), velocity (the store keeps no vertical velocity: v_ego = (vx,
+    vy, 0), as `write_submission` writes it) and the xy distance from the ego. Every sample's
+    rows, all in polars: it runs without the GIL while the submission, which names the
+    samples, is still being parsed."""
     c_idx = {c: i for i, c in enumerate(class_names)}
     codes = attribute_codes()
-    return pl.scan_parquet(path).select(
+    T = [pl.col(f"_T{k}") for k in range(8)]  # rows 0 and 1 of the 4 x 4 pose
+    poses = pl.scan_parquet(frames).select(
+        "frame_id", *[pl.col("t_world_from_ego").arr.get(k).cast(pl.Float64).alias(f"_T{k}")
+                      for k in range(8)])
+    x, y, z, yaw = (pl.col(c) for c in ("x_ego_m", "y_ego_m", "z_ego_m", "yaw_ego_rad"))
+    vx, vy = pl.col("vx_ego_mps"), pl.col("vy_ego_mps")
+    rx, ry = T[0] * x + T[1] * y + T[2] * z, T[4] * x + T[5] * y + T[6] * z   # R p, rows 0, 1
+    return pl.scan_parquet(boxes).select(
         "frame_id",
         pl.col("label").replace_strict(c_idx, default=-1, return_dtype=pl.Int64).alias("c"),
         (pl.col("class_name") == BIKE_RACK).fill_null(False).alias("rack"),
@@ -100,29 +112,30 @@ def store_boxes_query(path: Path, class_names: tuple[str, ...]) -> pl.LazyFrame:
         pl.col("vx_ego_mps", "vy_ego_mps").cast(pl.Float64).fill_null(np.nan),
         pl.col("attribute").fill_null("").replace_strict(
             codes, default=len(codes) - 1, return_dtype=pl.Int64),
-    ).filter(pl.col("rack") | ((pl.col("c") >= 0) & pl.col("pts")))
+    ).filter(pl.col("rack") | ((pl.col("c") >= 0) & pl.col("pts"))
+             ).join(poses, on="frame_id", how="left", maintain_order="left").select(
+        "frame_id", "c", "rack", "attribute", *_EGO_BOX,
+        (rx + T[3]).alias("x_world_m"), (ry + T[7]).alias("y_world_m"),
+        pl.arctan2(T[4] * yaw.cos() + T[5] * yaw.sin(), T[0] * yaw.cos() + T[1] * yaw.sin())
+        .alias("yaw_world_rad"),
+        (T[0] * vx + T[1] * vy).alias("vx_world_mps"),
+        (T[4] * vx + T[5] * vy).alias("vy_world_mps"),
+        (rx * rx + ry * ry).sqrt().alias("ego_dist_m"))
 
 
-def store_boxes(table: pl.DataFrame, frame_ids: list[str], poses: np.ndarray
+_WORLD = ["x_world_m", "y_world_m", "length_m", "width_m", "height_m", "yaw_world_rad",
+          "vx_world_mps", "vy_world_mps"]
+
+
+def store_boxes(table: pl.DataFrame, frame_ids: list[str]
                 ) -> tuple[NusBoxes, tuple[np.ndarray, np.ndarray]]:
-    """The ground truth of the samples `frame_ids` (poses: their (F, 4, 4) world-from-ego)
-    in `store_boxes_query`'s table: (its boxes, its bike racks as (sample index, (R, 7) ego
-    boxes))."""
+    """The ground truth of the samples `frame_ids` in `store_boxes_query`'s table: (its
+    boxes, its bike racks as (sample index, (R, 7) ego boxes))."""
     pos = {f: i for i, f in enumerate(frame_ids)}
     frame = table["frame_id"].replace_strict(pos, default=-1, return_dtype=pl.Int64).to_numpy()
-    rack = table["rack"].to_numpy()
-    a = table.select(*_EGO_BOX, "vx_ego_mps", "vy_ego_mps").to_numpy()       # (N, 9)
-    racks = (frame[rack & (frame >= 0)], a[rack & (frame >= 0), :7])
-    gt = np.flatnonzero(~rack & (frame >= 0))
-    a, frame = a[gt], frame[gt]
-    R, t = poses[frame, :3, :3], poses[frame, :3, 3]                          # (N, 3, 3), (N, 3)
-    rp = np.einsum("nij,nj->ni", R, a[:, :3])                                 # rotated only
-    yaw = a[:, 6]
-    # the devkit's quaternion_yaw of pose x box rotation: the heading of R (cos, sin, 0); the
-    # store keeps no vertical velocity: v_ego = (vx, vy, 0), as `write_submission` writes it
-    x_axis = np.einsum("nij,nj->ni", R[:, :, :2], np.stack([np.cos(yaw), np.sin(yaw)], 1))
-    world = np.column_stack([rp[:, :2] + t[:, :2], a[:, 3:6],
-                             np.arctan2(x_axis[:, 1], x_axis[:, 0]),
-                             np.einsum("nij,nj->ni", R[:, :2, :2], a[:, 7:9])])
-    return NusBoxes(frame, table["c"].to_numpy()[gt], a[:, :3], world,
-                    np.hypot(rp[:, 0], rp[:, 1]), table["attribute"].to_numpy()[gt]), racks
+    rack = table["rack"].to_numpy() & (frame >= 0)
+    gt = np.flatnonzero(~table["rack"].to_numpy() & (frame >= 0))
+    ego = table.select(_EGO_BOX).to_numpy()                                   # (N, 7)
+    return NusBoxes(frame[gt], table["c"].to_numpy()[gt], ego[gt, :3],
+                    table.select(_WORLD).to_numpy()[gt], table["ego_dist_m"].to_numpy()[gt],
+                    table["attribute"].to_numpy()[gt]), (frame[rack], ego[rack])

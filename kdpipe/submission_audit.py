@@ -95,7 +95,7 @@ def _read_store(art: Path, class_names: tuple[str, ...], started: threading.Even
     from kdpipe.evaluation.nuscenes_boxes import store_boxes_query
 
     lazy = [pl.scan_parquet(art / "frames.parquet").select(_FRAME_COLUMNS),
-            store_boxes_query(art / "boxes.parquet", class_names)]
+            store_boxes_query(art / "boxes.parquet", art / "frames.parquet", class_names)]
     if started is not None:
         started.set()
     frames, boxes = pl.collect_all(lazy)
@@ -130,7 +130,7 @@ def _audit_submission(submission: Path, ingest: Path) -> dict[str, Any]:
     poses = frames["t_world_from_ego"].to_numpy().astype(np.float64).reshape(-1, 4, 4)
     dets = submission_boxes(submission, results, poses, rules.class_names,
                             rules.max_boxes_per_sample)
-    gts, racks = store_boxes(table, frames["frame_id"].to_list(), poses)
+    gts, racks = store_boxes(table, frames["frame_id"].to_list())
     scores = nuscenes_scores(dets, gts, frames.height, racks, rules)
     splits = Counter(frames["split"].to_list())
     return {"submission": str(submission), "ingest": str(art), "n_samples": frames.height,
