@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -62,9 +61,6 @@ class SyncExecutor:
                 progress(i + 1)
         return out
 
-    def prestart(self) -> None:
-        """Nothing to start: tasks run here."""
-
     def has_resource(self, name: str) -> bool:
         return False
 
@@ -90,43 +86,8 @@ class DaskExecutor:
         self.address, self.scheduler_file, self.n_workers = address, scheduler_file, n_workers
         self._client: Any = None
         self._cluster: Any = None
-        self._lock = threading.Lock()
-        self._starting: threading.Thread | None = None
-        self._start_error: BaseException | None = None
-
-    def prestart(self) -> None:
-        """Start the client (and a local cluster's worker processes) in a background thread now,
-        while the caller goes on (e.g. listing the frames to ingest); `map` waits for it.
-        Idempotent; an error surfaces in `map`/`client`. The workers import a task's modules
-        when its first task runs: preloading them on every worker cost a run with fewer tasks
-        than workers ~0.5 s of CPU per idle worker and gained nothing measurable."""
-        if self._client is not None or self._starting is not None:
-            return
-
-        def start() -> None:
-            try:
-                self.client()
-            except BaseException as e:  # noqa: BLE001 -- re-raised in the driver by client()
-                self._start_error = e
-
-        self._starting = threading.Thread(target=start, name="kdpipe-dask-start", daemon=True)
-        self._starting.start()
-
-    def _join_start(self) -> None:
-        t = self._starting
-        if t is not None and t is not threading.current_thread():
-            t.join()
-            self._starting = None
-            err, self._start_error = self._start_error, None
-            if err is not None:
-                raise err
 
     def client(self) -> Any:
-        self._join_start()
-        with self._lock:
-            return self._connect()
-
-    def _connect(self) -> Any:
         if self._client is None:
             from distributed import Client, LocalCluster
 
@@ -199,12 +160,6 @@ class DaskExecutor:
         return f"dask local ({self.n_workers or machine_cores()} workers)"
 
     def close(self) -> None:
-        try:
-            self._join_start()
-        finally:
-            self._close()
-
-    def _close(self) -> None:
         if self._client is not None:
             self._client.close()
         if self._cluster is not None:

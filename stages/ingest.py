@@ -37,11 +37,6 @@ def _sources(cfg: IngestConfig, fmt: IngestFormat) -> list[tuple[str, Path]]:
 
 def run(ctx: StageContext[IngestConfig]) -> None:
     cfg = ctx.config
-    fmt = get_format(cfg.format)
-    # a Dask cluster's workers start while this process lists the frames; `ctx.map` waits
-    prestart = getattr(ctx.executor, "prestart", None)
-    if prestart is not None:
-        prestart()
     zarr_root = ctx.outputs["points"]
     import zarr
 
@@ -49,6 +44,7 @@ def run(ctx: StageContext[IngestConfig]) -> None:
     root.attrs.update({"format": cfg.format, "frame": "ego", "layout": "<source>/<scene>/<sensor>/"
                        "{points,offsets}", **ctx.file_metadata()})
     storage = Storage(cfg.chunk_rows, cfg.shard_chunks, cfg.clevel, cfg.compressor)
+    fmt = get_format(cfg.format)
     tasks, roots = [], _sources(cfg, fmt)
     for name, path in roots:
         root.require_group(name)  # created here, once: tasks only create their own subgroup

@@ -23,17 +23,16 @@ def test_local_cluster_pins_worker_threads_but_leaves_the_driver_alone(
         ex.close()
 
 
-def test_prestart_starts_in_the_background_and_map_waits_for_it() -> None:
-    """`prestart` returns at once (the cluster starts in a thread); `map` and `close` wait for
-    it, a second `prestart` is a no-op, and a cluster started but never used closes cleanly."""
+def test_local_cluster_workers_run_with_quiet_housekeeping() -> None:
+    """kdpipe's own workers get `QUIET` (no per-task statistical profiler, rarer ticks): the
+    settings travel with the nanny's config into the worker processes."""
+    import dask
+
+    from kdpipe.pipeline.executor import QUIET
+
     ex = DaskExecutor(n_workers=1)
     try:
-        ex.prestart()
-        ex.prestart()
-        assert ex.map(os.getenv, ["OMP_NUM_THREADS"], name="omp") == ["1"]
+        got = ex.map(dask.config.get, list(QUIET), name="cfg")
+        assert got == list(QUIET.values())
     finally:
         ex.close()
-    unused = DaskExecutor(n_workers=1)
-    unused.prestart()
-    unused.close()
-    assert unused._client is None and unused._cluster is None
