@@ -203,7 +203,8 @@ def submission_boxes(path: Path, results: dict[str, list[Any]], poses: np.ndarra
         raise SubmissionError(f"{path}: a translation, size or rotation is not finite")
     if (wlh <= 0).any():
         raise SubmissionError(f"{path}: a size is <= 0 (DetectionEval needs every size > 0)")
-    if (np.linalg.norm(q, axis=1) == 0).any():
+    q_norm = np.sqrt(np.einsum("ni,ni->n", q, q))                           # (N,)
+    if (q_norm == 0).any():
         raise SubmissionError(f"{path}: a rotation quaternion is all zeros")
     # the boxes are grouped by sample in results order, so a box's sample is its sample's
     # position repeated over the sample's boxes
@@ -212,7 +213,7 @@ def submission_boxes(path: Path, results: dict[str, list[Any]], poses: np.ndarra
     T = poses[frame]                                                         # (N, 4, 4)
     d_world = t_world - T[:, :3, 3]                                          # box - ego
     xyz_ego = np.einsum("nji,nj->ni", T[:, :3, :3], d_world)                 # R^T (box - ego)
-    w, x, y, z = (q / np.linalg.norm(q, axis=1, keepdims=True)).T
+    w, x, y, z = (q / q_norm[:, None]).T
     yaw_world = np.arctan2(2 * (x * y + w * z), 1 - 2 * (y * y + z * z))     # quaternion_yaw
     world = np.column_stack([t_world[:, :2], wlh[:, 1], wlh[:, 0], wlh[:, 2], yaw_world,
                              v_world])
