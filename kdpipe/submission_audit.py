@@ -16,10 +16,8 @@ import gc
 import json
 import math
 import sys
-import threading
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -88,18 +86,12 @@ def audit_submission(submission: Path, ingest: Path) -> dict[str, Any]:
             gc.enable()
 
 
-def _read_store(art: Path, class_names: tuple[str, ...], started: threading.Event | None = None
-                ) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """(frames, `store_boxes_query`'s table) of the ingest artifact `art`; `started` is set
-    once the queries are built, just before polars runs them without the GIL."""
+def _store_queries(art: Path, class_names: tuple[str, ...]) -> list[pl.LazyFrame]:
+    """[frames, `store_boxes_query`] of the ingest artifact `art`."""
     from kdpipe.evaluation.nuscenes_boxes import store_boxes_query
 
-    lazy = [pl.scan_parquet(art / "frames.parquet").select(_FRAME_COLUMNS),
+    return [pl.scan_parquet(art / "frames.parquet").select(_FRAME_COLUMNS),
             store_boxes_query(art / "boxes.parquet", art / "frames.parquet", class_names)]
-    if started is not None:
-        started.set()
-    frames, boxes = pl.collect_all(lazy)
-    return frames, boxes
 
 
 def _audit_submission(submission: Path, ingest: Path) -> dict[str, Any]:
@@ -109,18 +101,19 @@ def _audit_submission(submission: Path, ingest: Path) -> dict[str, Any]:
 
     t0 = time.perf_counter()
     rules = devkit_rules()
-    with ThreadPoolExecutor(1) as pool:
-        early = None
-        if _is_ingest_artifact(ingest):
-            # the store is known before the submission is read: polars reads it on the other
-            # core meanwhile. orjson holds the GIL for the whole parse, so the reads must be
-            # under way (`started`: queries built, the GIL about to be released) before it runs
-            started = threading.Event()
-            early = pool.submit(_read_store, ingest, rules.class_names, started)
-            started.wait(timeout=1.0)
+    # an ingest artifact is known before the submission is read: polars reads it on its own
+    # threads, without the GIL, while orjson parses (no Python thread, nothing to wait for)
+    early = [q.collect(background=True) for q in _store_queries(ingest, rules.class_names)] \
+        if _is_ingest_artifact(ingest) else []
+    try:
         results = read_results(submission)
         art = resolve_ingest(ingest, list(results))
-        frames_all, table = early.result() if early else _read_store(art, rules.class_names)
+    except BaseException:
+        for q in early:
+            q.cancel()
+        raise
+    frames_all, table = [q.fetch_blocking() for q in early] if early \
+        else pl.collect_all(_store_queries(art, rules.class_names))
     nus = frames_all.filter(pl.col("dataset") == "nuscenes")  # a mixed store: its nuScenes part
     if nus.is_empty():
         raise SubmissionError(f"{art} holds no nuScenes frames (datasets: "
