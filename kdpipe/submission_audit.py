@@ -12,6 +12,7 @@ instead refuse a submission that does not cover its split).
 """
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import math
@@ -109,8 +110,11 @@ def _audit_submission(submission: Path, ingest: Path) -> dict[str, Any]:
         results = read_results(submission)
         art = resolve_ingest(ingest, list(results))
     except BaseException:
+        # let the reads finish: a background query whose handle is cancelled or dropped
+        # before it ends panics in polars (SendError, a backtrace on stderr)
         for q in early:
-            q.cancel()
+            with contextlib.suppress(Exception):
+                q.fetch_blocking()
         raise
     frames_all, table = [q.fetch_blocking() for q in early] if early \
         else pl.collect_all(_store_queries(art, rules.class_names))
