@@ -181,20 +181,22 @@ class GroupWriter:
                     "shape": offsets.shape, "dtype": np.int64,
                     "chunks": (max(len(offsets), 1),), "compressors": None})]
             arrays.append((sensor, clouds, offsets))
+        # extra arrays (camera frames): metadata in the same round trip, chunks written below
+        parents = sorted({p[:i] for p, _, _ in self.extra for i, c in enumerate(p) if c == "/"})
+        nodes += [sw.Node(p) for p in parents] + [sw.Node(p, dict(lay.attrs), {
+            "shape": data.shape, "dtype": data.dtype, "chunks": lay.chunks, "shards": lay.shards,
+            "compressors": self._codec(lay.shuffle), "dimension_names": lay.dims})
+            for p, data, lay in self.extra]
         # every zarr.json of the group in one round trip to zarr's event loop
-        group = sw.create_nodes(gdir, {"source": self.source, "scene": self.scene,
-                                    "frames": [f["frame"] for f in self.frames]}, nodes)
+        sw.create_nodes(gdir, {"source": self.source, "scene": self.scene,
+                        "frames": [f["frame"] for f in self.frames]}, nodes)
         written = sw.Written(gdir)
         for sensor, clouds, offsets in arrays:
             # the frames' clouds go chunk by chunk into the shards: no concatenated copy
             sw.write_row_array(gdir / sensor / "points", clouds, written)
             sw.write_small_array(gdir / sensor / "offsets", offsets, written)
-        for path, data, lay in self.extra:
-            parent, _, leaf = path.rpartition("/")
-            target = group.require_group(parent) if parent else group
-            target.create_array(leaf, data=data, chunks=lay.chunks, shards=lay.shards,
-                                compressors=self._codec(lay.shuffle),
-                                dimension_names=lay.dims, attributes=dict(lay.attrs))
+        for path, data, _ in self.extra:  # frame-chunked: the shard writer (else zarr's own)
+            sw.write_row_array(gdir / path, [data], written)
         self.part.mkdir(parents=True, exist_ok=True)
         for name, table, schema in (("frames", self.frames, FRAMES), ("boxes", self.boxes, BOXES),
                                     ("calibration", self.calib, CALIBRATION),

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -112,20 +113,25 @@ def _blosc(codecs: list[Any]) -> Any | None | bool:
 
 def _sharded_plan(meta: dict[str, Any], cols: int) -> tuple[int, int, Any] | None:
     """(chunk_rows, chunks per shard, blosc or None) when the metadata is the layout this
-    module writes, else None."""
+    module writes (chunks and shards split the first axis only; `cols` = the product of the
+    others), else None."""
     try:
         (shard,) = meta["codecs"]
         conf = shard["configuration"]
         inner, outer = conf["chunk_shape"], meta["chunk_grid"]["configuration"]["chunk_shape"]
+        trail = list(meta["shape"][1:])  # whole in every chunk: a chunk is rows of `cols`
         ok = (shard["name"] == "sharding_indexed" and meta["fill_value"] == 0
               and meta["chunk_key_encoding"] == {"name": "default",
                                                  "configuration": {"separator": "/"}}
-              and meta["chunk_grid"]["name"] == "regular" and len(meta["shape"]) == 2  # noqa: PLR2004
-              and inner[1] == outer[1] == cols and outer[0] % inner[0] == 0
+              and meta["chunk_grid"]["name"] == "regular" and trail and math.prod(trail) == cols
+              and inner[1:] == outer[1:] == trail and outer[0] % inner[0] == 0
               and conf["index_codecs"] == [_LITTLE, {"name": "crc32c"}]
               and conf.get("index_location", "end") == "end"
               and not meta.get("storage_transformers"))
-        blosc = _blosc(conf["codecs"])
+        codecs = conf["codecs"]
+        if codecs[:1] == [{"name": "bytes"}] and meta["data_type"] in ("uint8", "int8", "bool"):
+            codecs = [_LITTLE, *codecs[1:]]  # 1-byte types: zarr writes no endian, none to swap
+        blosc = _blosc(codecs)
     except (KeyError, TypeError, ValueError):
         return None
     if not ok or blosc is False:
@@ -136,23 +142,28 @@ def _sharded_plan(meta: dict[str, Any], cols: int) -> tuple[int, int, Any] | Non
 def write_row_array(folder: Path, parts: Sequence[npt.NDArray[Any]],
                     written: Written) -> None:
     """Store the rows of `parts` concatenated in the array at `folder` (made by `create_nodes`
-    with shape (sum of rows, C) and the parts' dtype).
+    with shape (sum of rows, *T) and the parts' dtype; e.g. T = (C,) for points, (H, W, 3) for
+    camera frames, whose chunks and shards then split the first axis only).
 
     Args:
         folder: the array's folder (its `zarr.json` is there).
-        parts: (n_i, C) arrays of one dtype, in row order.
+        parts: (n_i, *T) arrays of one dtype, in row order.
         written: receives the sha256 of the chunk files written here.
     """
     meta = json.loads((folder / "zarr.json").read_bytes())
-    cols, n = int(meta["shape"][1]), int(meta["shape"][0])
+    shape = [int(s) for s in meta["shape"]]
+    n, cols = shape[0], math.prod(shape[1:])
     dtype = np.dtype(parts[0].dtype if parts else np.float32)
     plan = _sharded_plan(meta, cols)
     if plan is None or dtype.byteorder == ">":  # not the layout above: zarr writes it
         import zarr
 
         zarr.open_array(store=str(folder), mode="r+")[...] = (
-            np.concatenate(parts) if parts else np.zeros((0, cols), dtype))
+            np.concatenate(parts) if parts else np.zeros((0, *shape[1:]), dtype))
         return
+    # a row's trailing axes flattened: C order, the bytes zarr encodes for such a chunk
+    parts = [p.reshape(len(p), cols) for p in parts]
+    shard_key = "/".join(["0"] * (len(shape) - 1))  # the shard's chunk-grid key past axis 0
     rows, per_shard, blosc = plan
     chunks: list[bytes | memoryview] = []
     index = np.full((per_shard, 2), MISSING, dtype="<u8")
@@ -165,7 +176,7 @@ def write_row_array(folder: Path, parts: Sequence[npt.NDArray[Any]],
             index[j] = (pos, len(b))
             pos += len(b)
         if j == per_shard - 1 or (k + 1) * rows >= n:  # the shard is complete (or the last)
-            _write_shard(folder / "c" / str(shard) / "0", chunks, index, written)
+            _write_shard(folder / "c" / str(shard) / shard_key, chunks, index, written)
             chunks, pos, shard = [], 0, shard + 1
             index[:] = MISSING
 

@@ -26,7 +26,8 @@ from pyquaternion import Quaternion
 
 from kdpipe.datasets import nuscenes as nus
 from kdpipe.datasets import nuscenes_io as nio
-from kdpipe.datasets.common import GroupWriter, Storage
+from kdpipe.datasets import shard_writer as sw
+from kdpipe.datasets.common import Storage
 from kdpipe.datasets.nuscenes import NuscenesIngestConfig as IngestConfig
 from kdpipe.datasets.store_dataset import StoreDataset
 from kdpipe.datasets.synth import SynthConfig, write_nuscenes
@@ -376,14 +377,14 @@ def test_scene_is_done_only_once_its_cameras_are_written(
     cfg = IngestConfig(format="nuscenes", roots=[str(world)])
     task = nus.make_tasks(cfg, "w", world, work, zroot, Storage(65536, 8, 1))[0]
 
-    real_codec = GroupWriter._codec
+    real_write = sw.write_row_array
 
-    def killed(self: GroupWriter, shuffle: bool) -> Any:
-        if not shuffle:  # camera arrays: dies after the points, before the cameras
+    def killed(folder: Path, parts: Any, written: Any) -> None:
+        if "camera" in folder.parts:  # dies after the points, before the cameras
             raise KeyboardInterrupt
-        return real_codec(self, shuffle)
+        real_write(folder, parts, written)
 
-    monkeypatch.setattr(GroupWriter, "_codec", killed)
+    monkeypatch.setattr(sw, "write_row_array", killed)
     with pytest.raises(KeyboardInterrupt):
         nus.run_task(task)
     w = nio.SceneWriter(work, "w", task.scene, task.storage)
