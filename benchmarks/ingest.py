@@ -10,7 +10,8 @@
 2. ingest vs the read limit: `np.fromfile` of the same raw point files, nothing written (>= 0.5x).
 3. peak RSS of a single-process (sync) ingest at 1x and 10x frames (10x / 1x < 1.3).
 4. random-order training reads from the store (StoreDataset) vs per-frame `np.fromfile` (>= 1.0x).
-5. 2 Dask workers vs 1 on the same ingest (>= 1.7x).
+5. 2 Dask workers vs 1 on the same ingest (>= 1.7x); `--repeats N` runs each N times in ABBA
+   order and reports the medians (one 10-20 s run on a shared machine moves by 5-10%).
 6. `--profile-frames N`: cProfile of a sync ingest of the 1x world (its first N frames' blocks
    are the whole 1x world when N >= its size), top entries by own time, in the JSON.
 Issue 17's goals are checked under `issue17`: >= 0.05x np.fromfile with 2 workers, 2 workers
@@ -34,11 +35,13 @@ import json  # noqa: E402
 import platform  # noqa: E402
 import pstats  # noqa: E402
 import shutil  # noqa: E402
+import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
 
@@ -86,6 +89,22 @@ def timed_ingest(wf: Path, ws: Path, scheduler: str) -> tuple[float, int, float]
 
     n = pl.read_parquet(Path(rep["stages"][0]["path"]) / "frames.parquet").height
     return dt, n, cpu
+
+
+def alternating(wf: Path, tmp: Path, repeats: int) -> tuple[Any, Any, dict[str, Any]]:
+    """`repeats` ingests with 2 workers and with 1, in ABBA order (drift in the machine's load
+    falls on both alike); per scheduler the median (wall, frames, CPU) and every wall time.
+    The last 2-worker workspace (`ws2`) is kept for the training-read figure."""
+    out: dict[str, list[tuple[float, int, float]]] = {"local:2": [], "local:1": []}
+    for i in range(repeats):
+        for sched in ("local:2", "local:1")[:: 1 if i % 2 == 0 else -1]:
+            ws = tmp / f"ws{sched[-1]}"
+            shutil.rmtree(ws, ignore_errors=True)
+            out[sched].append(timed_ingest(wf, ws, sched))
+    med = {k: sorted(v)[len(v) // 2] for k, v in out.items()}
+    return med["local:2"], med["local:1"], {
+        k: {"wall_s": [round(r[0], 2) for r in v], "cpu_s": [round(r[2], 2) for r in v]}
+        for k, v in out.items()}
 
 
 def point_files(fmt: str, root: Path) -> list[list[Path]]:
@@ -268,6 +287,8 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--profile", action="store_true", help="cProfile a sync ingest of the 1x world")
     ap.add_argument("--scheduler", default="local:2",
                     help="also time one ingest with this scheduler (e.g. sync: no cluster)")
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="ingests per scheduler (2 and 1 workers, alternating); medians reported")
     ap.add_argument("--out", type=Path, help="also write the JSON here")
     return ap.parse_args()
 
@@ -296,11 +317,10 @@ def main() -> None:
         fromfile_loop(files)  # warm the page cache for everyone alike
         loads["before_baselines"] = load()
         dev_s, n_dev = devkit_loop(args.format, world)
-        ff_s = fromfile_loop(files)
-        loads["before_2workers"] = load()
-        t2, n, cpu2 = timed_ingest(wf, tmp / "ws2", "local:2")
-        loads["before_1worker"] = load()
-        t1, _, cpu1 = timed_ingest(wf, tmp / "ws1", "local:1")
+        ff_s = statistics.median(fromfile_loop(files) for _ in range(args.repeats))
+        loads["before_ingests"] = load()
+        (t2, n, cpu2), (t1, _, cpu1), runs = alternating(wf, tmp, args.repeats)
+        res["ingest_runs"] = runs
         loads["after_ingests"] = load()
         if args.scheduler != "local:2":  # a third, in-process run (no cluster start)
             loads["before_" + args.scheduler] = load()
