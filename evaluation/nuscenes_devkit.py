@@ -12,17 +12,15 @@ from __future__ import annotations
 
 import ast
 import functools
-import importlib.util
 import json
 from pathlib import Path
 from typing import Any
 
+from kdpipe.datasets.nuscenes_devkit_data import literals, package_dir
+
 
 def _detection_dir() -> Path:
-    spec = importlib.util.find_spec("nuscenes")  # finds the package, does not run it
-    if spec is None or spec.origin is None:
-        raise ModuleNotFoundError("nuscenes-devkit is not installed")
-    return Path(spec.origin).parent / "eval" / "detection"
+    return package_dir() / "eval" / "detection"
 
 
 @functools.cache
@@ -38,13 +36,4 @@ def detection_config(name: str = "detection_cvpr_2019") -> dict[str, Any]:
 def detection_constants() -> dict[str, Any]:
     """The literal top-level assignments of `nuscenes/eval/detection/constants.py`
     (DETECTION_NAMES, ATTRIBUTE_NAMES, TP_METRICS, ...)."""
-    tree = ast.parse((_detection_dir() / "constants.py").read_text())
-    out: dict[str, Any] = {}
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and len(node.targets) == 1 \
-                and isinstance(node.targets[0], ast.Name):
-            try:
-                out[node.targets[0].id] = ast.literal_eval(node.value)
-            except ValueError:  # not a literal: not one of the names we read
-                continue
-    return out
+    return literals(ast.parse((_detection_dir() / "constants.py").read_text()).body)
