@@ -47,6 +47,7 @@ from kdpipe.schemas.tables import DETECTIONS
 from kdpipe.stages.audit.nuscenes import nuscenes_map
 from kdpipe.stages.audit.stage import AuditConfig, compute
 from kdpipe.testing import ingest_store
+from kdpipe.testing.submissions import add_split_of_every_scene
 
 SPLIT = "bench_all"  # custom devkit split (v1.0-mini/splits.json) holding every scene
 
@@ -85,10 +86,7 @@ def world(tmp: Path, scenes: int, samples: int) -> tuple[Path, Path]:
     write_nuscenes(root, scenes, seed=11, cfg=SynthConfig(
         nus_samples_per_scene=samples, image_scale=0.1, nus_lidar_azimuths=128,
         nus_radar_sweeps=1, nus_cameras=()))
-    splits_path = root / "v1.0-mini" / "splits.json"
-    splits = json.loads(splits_path.read_text())
-    splits[SPLIT] = [s for v in splits.values() for s in v]
-    splits_path.write_text(json.dumps(splits))
+    add_split_of_every_scene(root / "v1.0-mini", SPLIT)
     return root, ingest_store(tmp, root, "nuscenes", camera_channels=[])
 
 
