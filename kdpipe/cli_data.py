@@ -2,8 +2,9 @@
 formats. Parses, calls, prints; registered on the app in `kdpipe.cli`."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -40,6 +41,13 @@ def _synth_out(out_dir: Path, overwrite: bool) -> None:
             child.unlink()
 
 
+def _synth(out_dir: Path, overwrite: bool, as_json: bool, write: Callable[[], Any]) -> None:
+    """Check (or empty) OUT, write the world, report its summary."""
+    _synth_out(out_dir, overwrite)
+    summary = write()
+    emit_json(summary) if as_json else out.print(f"wrote {out_dir}: {summary}")
+
+
 SynthOut = Annotated[Path, typer.Argument(help="folder to write the world into (new or empty)")]
 Seed = Annotated[int, typer.Option(help="random seed (same seed, same files)")]
 
@@ -51,9 +59,7 @@ def synth_vod(out_dir: SynthOut,
     """A synthetic View-of-Delft world (LiDAR, 4D radar, camera, labels, calib, poses)."""
     from kdpipe.datasets.synth import write_vod
 
-    _synth_out(out_dir, overwrite)
-    summary = write_vod(out_dir, frames, seed)
-    emit_json(summary) if as_json else out.print(f"wrote {out_dir}: {summary}")
+    _synth(out_dir, overwrite, as_json, lambda: write_vod(out_dir, frames, seed))
 
 
 @synth_app.command("nuscenes")
@@ -63,9 +69,7 @@ def synth_nuscenes(out_dir: SynthOut,
     """A synthetic nuScenes v1.0-mini world (tables, LIDAR_TOP, 5 radars, cameras)."""
     from kdpipe.datasets.synth import write_nuscenes
 
-    _synth_out(out_dir, overwrite)
-    summary = write_nuscenes(out_dir, scenes, seed)
-    emit_json(summary) if as_json else out.print(f"wrote {out_dir}: {summary}")
+    _synth(out_dir, overwrite, as_json, lambda: write_nuscenes(out_dir, scenes, seed))
 
 
 export_app = typer.Typer(help="Write a box table in an official evaluation format.")
