@@ -4,9 +4,9 @@ ground truth's point filter is applied where it is read).
 
 The submission audit's path: one lazy query reads the ground truth and puts it in the global
 frame (while the submission is parsed), everything after it is numpy (the table form,
-`kdpipe.stages.audit.nuscenes.apply_rules`, spends most of its time in per-query overhead on a
-busy machine). The rules are those listed in `kdpipe.stages.audit.nuscenes`; the bike-rack
-geometry is its `centres_in_boxes`.
+`kdpipe.stages.audit.nuscenes.apply_rules`, keeps tables for its report and applies the same
+`devkit_keep` to their columns). The rules are those listed in `kdpipe.stages.audit.nuscenes`;
+the bike-rack geometry is its `centres_in_boxes`.
 """
 from __future__ import annotations
 
@@ -70,18 +70,30 @@ def in_racks(frame: np.ndarray, xyz_ego_m: np.ndarray, racks: tuple[np.ndarray, 
     return out
 
 
+def devkit_keep(frame: np.ndarray, cls: np.ndarray, ego_dist_m: np.ndarray,  # noqa: PLR0913, PLR0917 -- 4 box arrays (a table's columns or NusBoxes fields) + the rules
+                xyz_ego_m: np.ndarray, class_names: tuple[str, ...],
+                class_range_m: dict[str, float], racks: tuple[np.ndarray, np.ndarray]
+                ) -> np.ndarray:
+    """(N,) the devkit's `filter_eval_boxes` on arrays: a detection class (`cls` >= 0) within
+    its class range (strict, as the devkit), bicycles and motorcycles out of the bike racks of
+    their sample. Shared by the submission audit (`devkit_filter`) and the audit stage's table
+    path (`kdpipe.stages.audit.nuscenes.apply_rules`)."""
+    rng = np.array([class_range_m[c] for c in class_names] + [-np.inf])  # -1 -> never kept
+    keep = ego_dist_m < rng[cls]
+    bikes = np.flatnonzero(keep & np.isin(cls, [class_names.index(c)
+                                                for c in BIKE_CLASSES if c in class_names]))
+    if bikes.size and racks[0].size:
+        keep[bikes[in_racks(frame[bikes], xyz_ego_m[bikes], racks)]] = False
+    return keep
+
+
 def devkit_filter(boxes: NusBoxes, class_names: tuple[str, ...],
                   class_range_m: dict[str, float], racks: tuple[np.ndarray, np.ndarray]
                   ) -> NusBoxes:
-    """Detection classes only, each within its class range (strict, as the devkit), bicycles
-    and motorcycles out of the bike racks of their sample."""
-    rng = np.array([class_range_m[c] for c in class_names] + [-np.inf])  # -1 -> never kept
-    keep = boxes.ego_dist_m < rng[boxes.cls]
-    bikes = np.flatnonzero(keep & np.isin(boxes.cls, [class_names.index(c)
-                                                      for c in BIKE_CLASSES if c in class_names]))
-    if bikes.size and racks[0].size:
-        keep[bikes[in_racks(boxes.frame[bikes], boxes.xyz_ego_m[bikes], racks)]] = False
-    return boxes.take(np.flatnonzero(keep))
+    """`devkit_keep` on NusBoxes."""
+    return boxes.take(np.flatnonzero(devkit_keep(
+        boxes.frame, boxes.cls, boxes.ego_dist_m, boxes.xyz_ego_m, class_names, class_range_m,
+        racks)))
 
 
 def store_boxes_query(boxes: Path, frames: Path, class_names: tuple[str, ...]) -> pl.LazyFrame:

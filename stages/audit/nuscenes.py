@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from kdpipe.evaluation.nuscenes_boxes import BIKE_RACK, devkit_keep
 from kdpipe.stages.audit.metrics import (
     BoxSet,
     ap_nuscenes,
@@ -32,7 +33,6 @@ from kdpipe.stages.audit.metrics import (
 )
 
 BOX_COLUMNS = ["x_ego_m", "y_ego_m", "z_ego_m", "length_m", "width_m", "height_m", "yaw_ego_rad"]
-BIKE_RACK = "static_object.bicycle_rack"
 
 
 @dataclass(frozen=True)
@@ -84,30 +84,12 @@ def centres_in_boxes(centres: np.ndarray, boxes: np.ndarray) -> np.ndarray:
         & (np.abs(d[:, 2]) <= boxes[:, 5] / 2)
 
 
-def _drop_in_bike_racks(df: pl.DataFrame, racks: pl.DataFrame) -> pl.DataFrame:
-    """Bicycles and motorcycles whose centre is in a rack of their frame, out (one join)."""
-    bikes = df.with_row_index("_row").filter(pl.col("label").is_in(["bicycle", "motorcycle"]))
-    pairs = bikes.select("_row", "frame_id", "x_ego_m", "y_ego_m", "z_ego_m").join(
-        racks.select("frame_id", *[pl.col(c).alias(f"r_{c}") for c in BOX_COLUMNS]),
-        on="frame_id")
-    if pairs.is_empty():
-        return df
-    inside = centres_in_boxes(pairs.select("x_ego_m", "y_ego_m", "z_ego_m").to_numpy(),
-                              pairs.select([f"r_{c}" for c in BOX_COLUMNS]).to_numpy())
-    drop = np.unique(pairs["_row"].to_numpy()[inside])
-    keep = np.ones(df.height, dtype=bool)
-    keep[drop] = False
-    return df.filter(pl.Series(keep))
-
-
 def apply_rules(dets: pl.DataFrame, gts: pl.DataFrame, frames: pl.DataFrame,
                 rules: NuScenesRules) -> tuple[pl.DataFrame, pl.DataFrame]:
     """The devkit's box filters on a detections table and a BOXES table (labels = detection
     names). Both gain `x_world_m`, `y_world_m`, `ego_dist_m`."""
     racks = gts.filter(pl.col("class_name") == BIKE_RACK) if "class_name" in gts.columns \
         else gts.clear()
-    rng = pl.col("label").replace_strict(rules.class_range_m, default=None,
-                                         return_dtype=pl.Float64)
     # the submission's order (samples in frame order, each by descending score): the devkit
     # breaks score ties by it
     pos = {f: i for i, f in enumerate(frames["frame_id"].to_list())}
@@ -119,9 +101,24 @@ def apply_rules(dets: pl.DataFrame, gts: pl.DataFrame, frames: pl.DataFrame,
     gts = gts.filter(pl.col("label").is_in(rules.class_names)
                      & ((pl.col("num_lidar_pts").fill_null(0)
                          + pl.col("num_radar_pts").fill_null(0)) != 0))
-    dets = with_world_xy(dets, frames).filter(pl.col("ego_dist_m") < rng)
-    gts = with_world_xy(gts, frames).filter(pl.col("ego_dist_m") < rng)
-    return _drop_in_bike_racks(dets, racks), _drop_in_bike_racks(gts, racks)
+    rack_arrays = (_frame_index(racks, pos), racks.select(BOX_COLUMNS).to_numpy()
+                   .astype(np.float64).reshape(-1, 7))
+    c_idx = {c: i for i, c in enumerate(rules.class_names)}
+
+    def keep(df: pl.DataFrame) -> pl.DataFrame:  # range and bike racks: the submission audit's
+        df = with_world_xy(df, frames)
+        return df.filter(pl.Series(devkit_keep(
+            _frame_index(df, pos),
+            df["label"].replace_strict(c_idx, default=-1, return_dtype=pl.Int64).to_numpy(),
+            df["ego_dist_m"].cast(pl.Float64).fill_null(np.nan).to_numpy(),
+            df.select("x_ego_m", "y_ego_m", "z_ego_m").to_numpy().astype(np.float64),
+            rules.class_names, rules.class_range_m, rack_arrays)))
+
+    return keep(dets), keep(gts)
+
+
+def _frame_index(df: pl.DataFrame, pos: dict[str, int]) -> np.ndarray:
+    return df["frame_id"].replace_strict(pos, default=-1, return_dtype=pl.Int64).to_numpy()
 
 
 def box_sets(dets: pl.DataFrame, gts: pl.DataFrame, frame_ids: list[str],
