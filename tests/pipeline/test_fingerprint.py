@@ -236,10 +236,22 @@ def test_default_cache_lives_under_kdpipe_cache(tmp_path: Path,
     assert len(list((tmp_path / "kc" / "fingerprints").glob("*.bin"))) == 1
 
 
+@pytest.mark.parametrize("slow_stats", [True, False], ids=["threads", "one-thread"])
 def test_many_files_in_threads_equal_the_reference(
-        tmp_path: Path, cached: Callable[..., str], monkeypatch: pytest.MonkeyPatch) -> None:
-    """Enough files for several stat tasks on worker threads, one broken link among them."""
+        tmp_path: Path, cached: Callable[..., str], monkeypatch: pytest.MonkeyPatch,
+        slow_stats: bool) -> None:
+    """Enough files for several stat tasks, one broken link among them; on threads when the
+    first task's stats are slow (I/O-bound), in the calling thread when they are not."""
     monkeypatch.setattr(fp, "_CHUNK", 64)
+    monkeypatch.setattr(fp, "SLOW_STAT_S", 0.0 if slow_stats else 1.0)
+    monkeypatch.setattr(fp.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    pools = []
+
+    class Spy(fp.ThreadPoolExecutor):
+        def __init__(self, workers: int) -> None:
+            pools.append(workers)
+            super().__init__(workers)
+    monkeypatch.setattr(fp, "ThreadPoolExecutor", Spy)
     root = tmp_path / "raw"
     for d in ("a", "b/c"):
         (root / d).mkdir(parents=True)
@@ -252,6 +264,7 @@ def test_many_files_in_threads_equal_the_reference(
     assert cached(root) == before
     _rewrite(root / "b" / "c" / "00299", b"y" * (299 % 7))
     assert cached(root) != before
+    assert bool(pools) == slow_stats and all(w == 2 for w in pools)
 
 
 def test_rerun_benchmark_runs_cached_and_sees_an_in_place_write(tmp_path: Path) -> None:
