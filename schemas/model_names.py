@@ -41,6 +41,7 @@ KD_METHODS: dict[str, tuple[str, ...]] = {
     "fg-gaussian": ("tap", "teacher_tap", "kernel", "background_weight"),
     "frfd": ("kernel", "adapters"),
     "lrfd": ("kernel",),
+    "occupied": ("tap", "teacher_tap", "kernel", "background_weight"),
     "proposal": ("tap", "kernel", "threshold"),
     "radardistill": ("align_layers", "afd_weight", "pfd_weight", "threshold"),
     "response": ("threshold", "box_weight"),

@@ -5,7 +5,7 @@ L_total = alpha * L_LRFD + beta * L_FRFD + L_SSOD (+ L_GT, off in SCKD's best ru
   targets (focal heatmap + L1 box), the ignore band honoured (no loss around ignored boxes);
 - LRFD / FRFD: feature distillation at the BEV maps before the 2D backbone (`models/distill.py`);
 - more feature-distillation methods by name (`kd`, models/kd/: fg-gaussian, activation,
-  proposal, response, radardistill), each with its weight and options, e.g.
+  occupied, proposal, response, radardistill), each with its weight and options, e.g.
       [distill.kd.fg-gaussian]
       weight = 1.0
       tap = "bev"

@@ -6,6 +6,8 @@
   soft (RadarDistill's proposal-based regions, without the hard threshold unless one is given).
 - `activation_mask`: cells where the teacher's feature map is active (channel mean of |F| above
   a share of the frame's maximum): RadarDistill's activation-based regions.
+- `occupancy_mask`: cells where the student's own encoder map is non-zero, i.e. where it has
+  radar returns: the only cells where it has evidence to reproduce the teacher's features from.
 """
 from __future__ import annotations
 
@@ -42,3 +44,9 @@ def activation_mask(feature: Tensor, threshold: float) -> Tensor:
     a = feature.detach().abs().mean(1, keepdim=True)  # (B, 1, H, W)
     peak = a.amax(dim=(2, 3), keepdim=True).clamp(min=1e-12)
     return (a >= threshold * peak).to(feature.dtype)
+
+
+def occupancy_mask(encoder_map: Tensor) -> Tensor:
+    """(B, 1, H, W) 0/1: cells whose pillar features are not all zero (the scatter leaves
+    empty pillars at exactly 0)."""
+    return (encoder_map.detach() != 0).any(1, keepdim=True).to(encoder_map.dtype)

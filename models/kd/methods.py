@@ -5,6 +5,8 @@
     fg-gaussian   per-cell mimic inside the target boxes' Gaussians (foreground-masked KD)
     activation    per-cell mimic where the teacher's features are active, background apart
     proposal      per-cell mimic weighted by the teacher's heatmap (its proposals)
+    occupied      per-cell mimic only where the student has radar returns (the cells where
+                  the teacher's features are reproducible from its input)
     response      the teacher's dense heatmap and box code as soft targets (response KD)
     radardistill  alignment module in the student + activation KD on the encoder map +
                   proposal KD on the backbone map (RadarDistill, CVPR 2024, as we read it)
@@ -28,7 +30,7 @@ from kdpipe.models.imkd import weighted_feature_mse
 from kdpipe.models.targets import CenterTargets
 
 from .base import KDShapes, KDTerm, register_kd
-from .masks import activation_mask, box_mask, fit_to, teacher_mask
+from .masks import activation_mask, box_mask, fit_to, occupancy_mask, teacher_mask
 
 Tap = Literal["encoder", "bev"]
 
@@ -81,14 +83,15 @@ class Mimic:
 
     tap: "encoder" (the radar map before the backbone, vs the teacher's `teacher_tap` map:
     "lidar" or "fusion") or "bev" (the backbone outputs); mask: "boxes", "teacher",
-    "activation" or "none"; kernel: the adapter's conv kernel; threshold: of the teacher or
-    activation mask; background_weight: weight of the cells outside the mask, normalised on
-    their own (RadarDistill's AFD balances active and inactive regions this way).
+    "activation", "occupied" (the student's non-empty pillars) or "none"; kernel: the adapter's
+    conv kernel; threshold: of the teacher or activation mask; background_weight: weight of the
+    cells outside the mask, normalised on their own (RadarDistill's AFD balances active and
+    inactive regions this way).
     """
 
     tap: Tap = "bev"
     teacher_tap: str = "lidar"
-    mask: Literal["boxes", "teacher", "activation", "none"] = "none"
+    mask: Literal["boxes", "teacher", "activation", "occupied", "none"] = "none"
     kernel: int = 1
     threshold: float = 0.0
     background_weight: float = 0.0
@@ -109,10 +112,12 @@ class FeatureMimic(KDTerm):
         self.loss_name, self.spec = f"loss_{name}", spec
         self.adapter = FeatureAdapter(*spec.channels(shapes), spec.kernel)
 
-    def region(self, f_teacher: Tensor, teacher: Mapping[str, Any],
-               targets: CenterTargets) -> Tensor:
+    def region(self, f_teacher: Tensor, teacher: Mapping[str, Any], targets: CenterTargets,
+               student: Mapping[str, Any]) -> Tensor:
         """(B, 1, H, W) weights on the tapped grid."""
         hw = (f_teacher.shape[-2], f_teacher.shape[-1])
+        if self.spec.mask == "occupied":
+            return fit_to(occupancy_mask(student["features"]["radar"]), hw)
         if self.spec.mask == "boxes":
             return fit_to(box_mask(targets), hw)
         if self.spec.mask == "teacher":
@@ -125,7 +130,7 @@ class FeatureMimic(KDTerm):
                 targets: CenterTargets) -> dict[str, Tensor]:
         f_s, f_t = _maps(student, teacher, self.spec.tap, self.spec.teacher_tap)
         pred = self.adapter(f_s)                                   # (B, C_t, H, W)
-        m = self.region(f_t, teacher, targets).detach()            # (B, 1, H, W)
+        m = self.region(f_t, teacher, targets, student).detach()   # (B, 1, H, W)
         loss = masked_mse(pred, f_t, m)
         if self.spec.background_weight > 0:
             loss = loss + self.spec.background_weight * masked_mse(pred, f_t, 1.0 - m)
@@ -144,6 +149,13 @@ def activation(shapes: KDShapes, tap: Tap = "encoder", teacher_tap: str = "lidar
                kernel: int = 3, threshold: float = 0.2, background_weight: float = 0.1
                ) -> KDTerm:
     return FeatureMimic("act", shapes, Mimic(tap, teacher_tap, "activation", kernel, threshold,
+                                             background_weight))
+
+
+@register_kd("occupied", "mimic where the student has radar returns (reproducible cells)")
+def occupied(shapes: KDShapes, tap: Tap = "encoder", teacher_tap: str = "lidar",
+             kernel: int = 3, background_weight: float = 0.0) -> KDTerm:
+    return FeatureMimic("occ", shapes, Mimic(tap, teacher_tap, "occupied", kernel, 0.0,
                                              background_weight))
 
 

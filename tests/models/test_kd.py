@@ -11,7 +11,13 @@ from pydantic import ValidationError
 
 from kdpipe.models import create_model
 from kdpipe.models.kd import KDLoss, KDShapes, create_kd, get_kd, list_kd
-from kdpipe.models.kd.masks import activation_mask, box_mask, fit_to, teacher_mask
+from kdpipe.models.kd.masks import (
+    activation_mask,
+    box_mask,
+    fit_to,
+    occupancy_mask,
+    teacher_mask,
+)
 from kdpipe.models.names import KD_METHODS
 from kdpipe.stages.distill import DistillConfig
 from kdpipe.testing import TINY_DETECTOR
@@ -69,6 +75,13 @@ def test_masks_select_the_cells_they_should(models: tuple) -> None:
     act = activation_mask(feat, threshold=0.2)              # 0.3 < 0.2 x 2.0? no: 0.3 < 0.4
     assert act[0, 0].tolist() == [[0, 0, 0], [0, 1, 0], [0, 0, 0]]
     assert activation_mask(feat, threshold=0.1)[0, 0, 0, 2] == 1
+    pillars = torch.zeros(2, 4, 3, 3)
+    pillars[0, 2, 1, 0], pillars[1, 0, 2, 2] = -0.7, 1e-3  # any non-zero channel counts
+    assert occupancy_mask(pillars)[:, 0].tolist() == [[[0, 0, 0], [1, 0, 0], [0, 0, 0]],
+                                                      [[0, 0, 0], [0, 0, 0], [0, 0, 1]]]
+    enc = student({**_batch()})["features"]["radar"]         # 60 radar points, 2 frames
+    occ = occupancy_mask(enc)
+    assert 0 < occ.sum() <= 60 and set(occ.unique().tolist()) <= {0.0, 1.0}
     coarse = fit_to(m, (32, 32))                             # max over 2x2 blocks
     assert coarse[0, 0, 17, 6] == 1.0
     assert fit_to(coarse, (64, 64))[0, 0, 34, 12] == 1.0
