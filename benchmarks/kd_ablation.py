@@ -75,6 +75,14 @@ def _eval(name: str, model_artifact: str) -> tuple[str, list[str]]:
         "metrics_table": f"{name}_metrics_table", "eval_detections": f"{name}_eval_detections"})
 
 
+def pseudo_cfg(args: argparse.Namespace) -> dict[str, Any]:
+    """SCKD's sigma = 0.1 for every class, unless `--class-thresholds` overrides some."""
+    cfg: dict[str, Any] = {"sigma": 0.1}
+    if args.class_thresholds:
+        cfg["class_thresholds"] = args.class_thresholds
+    return cfg
+
+
 def workflow(path: Path, world: Path, args: argparse.Namespace, seed: int, n_labeled: int,
              n_unlabeled: int) -> dict[str, str]:
     """Table 3 + methods for one seed; returns {row label: evaluate stage}."""
@@ -88,7 +96,7 @@ def workflow(path: Path, world: Path, args: argparse.Namespace, seed: int, n_lab
                      "teacher-train",
                      {"teacher": "radar_model", "train_log": "radar_train_log"}),
              *_table("teacher-label", {"batch_size": 8}),
-             *_table("pseudo-label", {"sigma": 0.1})]
+             *_table("pseudo-label", pseudo_cfg(args))]
     evals = {BASELINE: _eval("radar", "radar_model"), TEACHER: ("evaluate", ["[evaluate]"])}
     for stage, block in evals.values():
         stages.append(stage)
@@ -128,7 +136,7 @@ def workflow_table4(path: Path, world: Path, args: argparse.Namespace, seed: int
              *_table("label-q", {"batch_size": 8, "splits": ["train", "unlabeled", "val"]},
                      "teacher-label", {"teacher": "q_teacher", "detections": "q_detections",
                                        "detection_frames": "q_detection_frames"}),
-             *_table("pseudo-q", {"sigma": 0.1}, "pseudo-label", {
+             *_table("pseudo-q", pseudo_cfg(args), "pseudo-label", {
                  "detections": "q_detections", "detection_frames": "q_detection_frames",
                  "pseudo_labels": "q_pseudo_labels", "pseudo_label_frames": "q_pseudo_frames"})]
     evals = {f"radar baseline, 1/4 labeled ({quarter})": _eval("q-radar", "q_radar"),
@@ -231,10 +239,17 @@ def main() -> None:
     ap.add_argument("--scheduler", default="local:2")
     ap.add_argument("--table4", action="store_true", help="the label-scarce table instead")
     ap.add_argument("--table4-method", default="ssod-frfd-lrfd", choices=sorted(ROWS))
+    ap.add_argument("--class-thresholds", default="",
+                    help="per-class pseudo-label thresholds over sigma, e.g. Pedestrian=0.3")
     ap.add_argument("--out", type=Path, default=Path("/tmp/kd_ablation"))  # noqa: S108
     ap.add_argument("--markdown", type=Path, default=None, help="also write the table here")
     args = ap.parse_args()
     args.rows = [r for r in args.rows.split(",") if r]
+    try:
+        args.class_thresholds = {k.strip(): float(v) for k, v in (
+            kv.split("=") for kv in args.class_thresholds.split(",") if kv)}
+    except ValueError:
+        ap.error(f"--class-thresholds {args.class_thresholds!r}: expected Class=0.3,...")
     unknown = sorted(set(args.rows) - set(ROWS))
     if unknown:
         ap.error(f"unknown rows {unknown}; known: {', '.join(ROWS)}")
@@ -265,6 +280,7 @@ def main() -> None:
     if args.markdown:
         args.markdown.write_text(markdown(summary) + "\n")
     print(json.dumps({
+        "pseudo_label": pseudo_cfg(args),
         "world": {"frames": args.frames, "labeled_train": n_lab, "val": n_val,
                   "unlabeled": n_unl, "world_seed": args.world_seed},
         "seeds": list(range(args.first_seed, args.first_seed + args.seeds)),
