@@ -110,6 +110,8 @@ def workflow(path: Path, world: Path, args: argparse.Namespace, seed: int, n_lab
         # GT rows train on labeled + unlabeled frames: same frame-steps as the others.
         epochs = (max(1, round(args.epochs * n_labeled / (n_labeled + n_unlabeled)))
                   if cfg.get("gt") else student_epochs)
+        if "kd" in cfg and args.kd_weight != 1.0:
+            cfg = {**cfg, "kd": {m: {**o, "weight": args.kd_weight} for m, o in cfg["kd"].items()}}
         lines += _table(stage, {**cfg, "optim": {**optim, "epochs": epochs}}, "distill",
                         {"student": f"{name}_student", "distill_log": f"{name}_log"})
         evals[row] = _eval(name, f"{name}_student")
@@ -242,6 +244,8 @@ def main() -> None:
     ap.add_argument("--scheduler", default="local:2")
     ap.add_argument("--table4", action="store_true", help="the label-scarce table instead")
     ap.add_argument("--table4-method", default="ssod-frfd-lrfd", choices=sorted(ROWS))
+    ap.add_argument("--kd-weight", type=float, default=1.0,
+                    help="weight of the models/kd method in every row that uses one")
     ap.add_argument("--class-thresholds", default="",
                     help="per-class pseudo-label thresholds over sigma, e.g. Pedestrian=0.3")
     ap.add_argument("--out", type=Path, default=Path("/tmp/kd_ablation"))  # noqa: S108
@@ -283,7 +287,7 @@ def main() -> None:
     if args.markdown:
         args.markdown.write_text(markdown(summary) + "\n")
     print(json.dumps({
-        "pseudo_label": pseudo_cfg(args),
+        "pseudo_label": pseudo_cfg(args), "kd_weight": args.kd_weight,
         "world": {"frames": args.frames, "labeled_train": n_lab, "val": n_val,
                   "unlabeled": n_unl, "world_seed": args.world_seed},
         "seeds": list(range(args.first_seed, args.first_seed + args.seeds)),
