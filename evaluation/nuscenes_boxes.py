@@ -6,7 +6,7 @@ The submission audit's path: one lazy query reads the ground truth and puts it i
 frame (while the submission is parsed), everything after it is numpy (the table form,
 `kdpipe.stages.audit.nuscenes.apply_rules`, keeps tables for its report and applies the same
 `devkit_keep` to their columns). The rules are those listed in `kdpipe.stages.audit.nuscenes`;
-the bike-rack geometry is its `centres_in_boxes`.
+the bike-rack geometry is `centres_in_boxes` here.
 """
 from __future__ import annotations
 
@@ -53,12 +53,21 @@ def attribute_codes() -> dict[str, int]:
     return {"": -1, **{n: i for i, n in enumerate(names)}}
 
 
+def centres_in_boxes(centres: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """(N, 3) points, (N, 7) boxes, row by row -> (N,) point i inside box i, faces included
+    (the devkit's `points_in_box`)."""
+    d = centres - boxes[:, :3]                                       # (N, 3)
+    c, s = np.cos(boxes[:, 6]), np.sin(boxes[:, 6])
+    lx = c * d[:, 0] + s * d[:, 1]
+    ly = -s * d[:, 0] + c * d[:, 1]
+    return (np.abs(lx) <= boxes[:, 3] / 2) & (np.abs(ly) <= boxes[:, 4] / 2) \
+        & (np.abs(d[:, 2]) <= boxes[:, 5] / 2)
+
+
 def in_racks(frame: np.ndarray, xyz_ego_m: np.ndarray, racks: tuple[np.ndarray, np.ndarray]
              ) -> np.ndarray:
     """(N,) centre i inside a rack of its own sample; racks = ((R,) sample index, (R, 7) ego
     boxes)."""
-    from kdpipe.stages.audit.nuscenes import centres_in_boxes
-
     rack_frame, rack_boxes = racks
     order = np.argsort(rack_frame, kind="stable")
     lo = np.searchsorted(rack_frame[order], frame, side="left")

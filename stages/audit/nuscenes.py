@@ -73,17 +73,6 @@ def with_world_xy(df: pl.DataFrame, frames: pl.DataFrame) -> pl.DataFrame:
         ego_dist_m=pl.Series(np.hypot(rp[:, 0], rp[:, 1])))
 
 
-def centres_in_boxes(centres: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    """(N, 3) points, (N, 7) boxes, row by row -> (N,) point i inside box i, faces included
-    (the devkit's `points_in_box`)."""
-    d = centres - boxes[:, :3]                                       # (N, 3)
-    c, s = np.cos(boxes[:, 6]), np.sin(boxes[:, 6])
-    lx = c * d[:, 0] + s * d[:, 1]
-    ly = -s * d[:, 0] + c * d[:, 1]
-    return (np.abs(lx) <= boxes[:, 3] / 2) & (np.abs(ly) <= boxes[:, 4] / 2) \
-        & (np.abs(d[:, 2]) <= boxes[:, 5] / 2)
-
-
 def apply_rules(dets: pl.DataFrame, gts: pl.DataFrame, frames: pl.DataFrame,
                 rules: NuScenesRules) -> tuple[pl.DataFrame, pl.DataFrame]:
     """The devkit's box filters on a detections table and a BOXES table (labels = detection

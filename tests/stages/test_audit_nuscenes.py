@@ -8,9 +8,10 @@ import polars as pl
 import pytest
 
 from kdpipe.datasets.synth import SynthConfig, write_nuscenes
+from kdpipe.evaluation.nuscenes_boxes import centres_in_boxes
 from kdpipe.evaluation.nuscenes_eval import score_nuscenes, write_submission
 from kdpipe.schemas.tables import DETECTIONS
-from kdpipe.stages.audit.nuscenes import centres_in_boxes, devkit_rules
+from kdpipe.stages.audit.nuscenes import devkit_rules
 from kdpipe.stages.audit.stage import AuditConfig, compute
 from kdpipe.testing import ingest_store
 

@@ -7,9 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kdpipe.evaluation.nuscenes_boxes import in_racks
+from kdpipe.evaluation.nuscenes_boxes import centres_in_boxes, in_racks
 from kdpipe.stages.audit.metrics import BoxSet, candidates, greedy_match
-from kdpipe.stages.audit.nuscenes import centres_in_boxes
 from kdpipe.stages.audit.tp_errors import match_thresholds
 
 THS_M = (0.5, 1.0, 2.0, 4.0)
