@@ -105,6 +105,26 @@ def devkit_filter(boxes: NusBoxes, class_names: tuple[str, ...],
         racks)))
 
 
+_T = [pl.col(f"_T{k}") for k in range(8)]  # rows 0 and 1 of the 4 x 4 world-from-ego pose
+
+
+def pose_rows(frames: pl.LazyFrame) -> pl.LazyFrame:
+    """`frame_id` and rows 0 and 1 of each frame's FRAMES `t_world_from_ego`, as `_T0`..`_T7`
+    (joined onto boxes for `world_xy`)."""
+    return frames.select("frame_id", *[pl.col("t_world_from_ego").arr.get(k).cast(pl.Float64)
+                                       .alias(f"_T{k}") for k in range(8)])
+
+
+def world_xy() -> list[pl.Expr]:
+    """`x_world_m`, `y_world_m` (the global centre) and `ego_dist_m` (xy norm of R p_ego: the
+    devkit's `ego_dist`, box minus ego translation in the global frame) of boxes joined with
+    `pose_rows`."""
+    x, y, z = (pl.col(c) for c in ("x_ego_m", "y_ego_m", "z_ego_m"))
+    rx, ry = _T[0] * x + _T[1] * y + _T[2] * z, _T[4] * x + _T[5] * y + _T[6] * z  # R p_ego
+    return [(rx + _T[3]).alias("x_world_m"), (ry + _T[7]).alias("y_world_m"),
+            (rx * rx + ry * ry).sqrt().alias("ego_dist_m")]
+
+
 def store_boxes_query(boxes: Path, frames: Path, class_names: tuple[str, ...]) -> pl.LazyFrame:
     """What the scoring reads of a store's BOXES table: the ground truth of the detection
     classes with at least one LiDAR or radar point, and the bike racks; classes and
@@ -116,13 +136,8 @@ def store_boxes_query(boxes: Path, frames: Path, class_names: tuple[str, ...]) -
     samples, is still being parsed."""
     c_idx = {c: i for i, c in enumerate(class_names)}
     codes = attribute_codes()
-    T = [pl.col(f"_T{k}") for k in range(8)]  # rows 0 and 1 of the 4 x 4 pose
-    poses = pl.scan_parquet(frames).select(
-        "frame_id", *[pl.col("t_world_from_ego").arr.get(k).cast(pl.Float64).alias(f"_T{k}")
-                      for k in range(8)])
-    x, y, z, yaw = (pl.col(c) for c in ("x_ego_m", "y_ego_m", "z_ego_m", "yaw_ego_rad"))
+    T, yaw = _T, pl.col("yaw_ego_rad")
     vx, vy = pl.col("vx_ego_mps"), pl.col("vy_ego_mps")
-    rx, ry = T[0] * x + T[1] * y + T[2] * z, T[4] * x + T[5] * y + T[6] * z   # R p, rows 0, 1
     return pl.scan_parquet(boxes).select(
         "frame_id",
         pl.col("label").replace_strict(c_idx, default=-1, return_dtype=pl.Int64).alias("c"),
@@ -134,14 +149,13 @@ def store_boxes_query(boxes: Path, frames: Path, class_names: tuple[str, ...]) -
         pl.col("attribute").fill_null("").replace_strict(
             codes, default=len(codes) - 1, return_dtype=pl.Int64),
     ).filter(pl.col("rack") | ((pl.col("c") >= 0) & pl.col("pts"))
-             ).join(poses, on="frame_id", how="left", maintain_order="left").select(
-        "frame_id", "c", "rack", "attribute", *_EGO_BOX,
-        (rx + T[3]).alias("x_world_m"), (ry + T[7]).alias("y_world_m"),
+             ).join(pose_rows(pl.scan_parquet(frames)), on="frame_id", how="left",
+                    maintain_order="left").select(
+        "frame_id", "c", "rack", "attribute", *_EGO_BOX, *world_xy(),
         pl.arctan2(T[4] * yaw.cos() + T[5] * yaw.sin(), T[0] * yaw.cos() + T[1] * yaw.sin())
         .alias("yaw_world_rad"),
         (T[0] * vx + T[1] * vy).alias("vx_world_mps"),
-        (T[4] * vx + T[5] * vy).alias("vy_world_mps"),
-        (rx * rx + ry * ry).sqrt().alias("ego_dist_m"))
+        (T[4] * vx + T[5] * vy).alias("vy_world_mps"))
 
 
 _WORLD = ["x_world_m", "y_world_m", "length_m", "width_m", "height_m", "yaw_world_rad",

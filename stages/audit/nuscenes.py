@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from kdpipe.evaluation.nuscenes_boxes import BIKE_RACK, devkit_keep
+from kdpipe.evaluation.nuscenes_boxes import BIKE_RACK, devkit_keep, pose_rows, world_xy
 from kdpipe.stages.audit.metrics import (
     BoxSet,
     ap_nuscenes,
@@ -58,19 +58,11 @@ def devkit_rules(name: str = "detection_cvpr_2019") -> NuScenesRules:
 
 
 def with_world_xy(df: pl.DataFrame, frames: pl.DataFrame) -> pl.DataFrame:
-    """Add `x_world_m`, `y_world_m` (global centre) and `ego_dist_m` (xy norm of R p_ego: the
-    devkit's `ego_dist`, box minus ego translation in the global frame)."""
-    poses = frames.select("frame_id", "t_world_from_ego")
-    j = df.join(poses, on="frame_id", how="left")
-    if j.height == 0:
-        return j.drop("t_world_from_ego").with_columns(
-            x_world_m=pl.lit(0.0), y_world_m=pl.lit(0.0), ego_dist_m=pl.lit(0.0))
-    T = j["t_world_from_ego"].to_numpy().astype(np.float64).reshape(-1, 4, 4)  # (N, 4, 4)
-    p = j.select("x_ego_m", "y_ego_m", "z_ego_m").to_numpy()        # (N, 3)
-    rp = np.einsum("nij,nj->ni", T[:, :3, :3], p)                   # (N, 3) rotated only
-    return j.drop("t_world_from_ego").with_columns(
-        x_world_m=pl.Series(rp[:, 0] + T[:, 0, 3]), y_world_m=pl.Series(rp[:, 1] + T[:, 1, 3]),
-        ego_dist_m=pl.Series(np.hypot(rp[:, 0], rp[:, 1])))
+    """Add `x_world_m`, `y_world_m` and `ego_dist_m` (`world_xy`, the submission audit's
+    expressions) from each row's frame pose in `frames`."""
+    return df.lazy().join(pose_rows(frames.lazy()), on="frame_id", how="left",
+                          maintain_order="left").with_columns(world_xy()) \
+        .drop([f"_T{k}" for k in range(8)]).collect()
 
 
 def apply_rules(dets: pl.DataFrame, gts: pl.DataFrame, frames: pl.DataFrame,
