@@ -168,8 +168,8 @@ def store_boxes(table: pl.DataFrame, frame_ids: list[str]
     boxes, its bike racks as (sample index, (R, 7) ego boxes))."""
     pos = {f: i for i, f in enumerate(frame_ids)}
     frame = table["frame_id"].replace_strict(pos, default=-1, return_dtype=pl.Int64).to_numpy()
-    rack = table["rack"].to_numpy() & (frame >= 0)
-    gt = np.flatnonzero(~table["rack"].to_numpy() & (frame >= 0))
+    is_rack, listed = table["rack"].to_numpy(), frame >= 0
+    rack, gt = is_rack & listed, np.flatnonzero(~is_rack & listed)
     ego = table.select(_EGO_BOX).to_numpy()                                   # (N, 7)
     return NusBoxes(frame[gt], table["c"].to_numpy()[gt], ego[gt, :3],
                     table.select(_WORLD).to_numpy()[gt], table["ego_dist_m"].to_numpy()[gt],
