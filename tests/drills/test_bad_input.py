@@ -197,8 +197,10 @@ def test_disk_full_is_one_line_and_a_rerun_with_space_resumes(tmp_path: Path, re
     wf.write_text(wf.read_text().replace("block_frames = 4", "block_frames = 1"))
     ws = small_disk / "ws"
     args = ("run", "--workflow", str(wf), "--workspace", str(ws), "--scheduler", "sync", "--json")
-    # first on the default local cluster: ENOSPC in a worker, its log silenced, one line here
-    line = one_error_line(kdpipe(*args[:-2], "local:2", "--json"))
+    # first on a local cluster: ENOSPC in a worker, its log silenced, one line here. One
+    # worker: with two, both groups in flight could share the 2 MiB and neither finish (seen
+    # once in a full-suite run: 0 groups kept), which says nothing about kdpipe
+    line = one_error_line(kdpipe(*args[:-2], "local:1", "--json"))
     assert "No space left on device" in line
     done = list(ws.glob("artifacts/ingest/*.partial/_parts/*/*/_done"))
     assert 0 < len(done) < 3  # the groups that fitted are kept ...
