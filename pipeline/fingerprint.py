@@ -6,8 +6,8 @@ broken links and other entries skipped), so existing workspaces keep their keys.
 
 Making it cheap on a no-op re-run (issue 16: 2.3 s for 500k files). An in-place write changes a
 file's inode and nothing else (its folder's mtime stays), so noticing one takes a stat per file:
-that part stays, with C-level maps and no per-file Python objects kept, in one thread unless
-stats turn out slow (`_stat_leaves`). What a persisted cache saves is the rest: listing every
+that part stays, with C-level maps and no per-file Python objects kept, spread over processes
+or threads as `statpass` measures best. What a persisted cache saves is the rest: listing every
 folder, formatting, sorting and hashing half a million rows. Per call,
 `$KDPIPE_CACHE/fingerprints/` holds every folder's identity (dev, inode, mtime_ns, ctime_ns),
 its non-folder entries and each entry's (mode, size, mtime_ns) as they were when the value was
@@ -31,22 +31,19 @@ import tempfile
 import time
 from array import array
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import partial
 from itertools import chain
-from operator import attrgetter
 from pathlib import Path
 from typing import Any, cast
+
+from kdpipe.pipeline import statpass
 
 RACY_NS = 2_000_000_000          # FAT's 2 s mtime granularity covers every common filesystem
 MIN_CACHED_FILES = 10_000        # below this a full scan takes < 50 ms: no cache file
 CACHE_MAX_AGE_S = 30 * 86400     # cache files unused this long are removed when one is written
 _CHUNK = 4096                    # entries per stat task
-SLOW_STAT_S = 20e-6              # a stat slower than this waits on I/O: threads then pay off
 _MAGIC = b"kdpipe-fingerprint-cache/1\n"
-_LEAF = attrgetter("st_mode", "st_size", "st_mtime_ns")
-_NO_STAT = (-1, -1, -1)          # broken symlink, vanished entry: not a file (as before)
+_LEAF = statpass.LEAF
 _FS = "surrogateescape"          # undecodable file names round-trip
 _IFMT = 0o170000                 # stat.S_IFMT's mask; S_ISREG(-1) would raise
 
@@ -97,53 +94,10 @@ def fingerprint_digest(roots: Iterable[str | os.PathLike[str]],
     return tree.digest
 
 
-# --- a stat per leaf: threads, C-level maps, one int64 array per task -------------------------
-
-def _stat_task(task: tuple[str, Sequence[str] | Sequence[bytes]]) -> bytes:
-    folder, names = task
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        try:   # the common case, without a Python frame per file
-            return array("q", chain.from_iterable(
-                map(_LEAF, map(partial(os.stat, dir_fd=fd), names)))).tobytes()
-        except OSError:
-            out = array("q")
-            for name in names:
-                try:
-                    out.extend(_LEAF(os.stat(name, dir_fd=fd)))
-                except OSError:
-                    out.extend(_NO_STAT)
-            return out.tobytes()
-    finally:
-        os.close(fd)
-
-
 def _stat_leaves(tree: _Tree) -> bytes:
-    """(mode, size, mtime_ns) of every leaf, symlinks followed, as int64 bytes in order.
-
-    Threads overlap stats that wait on I/O (a network filesystem, a cold disk), but a stat served
-    from the inode cache is ~1-2 us and threads then only hand the GIL back and forth (500k files
-    on 2 cores, 2026-12-01: 1.08 s in one thread, 2.1-2.3 s in two, 3.2-3.4 s in four). So the
-    first tasks, at least `_CHUNK` stats (a small first folder alone would time mostly its
-    open and close), run here, and the rest go to threads only if those stats were slow.
-    """
-    tasks = [(tree.path(f), f.leaves[i:i + _CHUNK]) for f in tree.folders
-             for i in range(0, len(f.leaves), _CHUNK)]
-    probed: list[bytes] = []
-    n, t0 = 0, time.perf_counter()
-    for task in tasks:
-        if n >= _CHUNK:
-            break
-        probed.append(_stat_task(task))
-        n += len(task[1])
-    slow = (time.perf_counter() - t0) / max(1, n) > SLOW_STAT_S
-    rest = tasks[len(probed):]
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    workers = min(4, cpus or 1, len(rest))
-    if not slow or workers < 2:
-        return b"".join(probed + list(map(_stat_task, rest)))
-    with ThreadPoolExecutor(workers) as ex:
-        return b"".join(probed + list(ex.map(_stat_task, rest)))
+    """(mode, size, mtime_ns) of every leaf, symlinks followed, as int64 bytes in order."""
+    return statpass.stat_all([(tree.path(f), f.leaves[i:i + _CHUNK]) for f in tree.folders
+                              for i in range(0, len(f.leaves), _CHUNK)], _CHUNK)
 
 
 # --- a full scan, and the value ---------------------------------------------------------------

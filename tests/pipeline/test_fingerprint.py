@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from kdpipe.pipeline import fingerprint as fp
+from kdpipe.pipeline import statpass
 from kdpipe.pipeline.hashing import fingerprint_tree
 
 SETTLE_S = 0.06  # past the racy window set below: the folders' ctimes are then cacheable
@@ -243,15 +244,16 @@ def test_many_files_in_threads_equal_the_reference(
     """Enough files for several stat tasks, one broken link among them; on threads when the
     first task's stats are slow (I/O-bound), in the calling thread when they are not."""
     monkeypatch.setattr(fp, "_CHUNK", 64)
-    monkeypatch.setattr(fp, "SLOW_STAT_S", 0.0 if slow_stats else 1.0)
-    monkeypatch.setattr(fp.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setattr(statpass, "SLOW_STAT_S", 0.0 if slow_stats else 1.0)
+    monkeypatch.setattr(statpass, "CAN_FORK", False)
+    monkeypatch.setattr(statpass.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
     pools = []
 
-    class Spy(fp.ThreadPoolExecutor):
+    class Spy(statpass.ThreadPoolExecutor):
         def __init__(self, workers: int) -> None:
             pools.append(workers)
             super().__init__(workers)
-    monkeypatch.setattr(fp, "ThreadPoolExecutor", Spy)
+    monkeypatch.setattr(statpass, "ThreadPoolExecutor", Spy)
     root = tmp_path / "raw"
     for d in ("a", "b/c"):
         (root / d).mkdir(parents=True)
@@ -265,6 +267,59 @@ def test_many_files_in_threads_equal_the_reference(
     _rewrite(root / "b" / "c" / "00299", b"y" * (299 % 7))
     assert cached(root) != before
     assert bool(pools) == slow_stats and all(w == 2 for w in pools)
+
+
+def _many(root: Path) -> Path:
+    for d in ("a", "b/c", "d"):
+        (root / d).mkdir(parents=True)
+        for i in range(300):
+            (root / d / f"{i:05d}").write_bytes(b"x" * (i % 7))
+    (root / "a" / "00150").unlink()
+    (root / "a" / "00150").symlink_to(root / "gone")
+    time.sleep(SETTLE_S)
+    return root
+
+
+@pytest.mark.skipif(not statpass.CAN_FORK, reason="forked stat children run on Linux only")
+@pytest.mark.parametrize("child_fails", [False, True], ids=["children", "a-child-fails"])
+def test_many_files_in_forked_processes_equal_the_reference(
+        tmp_path: Path, cached: Callable[..., str], monkeypatch: pytest.MonkeyPatch,
+        child_fails: bool) -> None:
+    """Fast stats split over this process and forked children give the same value, cached or
+    not; a child that fails (here: every stat in a child raises) has its share redone here."""
+    monkeypatch.setattr(fp, "_CHUNK", 64)
+    monkeypatch.setattr(statpass, "SLOW_STAT_S", 1.0)
+    monkeypatch.setattr(statpass, "FORK_MIN_STATS", 200)
+    monkeypatch.setattr(statpass.os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
+    forks, parent = [], os.getpid()
+    real_fork, real_task = os.fork, statpass.stat_task
+
+    def fork() -> int:
+        pid = real_fork()
+        if pid:
+            forks.append(pid)
+        return pid
+
+    def task(t: statpass.Task) -> bytes:
+        if child_fails and os.getpid() != parent:
+            raise OSError("a child that fails")
+        return real_task(t)
+    monkeypatch.setattr(statpass.os, "fork", fork)
+    monkeypatch.setattr(statpass, "stat_task", task)
+    root = _many(tmp_path / "raw")
+    before = cached(root)   # a full scan: 900 stats, 64 probed, 3 processes for the rest
+    assert cached(root) == before
+    _rewrite(root / "d" / "00299", b"y" * (299 % 7))
+    assert cached(root) != before
+    assert forks and len(forks) % 2 == 0  # two children per stat pass
+
+
+def test_split_keeps_order_and_balances() -> None:
+    tasks: list[statpass.Task] = [(f"f{i}", ["n"] * k) for i, k in enumerate((5, 1, 1, 3, 10))]
+    parts = statpass.split(tasks, 3)
+    assert [t for p in parts for t in p] == tasks
+    assert [sum(len(t[1]) for t in p) for p in parts] == [7, 3, 10]
+    assert statpass.split([], 2) == [[], []]
 
 
 def test_rerun_benchmark_runs_cached_and_sees_an_in_place_write(tmp_path: Path) -> None:
