@@ -18,9 +18,11 @@ or deleted alone (the seed is part of the training stages' keys: one workspace w
 The same seeds give the same table: run it twice into two `--out` folders and compare the JSON.
 
 Table 4 (label-scarce): the teacher and the radar baseline train on a quarter of the labeled
-frames; the teacher labels train + unlabeled + val, and SCKD students (SSOD + FRFD + LRFD, or
-`--table4-method`) train on three unlabeled volumes: a quarter of train, all of train, train +
-unlabeled (the paper's SCKD+). Each student sees at least the baseline's frame-steps.
+frames (`--table4-labeled N`: N of them); the teacher labels train + unlabeled + val, and SCKD
+students (SSOD + FRFD + LRFD, or `--table4-method`) train on three unlabeled volumes (or those of
+`--table4-volumes`): as many frames as the baseline's labels, all of train, train + unlabeled
+(the paper's SCKD+). Each student sees at least the baseline's frame-steps. Its goals block
+gives each student minus the baseline, paired per seed.
 """
 from __future__ import annotations
 
@@ -125,7 +127,8 @@ def workflow(path: Path, world: Path, args: argparse.Namespace, seed: int, n_lab
 
 def workflow_table4(path: Path, world: Path, args: argparse.Namespace, seed: int,
                     n_labeled: int, n_unlabeled: int) -> dict[str, str]:
-    quarter = max(1, n_labeled // 4)
+    quarter = args.table4_labeled or max(1, n_labeled // 4)
+    frac = f"1/{n_labeled / quarter:g}"
     optim = {"epochs": args.epochs, "batch_size": 4, "lr_max": args.lr_max}
     steps = args.epochs * quarter                 # the baseline's frame-steps
     det = {"detector": {"pillar_size_m": args.pillar_m}} if args.pillar_m else {}
@@ -144,11 +147,13 @@ def workflow_table4(path: Path, world: Path, args: argparse.Namespace, seed: int
              *_table("pseudo-q", pseudo_cfg(args), "pseudo-label", {
                  "detections": "q_detections", "detection_frames": "q_detection_frames",
                  "pseudo_labels": "q_pseudo_labels", "pseudo_label_frames": "q_pseudo_frames"})]
-    evals = {f"radar baseline, 1/4 labeled ({quarter})": _eval("q-radar", "q_radar"),
-             f"teacher, 1/4 labeled ({quarter})": _eval("q-teacher", "q_teacher")}
+    evals = {f"radar baseline, {frac} labeled ({quarter})": _eval("q-radar", "q_radar"),
+             f"teacher, {frac} labeled ({quarter})": _eval("q-teacher", "q_teacher")}
     volumes = {"quarter": (["train"], quarter), "train": (["train"], None),
                "all": (["train", "unlabeled"], None)}
     for name, (splits, cap) in volumes.items():
+        if name not in args.table4_volumes:
+            continue
         n = cap or (n_labeled if splits == ["train"] else n_labeled + n_unlabeled)
         cfg = {**method, "unlabeled_splits": splits,
                "optim": {**optim, "epochs": max(10, round(steps / n))}}
@@ -219,6 +224,13 @@ def goals(per_seed: list[dict[str, dict[str, float]]], rows: list[str]) -> dict[
     return g
 
 
+def goals_table4(per_seed: list[dict[str, dict[str, float]]]) -> dict[str, Any]:
+    """Each student minus the (label-scarce) radar baseline, paired per seed."""
+    base = next(r for r in per_seed[0] if r.startswith("radar baseline"))
+    return {f"{row} - baseline (EAA mAP ap11)": paired(per_seed, row, base)
+            for row in per_seed[0] if row.startswith("student")}
+
+
 def markdown(summary: dict[str, dict[str, Any]]) -> str:
     """The summary as a markdown table: mean +- std (over seeds) per row."""
     cols = ["EAA mAP ap11", "EAA mAP ap40", "EAA Car ap11", "EAA Pedestrian ap11",
@@ -230,7 +242,7 @@ def markdown(summary: dict[str, dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser()
     ap.add_argument("--frames", type=int, default=480)
     ap.add_argument("--world-seed", type=int, default=0)
@@ -244,6 +256,10 @@ def main() -> None:
     ap.add_argument("--scheduler", default="local:2")
     ap.add_argument("--table4", action="store_true", help="the label-scarce table instead")
     ap.add_argument("--table4-method", default="ssod-frfd-lrfd", choices=sorted(ROWS))
+    ap.add_argument("--table4-labeled", type=int, default=0,
+                    help="labeled frames of Table 4's teacher and baseline (default: train / 4)")
+    ap.add_argument("--table4-volumes", default="quarter,train,all",
+                    help="the students' unlabeled volumes, a subset of quarter,train,all")
     ap.add_argument("--kd-weight", type=float, default=1.0,
                     help="weight of the models/kd method in every row that uses one")
     ap.add_argument("--class-thresholds", default="",
@@ -252,6 +268,9 @@ def main() -> None:
     ap.add_argument("--markdown", type=Path, default=None, help="also write the table here")
     args = ap.parse_args()
     args.rows = [r for r in args.rows.split(",") if r]
+    args.table4_volumes = [v for v in args.table4_volumes.split(",") if v]
+    if set(args.table4_volumes) - {"quarter", "train", "all"}:
+        ap.error(f"--table4-volumes {args.table4_volumes}: a subset of quarter,train,all")
     try:
         args.class_thresholds = {k.strip(): float(v) for k, v in (
             kv.split("=") for kv in args.class_thresholds.split(",") if kv)}
@@ -260,6 +279,11 @@ def main() -> None:
     unknown = sorted(set(args.rows) - set(ROWS))
     if unknown:
         ap.error(f"unknown rows {unknown}; known: {', '.join(ROWS)}")
+    return args
+
+
+def main() -> None:
+    args = parse_args()
     t0 = time.perf_counter()
     world = args.out / f"vod_{args.frames}_{args.world_seed}"
     if not (world / "lidar" / "ImageSets" / "full.txt").exists():
@@ -293,7 +317,7 @@ def main() -> None:
         "seeds": list(range(args.first_seed, args.first_seed + args.seeds)),
         "table": "4" if args.table4 else "3",
         "vod_val": summary,
-        "goals": {} if args.table4 else goals(per_seed, args.rows),
+        "goals": goals_table4(per_seed) if args.table4 else goals(per_seed, args.rows),
         "seconds": seconds, "wall_seconds": round(time.perf_counter() - t0, 1),
         "load_average": [round(x, 2) for x in os.getloadavg()]}, indent=1))
 
