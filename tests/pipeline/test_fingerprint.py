@@ -237,6 +237,18 @@ def test_default_cache_lives_under_kdpipe_cache(tmp_path: Path,
     assert len(list((tmp_path / "kc" / "fingerprints").glob("*.bin"))) == 1
 
 
+def _many(root: Path) -> Path:
+    """900 files in three folders, one of them a broken symlink; settled past the racy window."""
+    for d in ("a", "b/c", "d"):
+        (root / d).mkdir(parents=True)
+        for i in range(300):
+            (root / d / f"{i:05d}").write_bytes(b"x" * (i % 7))
+    (root / "a" / "00150").unlink()
+    (root / "a" / "00150").symlink_to(root / "gone")
+    time.sleep(SETTLE_S)
+    return root
+
+
 @pytest.mark.parametrize("slow_stats", [True, False], ids=["threads", "one-thread"])
 def test_many_files_in_threads_equal_the_reference(
         tmp_path: Path, cached: Callable[..., str], monkeypatch: pytest.MonkeyPatch,
@@ -254,30 +266,12 @@ def test_many_files_in_threads_equal_the_reference(
             pools.append(workers)
             super().__init__(workers)
     monkeypatch.setattr(statpass, "ThreadPoolExecutor", Spy)
-    root = tmp_path / "raw"
-    for d in ("a", "b/c"):
-        (root / d).mkdir(parents=True)
-        for i in range(300):
-            (root / d / f"{i:05d}").write_bytes(b"x" * (i % 7))
-    (root / "a" / "00150").unlink()
-    (root / "a" / "00150").symlink_to(root / "gone")
-    time.sleep(SETTLE_S)
+    root = _many(tmp_path / "raw")
     before = cached(root)
     assert cached(root) == before
     _rewrite(root / "b" / "c" / "00299", b"y" * (299 % 7))
     assert cached(root) != before
     assert bool(pools) == slow_stats and all(w == 2 for w in pools)
-
-
-def _many(root: Path) -> Path:
-    for d in ("a", "b/c", "d"):
-        (root / d).mkdir(parents=True)
-        for i in range(300):
-            (root / d / f"{i:05d}").write_bytes(b"x" * (i % 7))
-    (root / "a" / "00150").unlink()
-    (root / "a" / "00150").symlink_to(root / "gone")
-    time.sleep(SETTLE_S)
-    return root
 
 
 @pytest.mark.skipif(not statpass.CAN_FORK, reason="forked stat children run on Linux only")
