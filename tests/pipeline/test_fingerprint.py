@@ -275,12 +275,14 @@ def test_many_files_in_threads_equal_the_reference(
 
 
 @pytest.mark.skipif(not statpass.CAN_FORK, reason="forked stat children run on Linux only")
-@pytest.mark.parametrize("child_fails", [False, True], ids=["children", "a-child-fails"])
+@pytest.mark.parametrize(("child_fails", "procs"), [(False, ""), (True, ""), (False, "1")],
+                         ids=["children", "a-child-fails", "KDPIPE_STAT_PROCS=1"])
 def test_many_files_in_forked_processes_equal_the_reference(
         tmp_path: Path, cached: Callable[..., str], monkeypatch: pytest.MonkeyPatch,
-        child_fails: bool) -> None:
+        child_fails: bool, procs: str) -> None:
     """Fast stats split over this process and forked children give the same value, cached or
-    not; a child that fails (here: every stat in a child raises) has its share redone here."""
+    not; a child that fails (here: every stat in a child raises) has its share redone here;
+    KDPIPE_STAT_PROCS=1 keeps every stat in the calling thread."""
     monkeypatch.setattr(fp, "_CHUNK", 64)
     monkeypatch.setattr(statpass, "SLOW_STAT_S", 1.0)
     monkeypatch.setattr(statpass, "FORK_MIN_STATS", 200)
@@ -300,12 +302,16 @@ def test_many_files_in_forked_processes_equal_the_reference(
         return real_task(t)
     monkeypatch.setattr(statpass.os, "fork", fork)
     monkeypatch.setattr(statpass, "stat_task", task)
+    monkeypatch.setenv("KDPIPE_STAT_PROCS", procs)
     root = _many(tmp_path / "raw")
     before = cached(root)   # a full scan: 900 stats, 64 probed, 3 processes for the rest
     assert cached(root) == before
     _rewrite(root / "d" / "00299", b"y" * (299 % 7))
     assert cached(root) != before
-    assert forks and len(forks) % 2 == 0  # two children per stat pass
+    if procs == "1":
+        assert not forks
+    else:
+        assert forks and len(forks) % 2 == 0  # two children per stat pass
 
 
 def test_split_keeps_order_and_balances() -> None:
