@@ -7,7 +7,8 @@
    official devkit's load-only loop over the same files (goal >= 3x): nuScenes: `NuScenes` +
    `LidarPointCloud.from_file` + `RadarPointCloud.from_file`; VoD: vod-tudelft `FrameDataLoader`
    lidar_data + radar_data + raw_labels.
-2. ingest vs the read limit: `np.fromfile` of the same raw point files, nothing written (>= 0.5x).
+2. ingest vs the read limit: `np.fromfile` of the same raw point files, nothing written
+   (>= 0.05x, DESIGN.md).
 3. peak RSS of a single-process (sync) ingest at 1x and 10x frames (10x / 1x < 1.3).
 4. random-order training reads from the store (StoreDataset) vs per-frame `np.fromfile` (>= 1.0x).
 5. 2 Dask workers vs 1 on the same ingest (>= 1.7x); `--repeats N` runs each N times in ABBA
@@ -338,7 +339,8 @@ def main() -> None:
         res["devkit_load_fps"] = round(n_dev / dev_s, 1)
         res["fromfile_fps"] = round(len(files) / ff_s, 1)
         res["vs_devkit"] = {"ratio": round(dev_s / n_dev / (t2 / n), 3), "goal": 3.0}
-        res["vs_fromfile"] = {"ratio": round(ff_s / len(files) / (t2 / n), 4), "goal": 0.5}
+        res["vs_fromfile"] = {"ratio": round(ff_s / len(files) / (t2 / n), 4), "goal": 0.05,
+                             "met": ff_s / len(files) / (t2 / n) >= 0.05}
         res["workers_2_vs_1"] = {"ratio": round(t1 / t2, 2), "goal": 1.7}
         art = next((tmp / "ws2/artifacts/ingest").iterdir())
         store_s, raw_s = training_reads(art, files, args.format)
