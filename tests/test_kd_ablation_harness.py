@@ -1,0 +1,64 @@
+"""benchmarks/kd_ablation.py's workflows plan as kdpipe would run them (planning only, nothing
+trained): Table 3 with its method rows, and Table 4 with a label budget and a subset of volumes;
+the goals blocks pair each row with its reference per seed."""
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from kdpipe.config import load_workflow
+from kdpipe.pipeline.dag import build_plan
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "kd_ablation.py"
+
+
+@pytest.fixture(scope="module")
+def harness() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("kd_ablation", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def args(harness: ModuleType, monkeypatch: pytest.MonkeyPatch, *argv: str) -> object:
+    monkeypatch.setattr(sys, "argv", ["kd_ablation.py", *argv])
+    return harness.parse_args()
+
+
+def test_table4_with_a_label_budget_and_one_volume_plans(
+        harness: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    a = args(harness, monkeypatch, "--table4", "--table4-labeled", "40", "--table4-volumes",
+             "all", "--epochs", "60", "--table4-method", "ssod-occ")
+    evals = harness.workflow_table4(tmp_path / "wf.toml", tmp_path / "world", a, 7, 240, 800)
+    assert list(evals) == ["radar baseline, 1/6 labeled (40)", "teacher, 1/6 labeled (40)",
+                           "student (ssod-occ), 1040 unlabeled (all)"]
+    wf = load_workflow(tmp_path / "wf.toml")
+    plan = build_plan(wf.stages, wf.deltas, fingerprint=False, seed=7)
+    assert {"teacher-q", "radar-q", "distill-q-all"} <= set(plan.nodes)
+    assert not any(n.startswith(("distill-q-quarter", "distill-q-train")) for n in plan.nodes)
+    for stage in ("teacher-q", "radar-q"):
+        cfg = plan.nodes[stage].config
+        assert cfg.max_frames == 40 and cfg.optim.epochs == 60
+    student = plan.nodes["distill-q-all"].config
+    assert list(student.unlabeled_splits) == ["train", "unlabeled"]
+    assert student.optim.epochs == 10  # max(10, 2,400 baseline frame-steps / 1,040 frames)
+    assert "occupied" in student.kd
+
+
+def test_table4_volumes_are_checked(harness: ModuleType,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(SystemExit):
+        args(harness, monkeypatch, "--table4", "--table4-volumes", "all,most")
+
+
+def test_goals_pair_each_row_with_its_reference_per_seed(harness: ModuleType) -> None:
+    base, student = "radar baseline, 1/6 labeled (40)", "student (ssod), 1040 unlabeled (all)"
+    per_seed = [{base: {"EAA mAP ap11": b}, student: {"EAA mAP ap11": s}}
+                for b, s in ((14.0, 30.0), (16.0, 31.0), (15.0, 32.0))]
+    (goal,) = harness.goals_table4(per_seed).values()
+    assert goal == {"mean": 16.0, "std": 1.0, "beyond_2_std": True}
