@@ -88,6 +88,13 @@ def pseudo_cfg(args: argparse.Namespace) -> dict[str, Any]:
     return cfg
 
 
+def weighted(cfg: dict[str, Any], kd_weight: float) -> dict[str, Any]:
+    """A row's distill delta with `--kd-weight` on its models/kd method (if it has one)."""
+    if "kd" not in cfg or kd_weight == 1.0:
+        return cfg
+    return {**cfg, "kd": {m: {**o, "weight": kd_weight} for m, o in cfg["kd"].items()}}
+
+
 def workflow(path: Path, world: Path, args: argparse.Namespace, seed: int, n_labeled: int,
              n_unlabeled: int) -> dict[str, str]:
     """Table 3 + methods for one seed; returns {row label: evaluate stage}."""
@@ -112,8 +119,7 @@ def workflow(path: Path, world: Path, args: argparse.Namespace, seed: int, n_lab
         # GT rows train on labeled + unlabeled frames: same frame-steps as the others.
         epochs = (max(1, round(args.epochs * n_labeled / (n_labeled + n_unlabeled)))
                   if cfg.get("gt") else student_epochs)
-        if "kd" in cfg and args.kd_weight != 1.0:
-            cfg = {**cfg, "kd": {m: {**o, "weight": args.kd_weight} for m, o in cfg["kd"].items()}}
+        cfg = weighted(cfg, args.kd_weight)
         lines += _table(stage, {**cfg, "optim": {**optim, "epochs": epochs}}, "distill",
                         {"student": f"{name}_student", "distill_log": f"{name}_log"})
         evals[row] = _eval(name, f"{name}_student")
@@ -132,7 +138,7 @@ def workflow_table4(path: Path, world: Path, args: argparse.Namespace, seed: int
     optim = {"epochs": args.epochs, "batch_size": 4, "lr_max": args.lr_max}
     steps = args.epochs * quarter                 # the baseline's frame-steps
     det = {"detector": {"pillar_size_m": args.pillar_m}} if args.pillar_m else {}
-    method = ROWS[args.table4_method][0]
+    method = weighted(ROWS[args.table4_method][0], args.kd_weight)
     stages = ["ingest", "teacher-q", "radar-q", "label-q", "pseudo-q"]
     lines = ["[ingest]", 'format = "vod"', f'roots = ["{world}"]',
              *_table("teacher-q", {"model": "sckd-teacher", "max_frames": quarter, **det,
