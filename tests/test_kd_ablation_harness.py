@@ -1,8 +1,9 @@
-"""benchmarks/kd_ablation.py's workflows plan as kdpipe would run them (planning only, nothing
-trained): Table 3 with its method rows, and Table 4 with a label budget and a subset of volumes;
-the goals blocks pair each row with its reference per seed."""
+"""benchmarks/kd_ablation.py's Table 4 workflow plans as kdpipe would run it (planning only,
+nothing trained) with a label budget, a subset of volumes and a KD weight; its arguments are
+checked; its goals block pairs each student with the baseline per seed."""
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import sys
 from pathlib import Path
@@ -25,7 +26,7 @@ def harness() -> ModuleType:
     return mod
 
 
-def args(harness: ModuleType, monkeypatch: pytest.MonkeyPatch, *argv: str) -> object:
+def args(harness: ModuleType, monkeypatch: pytest.MonkeyPatch, *argv: str) -> argparse.Namespace:
     monkeypatch.setattr(sys, "argv", ["kd_ablation.py", *argv])
     return harness.parse_args()
 
