@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import sys
 import warnings
 from pathlib import Path
 from typing import Any, Unpack
@@ -42,12 +43,32 @@ _OVERLAP = 1  # the evaluator reports the second overlap set (IoU 0.5 / 0.25 / 0
 
 
 def _koe() -> Any:
-    """``vod.evaluation.kitti_official_evaluate``, imported without numba's deprecation noise."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        from vod.evaluation import kitti_official_evaluate
+    """``vod.evaluation.kitti_official_evaluate``, imported without numba's deprecation noise.
 
-    return kitti_official_evaluate
+    The evaluator's ~25 numba functions are compiled in every new process (~12 s on 2 cores,
+    more than the scoring itself). vod-tudelft does not ask numba to cache them, so its module
+    is imported with ``numba.jit`` defaulting to ``cache=True``: the machine code goes to
+    numba's on-disk cache (beside the package's sources, or the user cache directory where
+    site-packages is read-only; ``NUMBA_CACHE_DIR`` moves it) and later processes load it.
+    The compiled code, and so every score, is the same either way.
+    """
+    if "vod.evaluation.kitti_official_evaluate" not in sys.modules:
+        import numba
+
+        jit = numba.jit
+
+        def cached_jit(*args: Any, **kwargs: Any) -> Any:
+            kwargs.setdefault("cache", True)
+            return jit(*args, **kwargs)
+
+        numba.jit = cached_jit
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                import vod.evaluation.kitti_official_evaluate  # noqa: F401
+        finally:
+            numba.jit = jit
+    return sys.modules["vod.evaluation.kitti_official_evaluate"]
 
 
 def _quiet() -> contextlib.ExitStack:
