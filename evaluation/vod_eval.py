@@ -23,6 +23,7 @@ import contextlib
 import io
 import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Unpack
 
@@ -42,26 +43,47 @@ METRICS = ("3d", "bev", "aos")
 _OVERLAP = 1  # the evaluator reports the second overlap set (IoU 0.5 / 0.25 / 0.25)
 
 
+def cached_jit(jit: Callable[..., Any]) -> Callable[..., Any]:
+    """`jit` (``numba.jit``) with ``cache=True`` unless the call says otherwise; where numba finds
+    no writable cache directory (it raises RuntimeError when the decorator is applied), the
+    function is compiled without a cache, as vod-tudelft itself would."""
+
+    def jit_cached(*args: Any, **kwargs: Any) -> Any:
+        if "cache" in kwargs:
+            return jit(*args, **kwargs)
+        try:
+            made = jit(*args, cache=True, **kwargs)    # `@jit` on a function: the dispatcher
+        except RuntimeError:
+            return jit(*args, **kwargs)
+        if args and callable(args[0]) and not isinstance(args[0], str):
+            return made
+
+        def decorate(func: Callable[..., Any]) -> Any:  # `@jit(...)`: applied here
+            try:
+                return made(func)
+            except RuntimeError:
+                return jit(*args, **kwargs)(func)
+
+        return decorate
+
+    return jit_cached
+
+
 def _koe() -> Any:
     """``vod.evaluation.kitti_official_evaluate``, imported without numba's deprecation noise.
 
-    The evaluator's ~25 numba functions are compiled in every new process (~12 s on 2 cores,
-    more than the scoring itself). vod-tudelft does not ask numba to cache them, so its module
-    is imported with ``numba.jit`` defaulting to ``cache=True``: the machine code goes to
-    numba's on-disk cache (beside the package's sources, or the user cache directory where
-    site-packages is read-only; ``NUMBA_CACHE_DIR`` moves it) and later processes load it.
-    The compiled code, and so every score, is the same either way.
+    The evaluator's numba functions were compiled in every new process (~12 s on 2 cores, more
+    than the scoring itself). vod-tudelft does not ask numba to cache them, so its module is
+    imported with ``numba.jit`` defaulting to ``cache=True``: the machine code goes to numba's
+    on-disk cache (beside the package's sources, or the user cache directory where site-packages
+    is read-only; ``NUMBA_CACHE_DIR`` moves it) and later processes load it. The compiled code,
+    and so every score, is the same either way.
     """
     if "vod.evaluation.kitti_official_evaluate" not in sys.modules:
         import numba
 
         jit = numba.jit
-
-        def cached_jit(*args: Any, **kwargs: Any) -> Any:
-            kwargs.setdefault("cache", True)
-            return jit(*args, **kwargs)
-
-        numba.jit = cached_jit
+        numba.jit = cached_jit(jit)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")

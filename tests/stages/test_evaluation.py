@@ -386,3 +386,33 @@ print(json.dumps({{"res": res, "hits": sum(sum(d.stats.cache_hits.values()) for 
     # 16 of the 18 load from disk; the 2 object-mode ones cannot be cached and are quick
     assert runs[1]["misses"] == 0 and runs[1]["hits"] >= runs[0]["misses"] - 2
     assert runs[0]["res"] == runs[1]["res"] == pytest.approx(first)
+
+
+def test_without_a_writable_numba_cache_the_evaluator_still_compiles() -> None:
+    """Where numba finds no cache directory it raises when the decorator is applied; the
+    wrapper then compiles without a cache, in both decorator forms vod-tudelft uses."""
+    from kdpipe.evaluation.vod_eval import cached_jit
+
+    calls: list[dict[str, object]] = []
+
+    def fake_jit(*args: object, **kwargs: object) -> object:
+        calls.append(kwargs)
+        if args and callable(args[0]):           # `@jit` on the function itself
+            if kwargs.get("cache"):
+                raise RuntimeError("cannot cache function: no locator available")
+            return ("compiled", args[0])
+
+        def deco(func: object) -> object:        # `@jit(...)` then applied
+            if kwargs.get("cache"):
+                raise RuntimeError("cannot cache function: no locator available")
+            return ("compiled", func)
+        return deco
+
+    def f() -> None:
+        pass
+
+    jit = cached_jit(fake_jit)
+    assert jit(f) == ("compiled", f)
+    assert jit("(float32[:],)", nopython=True)(f) == ("compiled", f)
+    assert [c.get("cache") for c in calls] == [True, None, True, None]
+    assert jit(f, cache=False) == ("compiled", f) and calls[-1] == {"cache": False}
