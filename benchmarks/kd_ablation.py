@@ -22,7 +22,10 @@ frames (`--table4-labeled N`: N of them); the teacher labels train + unlabeled +
 students (SSOD + FRFD + LRFD, or `--table4-method`) train on three unlabeled volumes (or those of
 `--table4-volumes`): as many frames as the baseline's labels, all of train, train + unlabeled
 (the paper's SCKD+). Each student sees at least the baseline's frame-steps. Its goals block
-gives each student minus the baseline, paired per seed.
+gives each student minus the baseline, paired per seed. `--table4-oracle` adds a radar-only
+detector trained on the ground truth of train + unlabeled with the students' frame-steps (the
+world's unlabeled frames have labels on disk; a second ingest lists them as train): how far
+perfect pseudo-labels would take the student, the room any distillation has.
 """
 from __future__ import annotations
 
@@ -173,6 +176,12 @@ def workflow_table4(path: Path, world: Path, args: argparse.Namespace, seed: int
             "distill_log": f"q_{name}_log"})
         evals[f"student ({args.table4_method}), {n} unlabeled ({name})"] = _eval(
             f"q-{name}", f"q_{name}_student")
+    if args.table4_oracle:
+        n = n_labeled + n_unlabeled
+        lines += oracle_stages(oracle_world(world), {
+            "model": "radar-only", **det, "optim": {**optim, "epochs": max(10, round(steps / n))}})
+        stages += ["ingest-oracle", "radar-oracle"]
+        evals[f"radar-only on the GT of the {n} frames (oracle)"] = _eval("q-oracle", "q_oracle")
     for stage, block in evals.values():
         stages.append(stage)
         lines += block
@@ -180,6 +189,41 @@ def workflow_table4(path: Path, world: Path, args: argparse.Namespace, seed: int
             f"seed = {seed}"]
     path.write_text("\n".join(head + lines) + "\n")
     return {row: stage for row, (stage, _) in evals.items()}
+
+
+def oracle_world(world: Path) -> Path:
+    """`world` with train + unlabeled listed as train: the same files (hard links: ingest rejects
+    a symlink that leaves its root), so a radar-only detector trains on the ground truth of
+    every frame the Table 4 students see."""
+    root = world.with_name(world.name + "_oracle")
+    sets = root / "lidar" / "ImageSets"
+    if (sets / "train.txt").exists():
+        return root
+    src = world / "lidar" / "ImageSets"
+    for dirpath, _, files in os.walk(world):
+        here = Path(dirpath)
+        if here == src:
+            continue
+        (root / here.relative_to(world)).mkdir(parents=True, exist_ok=True)
+        for f in files:
+            if not (root / here.relative_to(world) / f).exists():
+                os.link(here / f, root / here.relative_to(world) / f)
+    sets.mkdir(parents=True, exist_ok=True)
+    for name in ("val.txt", "full.txt"):
+        (sets / name).write_text((src / name).read_text())
+    ids = (src / "train.txt").read_text().split() + (src / "unlabeled.txt").read_text().split()
+    (sets / "train.txt").write_text("\n".join(sorted(ids)) + "\n")  # last: marks it complete
+    return root
+
+
+def oracle_stages(root: Path, cfg: dict[str, Any]) -> list[str]:
+    """The oracle's own ingest of `root` and a radar-only detector trained on its train split;
+    scored on the main store's val like every other row."""
+    o = {p: f"oracle_{p}" for p in ("points", "frames", "boxes", "calibration", "rejects")}
+    return [*_table("ingest-oracle", {"format": "vod", "roots": [str(root)]}, "ingest", o),
+            *_table("radar-oracle", cfg, "teacher-train",
+                    {"points": o["points"], "frames": o["frames"], "boxes": o["boxes"],
+                     "teacher": "q_oracle", "train_log": "q_oracle_log"})]
 
 
 def row_metrics(metrics: dict[str, Any]) -> dict[str, float]:
@@ -234,7 +278,7 @@ def goals_table4(per_seed: list[dict[str, dict[str, float]]]) -> dict[str, Any]:
     """Each student minus the (label-scarce) radar baseline, paired per seed."""
     base = next(r for r in per_seed[0] if r.startswith("radar baseline"))
     return {f"{row} - baseline (EAA mAP ap11)": paired(per_seed, row, base)
-            for row in per_seed[0] if row.startswith("student")}
+            for row in per_seed[0] if row.startswith(("student", "radar-only on the GT"))}
 
 
 def markdown(summary: dict[str, dict[str, Any]]) -> str:
@@ -266,6 +310,9 @@ def parse_args() -> argparse.Namespace:
                     help="labeled frames of Table 4's teacher and baseline (default: train / 4)")
     ap.add_argument("--table4-volumes", default="quarter,train,all",
                     help="the students' unlabeled volumes, a subset of quarter,train,all")
+    ap.add_argument("--table4-oracle", action="store_true",
+                    help="also a radar-only detector on the GT of train + unlabeled (the "
+                         "students' frames and frame-steps): what perfect pseudo-labels give")
     ap.add_argument("--kd-weight", type=float, default=1.0,
                     help="weight of the models/kd method in every row that uses one")
     ap.add_argument("--class-thresholds", default="",

@@ -63,3 +63,40 @@ def test_goals_pair_each_row_with_its_reference_per_seed(harness: ModuleType) ->
                 for b, s in ((14.0, 30.0), (16.0, 31.0), (15.0, 32.0))]
     (goal,) = harness.goals_table4(per_seed).values()
     assert goal == {"mean": 16.0, "std": 1.0, "beyond_2_std": True}
+
+
+def test_table4_oracle_trains_radar_only_on_the_gt_of_every_student_frame(
+        harness: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    world = tmp_path / "vod_8_0"
+    sets = world / "lidar" / "ImageSets"
+    sets.mkdir(parents=True)
+    (world / "lidar" / "training" / "velodyne").mkdir(parents=True)
+    (world / "lidar" / "training" / "velodyne" / "000001.bin").write_bytes(b"\0" * 16)
+    (world / "radar").mkdir()
+    (world / "radar" / "synth_scenes.json").write_text("{}")
+    for name, ids in {"train": "000001 000002", "unlabeled": "000003 000004 000005",
+                      "val": "000006", "full": "000001 000002 000003 000004 000005 000006"}.items():
+        (sets / f"{name}.txt").write_text(ids.replace(" ", "\n") + "\n")
+    a = args(harness, monkeypatch, "--table4", "--table4-labeled", "1", "--table4-volumes",
+             "all", "--epochs", "60", "--table4-method", "ssod", "--table4-oracle")
+    evals = harness.workflow_table4(tmp_path / "wf.toml", world, a, 0, 2, 3)
+    assert evals["radar-only on the GT of the 5 frames (oracle)"] == "evaluate-q-oracle"
+    oracle = world.with_name("vod_8_0_oracle")
+    o_sets = oracle / "lidar" / "ImageSets"
+    assert (o_sets / "train.txt").read_text().split() == [f"00000{i}" for i in range(1, 6)]
+    assert (o_sets / "val.txt").read_text() == (sets / "val.txt").read_text()
+    assert not (o_sets / "unlabeled.txt").exists()
+    for f in ("lidar/training/velodyne/000001.bin", "radar/synth_scenes.json"):
+        assert (oracle / f).samefile(world / f) and not (oracle / f).is_symlink()
+    wf = load_workflow(tmp_path / "wf.toml")
+    plan = build_plan(wf.stages, wf.deltas, fingerprint=False, seed=0)
+    trainer = plan.nodes["radar-oracle"]
+    assert trainer.config.model == "radar-only" and list(trainer.config.splits) == ["train"]
+    assert trainer.config.max_frames is None
+    # the student's frame-steps: max(10, 60 epochs x 1 label / 5 frames) epochs of 5 frames
+    assert trainer.config.optim.epochs == plan.nodes["distill-q-all"].config.optim.epochs == 12
+    assert set(trainer.upstream.values()) == {"ingest-oracle"}
+    assert plan.nodes["ingest-oracle"].config.roots == [str(oracle)]
+    scorer = plan.nodes["evaluate-q-oracle"]
+    assert scorer.upstream["checkpoint"] == "radar-oracle"
+    assert scorer.upstream["frames"] == "ingest"  # scored on the same val as every other row
