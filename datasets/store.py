@@ -76,9 +76,12 @@ class IngestStore:
         if labeled_only:
             sel = sel.filter(pl.col("labeled"))
         if sel.is_empty():
+            what = f"no {'labeled ' if labeled_only else ''}frames in split(s) {list(splits)}"
+            if frames.is_empty():  # e.g. every frame rejected: say so, not "splits []"
+                raise ConfigError(f"{what}: the ingested store holds no frames at all (ingest "
+                                  "kept none; its rejects.parquet says why)")
             have = sorted(frames["split"].unique().to_list())
-            raise ConfigError(f"no {'labeled ' if labeled_only else ''}frames in split(s) "
-                              f"{list(splits)} (the store has splits {have})")
+            raise ConfigError(f"{what} (the store has splits {have})")
         sel = sel.sort("source", "scene", "frame_index")
         return sel.head(max_frames) if max_frames else sel
 

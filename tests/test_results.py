@@ -212,3 +212,20 @@ def test_warning_most_frames_rejected(tmp_path: Path, vod_world: Path) -> None:
     clean = run_workflow(_workflow(tmp_path / "ok.toml", vod_world, '"ingest"'),
                          str(tmp_path / "ws_ok"), scheduler="sync")
     assert clean["warnings"] == [] and clean["results"] is None
+
+
+def test_every_frame_rejected_then_training_says_the_store_is_empty(tmp_path: Path,
+                                                                    vod_world: Path) -> None:
+    bad = tmp_path / "world"
+    shutil.copytree(vod_world, bad)
+    for p in (bad / "lidar/training/velodyne").glob("*.bin"):
+        p.write_bytes(p.read_bytes()[:-5])  # every frame fails ingest's size check
+    wf = _workflow(tmp_path / "wf.toml", bad, '"ingest"')
+    wf.write_text(wf.read_text().replace('"ingest"]', '"ingest", "teacher-train"]'))
+    res = kd("run", "--workflow", str(wf), "--workspace", str(tmp_path / "ws"), "--scheduler",
+             "sync")
+    assert res.returncode == 2, res.stderr
+    err = [x for x in res.stderr.splitlines() if x.startswith("error")]
+    assert len(err) == 1 and "Traceback" not in res.stderr, res.stderr
+    assert "the ingested store holds no frames at all" in err[0], err[0]
+    assert "splits []" not in err[0]

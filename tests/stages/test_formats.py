@@ -214,6 +214,15 @@ def test_radar_pcd_checks(real: Path, tmp_path: Path) -> None:
     arr["y"][5] = np.nan  # NaN not in the first record is a bad coordinate, not "empty"
     write_radar_pcd(tmp_path / "nan.pcd", arr)
     _raises("finite", read_radar_pcd, tmp_path / "nan.pcd")
+    arr = read_radar_pcd(_radar_pcds(real)[0])
+    arr["vy_comp"][0] = np.nan  # a NaN in any float field of record 0: the devkit's empty cloud
+    write_radar_pcd(tmp_path / "nan0.pcd", arr)
+    assert len(read_radar_pcd(tmp_path / "nan0.pcd")) == 0
+    RadarPointCloud.disable_filters()
+    try:
+        assert RadarPointCloud.from_file(str(tmp_path / "nan0.pcd")).points.shape == (18, 0)
+    finally:
+        RadarPointCloud.default_filters()
 
 
 # ----------------------------------------------------------------------------- KITTI labels
