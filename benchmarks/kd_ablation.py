@@ -39,6 +39,7 @@ from typing import Any
 
 from kdpipe.api import run_workflow
 from kdpipe.config import toml_value
+from kdpipe.schemas.model_names import KD_DECAYS
 
 NO_SCKD = {"lrfd_weight": 0.0, "frfd_weight": 0.0}
 ROWS: dict[str, tuple[dict[str, Any], str]] = {  # name: (distill config delta, row label)
@@ -91,11 +92,14 @@ def pseudo_cfg(args: argparse.Namespace) -> dict[str, Any]:
     return cfg
 
 
-def weighted(cfg: dict[str, Any], kd_weight: float) -> dict[str, Any]:
-    """A row's distill delta with `--kd-weight` on its models/kd method (if it has one)."""
-    if "kd" not in cfg or kd_weight == 1.0:
+def weighted(cfg: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """A row's distill delta with `--kd-weight` and `--kd-decay` on its models/kd method (if it
+    has one)."""
+    if "kd" not in cfg or (args.kd_weight == 1.0 and args.kd_decay == "none"):
         return cfg
-    return {**cfg, "kd": {m: {**o, "weight": kd_weight} for m, o in cfg["kd"].items()}}
+    extra = {"weight": args.kd_weight} | ({"decay": args.kd_decay}
+                                          if args.kd_decay != "none" else {})
+    return {**cfg, "kd": {m: {**o, **extra} for m, o in cfg["kd"].items()}}
 
 
 def workflow(path: Path, world: Path, args: argparse.Namespace, seed: int, n_labeled: int,
@@ -122,7 +126,7 @@ def workflow(path: Path, world: Path, args: argparse.Namespace, seed: int, n_lab
         # GT rows train on labeled + unlabeled frames: same frame-steps as the others.
         epochs = (max(1, round(args.epochs * n_labeled / (n_labeled + n_unlabeled)))
                   if cfg.get("gt") else student_epochs)
-        cfg = weighted(cfg, args.kd_weight)
+        cfg = weighted(cfg, args)
         lines += _table(stage, {**cfg, "optim": {**optim, "epochs": epochs}}, "distill",
                         {"student": f"{name}_student", "distill_log": f"{name}_log"})
         evals[row] = _eval(name, f"{name}_student")
@@ -141,7 +145,7 @@ def workflow_table4(path: Path, world: Path, args: argparse.Namespace, seed: int
     optim = {"epochs": args.epochs, "batch_size": 4, "lr_max": args.lr_max}
     steps = args.epochs * quarter                 # the baseline's frame-steps
     det = {"detector": {"pillar_size_m": args.pillar_m}} if args.pillar_m else {}
-    method = weighted(ROWS[args.table4_method][0], args.kd_weight)
+    method = weighted(ROWS[args.table4_method][0], args)
     stages = ["ingest", "teacher-q", "radar-q", "label-q", "pseudo-q"]
     lines = ["[ingest]", 'format = "vod"', f'roots = ["{world}"]',
              *_table("teacher-q", {"model": "sckd-teacher", "max_frames": quarter, **det,
@@ -315,6 +319,8 @@ def parse_args() -> argparse.Namespace:
                          "students' frames and frame-steps): what perfect pseudo-labels give")
     ap.add_argument("--kd-weight", type=float, default=1.0,
                     help="weight of the models/kd method in every row that uses one")
+    ap.add_argument("--kd-decay", default="none", choices=KD_DECAYS,
+                    help="how that weight falls over training (models/kd/loss.py)")
     ap.add_argument("--class-thresholds", default="",
                     help="per-class pseudo-label thresholds over sigma, e.g. Pedestrian=0.3")
     ap.add_argument("--out", type=Path, default=Path("/tmp/kd_ablation"))  # noqa: S108
@@ -365,6 +371,7 @@ def main() -> None:
         args.markdown.write_text(markdown(summary) + "\n")
     print(json.dumps({
         "pseudo_label": pseudo_cfg(args), "kd_weight": args.kd_weight,
+        "kd_decay": args.kd_decay,
         "world": {"frames": args.frames, "labeled_train": n_lab, "val": n_val,
                   "unlabeled": n_unl, "world_seed": args.world_seed},
         "seeds": list(range(args.first_seed, args.first_seed + args.seeds)),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from kdpipe.schemas.model_names import (
+    KD_DECAYS,
     KD_METHODS,
     MODEL_NAMES,
     check_kd_terms,
@@ -10,4 +11,5 @@ from kdpipe.schemas.model_names import (
     known_models,
 )
 
-__all__ = ["KD_METHODS", "MODEL_NAMES", "check_kd_terms", "check_model_name", "known_models"]
+__all__ = ["KD_DECAYS", "KD_METHODS", "MODEL_NAMES", "check_kd_terms", "check_model_name",
+           "known_models"]

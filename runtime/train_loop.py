@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypedDict, Unpack
 
@@ -204,6 +204,18 @@ def _validate(model: torch.nn.Module, validate: Callable[[torch.nn.Module], dict
     return validate(model)
 
 
+def _telling_progress(loader: Iterable[Any], loss_fn: LossFn, epoch: int, epochs: int,
+                      steps: int) -> Iterator[Any]:
+    """The loader's batches; before each, a loss with `set_progress` (e.g. a KD weight that
+    decays, models/kd/loss.py) learns the fraction of training done. It follows from the epoch
+    and step alone, so a resumed run and every DDP rank see the same values."""
+    set_progress = getattr(loss_fn, "set_progress", None)
+    for step, item in enumerate(loader):
+        if set_progress is not None:
+            set_progress((epoch * steps + step) / max(1, epochs * steps))
+        yield item
+
+
 def fit(model: torch.nn.Module, frames: FrameSource | Sequence[TrainFrame], cfg: OptimConfig, *,
         workdir: Path, seed: int, device: torch.device,
         **options: Unpack[FitOptions]) -> list[dict[str, Any]]:
@@ -245,7 +257,8 @@ def fit(model: torch.nn.Module, frames: FrameSource | Sequence[TrainFrame], cfg:
         sums: dict[str, float] = {}
         points = dict.fromkeys((m for m in modalities if m in MODEL_FIELDS), 0.0)
         n_steps = 0
-        for batch, targets, _ids in loader:
+        for batch, targets, _ids in _telling_progress(loader, loss_fn, epoch, cfg.epochs,
+                                                      plan.steps):
             for m in points:  # what the model is trained on, for the log and lineage
                 points[m] += batch[m].shape[0]
             with amp:

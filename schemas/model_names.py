@@ -46,6 +46,9 @@ KD_METHODS: dict[str, tuple[str, ...]] = {
     "radardistill": ("align_layers", "afd_weight", "pfd_weight", "threshold"),
     "response": ("threshold", "box_weight"),
 }
+# How a method's weight changes over training (models/kd/loss.py DECAYS; the same test keeps them
+# equal): every method takes `decay` beside `weight`.
+KD_DECAYS = ("none", "linear", "cosine")
 
 
 def check_kd_terms(terms: dict[str, dict[str, object]]) -> dict[str, dict[str, object]]:
@@ -59,11 +62,15 @@ def check_kd_terms(terms: dict[str, dict[str, object]]) -> dict[str, dict[str, o
         if name not in KD_METHODS:
             raise PydanticCustomError("unknown_kd", "unknown KD method '{got}' (known: {known})",
                                       {"got": name, "known": ", ".join(sorted(KD_METHODS))})
-        bad = sorted(set(table) - {"weight", *KD_METHODS[name]})
+        bad = sorted(set(table) - {"weight", "decay", *KD_METHODS[name]})
         if bad:
             raise PydanticCustomError(
                 "unknown_kd_option", "KD method '{m}' has no option {bad} (options: {known})",
                 {"m": name, "bad": ", ".join(bad), "known": ", ".join(KD_METHODS[name])})
+        if table.get("decay", "none") not in KD_DECAYS:
+            raise PydanticCustomError(
+                "bad_kd_decay", "KD method '{m}': decay must be one of {known}, got {d!r}",
+                {"m": name, "known": ", ".join(KD_DECAYS), "d": table["decay"]})
         w = table.get("weight", 1.0)
         if isinstance(w, bool) or not isinstance(w, int | float) or w < 0:
             raise PydanticCustomError("bad_kd_weight", "KD method '{m}': weight must be a "

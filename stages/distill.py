@@ -8,6 +8,7 @@ L_total = alpha * L_LRFD + beta * L_FRFD + L_SSOD (+ L_GT, off in SCKD's best ru
   occupied, proposal, response, radardistill), each with its weight and options, e.g.
       [distill.kd.fg-gaussian]
       weight = 1.0
+      decay = "cosine"   # optional: the weight falls to 0 over training ("linear", "none")
       tap = "bev"
 - GT: labeled frames with their ground truth, when `gt = true`.
 Each term can be switched off, which is how the ablation table is made.
@@ -113,10 +114,11 @@ def build(job: TrainJob, device: torch.device) -> TrainSetup:
                                              "adapters": cfg.frfd_adapters})
     for name, table in cfg.kd.items():
         methods[name] = (float(table.get("weight", 1.0)),
-                         {k: v for k, v in table.items() if k != "weight"})
+                         {k: v for k, v in table.items() if k not in ("weight", "decay")})
     terms = {name: (w, create_kd(name, shapes, **opts).to(device))
              for name, (w, opts) in methods.items()}
-    loss_fn = KDLoss(teacher, terms)
+    decay = {name: str(table["decay"]) for name, table in cfg.kd.items() if "decay" in table}
+    loss_fn = KDLoss(teacher, terms, decay)
     return TrainSetup(student, data, {"loss_fn": loss_fn, "trainable": [loss_fn.trainable],
                                       "modalities": modalities})
 

@@ -175,3 +175,37 @@ def test_distill_config_checks_methods_at_plan_time() -> None:
     with pytest.raises(ValidationError, match="lrfd is set twice"):
         DistillConfig(kd={"lrfd": {}})
     assert not DistillConfig(lrfd_weight=0, frfd_weight=0).feature_kd
+    assert DistillConfig(kd={"occupied": {"weight": 0.3, "decay": "cosine"}}, lrfd_weight=0,
+                         frfd_weight=0).kd["occupied"]["decay"] == "cosine"
+    with pytest.raises(ValidationError, match="decay must be one of none, linear, cosine"):
+        DistillConfig(kd={"occupied": {"decay": "exp"}})
+
+
+def test_a_decaying_weight_scales_its_term_by_the_fraction_of_training_done(models: tuple
+                                                                            ) -> None:
+    from kdpipe.models.kd.loss import DECAYS
+    from kdpipe.models.names import KD_DECAYS
+
+    assert tuple(DECAYS) == KD_DECAYS  # plan-time names = the run-time schedules
+    teacher, _, shapes = models
+    torch.manual_seed(1)
+    student = create_model("radar-only", **TINY)
+    term = create_kd("occupied", shapes)
+    plain = KDLoss(teacher, {"occupied": (0.5, term)})
+    cos = KDLoss(teacher, {"occupied": (0.5, term)}, {"occupied": "cosine"})
+    lin = KDLoss(teacher, {"occupied": (0.5, term)}, {"occupied": "linear"})
+    student.eval()
+    for frac, f_cos, f_lin in ((0.0, 1.0, 1.0), (0.5, 0.5, 0.5), (0.25, 0.8536, 0.75),
+                               (1.0, 0.0, 0.0)):
+        for fn in (plain, cos, lin):
+            fn.set_progress(frac)
+        out = {n: fn(student, _batch(), TARGETS) for n, fn in
+               (("plain", plain), ("cos", cos), ("lin", lin))}
+        kd = out["plain"]["loss"] - out["plain"]["loss_det"]  # 0.5 * the term, never decayed
+        assert kd.item() > 0
+        for name, factor in (("cos", f_cos), ("lin", f_lin)):
+            got = out[name]["loss"] - out[name]["loss_det"]
+            assert got.item() == pytest.approx(factor * kd.item(), rel=1e-3, abs=1e-7), (name,
+                                                                                          frac)
+    with pytest.raises(ValueError, match="unknown KD weight decay"):
+        KDLoss(teacher, {"occupied": (0.5, term)}, {"occupied": "exp"})

@@ -130,3 +130,26 @@ def test_bf16_autocast_trains_on_the_cpu_when_asked(store_frames, tmp_path: Path
     log = fit(model, store_frames[4], cfg, workdir=tmp_path, seed=1, device=torch.device("cpu"))
     assert all(np.isfinite(r["loss"]) for r in log) and log[-1]["loss"] < log[0]["loss"]
     assert all(p.dtype == torch.float32 for p in model.parameters())  # weights stay fp32
+
+
+def test_fit_tells_a_loss_the_fraction_of_training_done_before_every_step(
+        store_frames, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """What a decaying KD weight reads (models/kd/loss.py), counted over all epochs."""
+    from kdpipe.runtime.train_loop import default_loss, fit
+
+    seen: list[float] = []
+
+    class Loss:
+        def set_progress(self, fraction: float) -> None:
+            seen.append(fraction)
+
+        def __call__(self, *args):  # type: ignore[no-untyped-def]
+            return default_loss(*args)
+
+    torch.manual_seed(0)
+    model = create_model("radar-only", **TINY_DETECTOR)
+    cfg = OptimConfig(epochs=2, batch_size=4, device="cpu")
+    fit(model, store_frames[4], cfg, workdir=tmp_path, seed=1, device=torch.device("cpu"),
+        loss_fn=Loss())
+    steps = len(seen)  # both epochs' steps
+    assert steps >= 4 and seen == [i / steps for i in range(steps)]
