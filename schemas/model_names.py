@@ -47,8 +47,9 @@ KD_METHODS: dict[str, tuple[str, ...]] = {
     "response": ("threshold", "box_weight"),
 }
 # How a method's weight changes over training (models/kd/loss.py DECAYS; the same test keeps them
-# equal): every method takes `decay` beside `weight`.
+# equal). `weight` and `decay` are KDLoss's, every other option goes to the method's builder.
 KD_DECAYS = ("none", "linear", "cosine")
+KD_LOSS_OPTIONS = ("weight", "decay")
 
 
 def check_kd_terms(terms: dict[str, dict[str, object]]) -> dict[str, dict[str, object]]:
@@ -62,7 +63,7 @@ def check_kd_terms(terms: dict[str, dict[str, object]]) -> dict[str, dict[str, o
         if name not in KD_METHODS:
             raise PydanticCustomError("unknown_kd", "unknown KD method '{got}' (known: {known})",
                                       {"got": name, "known": ", ".join(sorted(KD_METHODS))})
-        bad = sorted(set(table) - {"weight", "decay", *KD_METHODS[name]})
+        bad = sorted(set(table) - {*KD_LOSS_OPTIONS, *KD_METHODS[name]})
         if bad:
             raise PydanticCustomError(
                 "unknown_kd_option", "KD method '{m}' has no option {bad} (options: {known})",

@@ -35,7 +35,7 @@ from kdpipe.pipeline.stage import (
     ZarrArtifact,
 )
 from kdpipe.runtime.config import LaunchConfig, OptimConfig
-from kdpipe.schemas.model_names import check_kd_terms, check_model_name
+from kdpipe.schemas.model_names import KD_LOSS_OPTIONS, check_kd_terms, check_model_name
 
 if TYPE_CHECKING:  # torch and the modules that import it load when the stage runs, not to plan
     import torch
@@ -114,10 +114,10 @@ def build(job: TrainJob, device: torch.device) -> TrainSetup:
                                              "adapters": cfg.frfd_adapters})
     for name, table in cfg.kd.items():
         methods[name] = (float(table.get("weight", 1.0)),
-                         {k: v for k, v in table.items() if k not in ("weight", "decay")})
+                         {k: v for k, v in table.items() if k not in KD_LOSS_OPTIONS})
     terms = {name: (w, create_kd(name, shapes, **opts).to(device))
              for name, (w, opts) in methods.items()}
-    decay = {name: str(table["decay"]) for name, table in cfg.kd.items() if "decay" in table}
+    decay = {name: table["decay"] for name, table in cfg.kd.items() if "decay" in table}
     loss_fn = KDLoss(teacher, terms, decay)
     return TrainSetup(student, data, {"loss_fn": loss_fn, "trainable": [loss_fn.trainable],
                                       "modalities": modalities})
