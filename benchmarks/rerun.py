@@ -15,9 +15,10 @@ that; the raw-input fingerprint still covers all 5N files). Then:
 - `--repeats` no-op runs, `kdpipe run --json` in a fresh process (imports, planning,
   fingerprinting included), wall and CPU time (user + sys of the child), plus the in-process
   `run_workflow` time; the baseline, interleaved: the same run with the stat cache off
-  (KDPIPE_FINGERPRINT_CACHE=off: every folder listed, every row formatted and sorted); and the
-  cached run with the stat pass in this process only (KDPIPE_STAT_PROCS=1, as before forked stat
-  children), to show what the children add;
+  (KDPIPE_FINGERPRINT_CACHE=off: every folder listed, every row formatted and sorted); the
+  cached run without the prefetch (KDPIPE_PREFETCH=off: the stat pass starts once the plan asks,
+  after the imports, as before 2026-12-02); and the cached run with the stat pass in this process
+  only and no prefetch (KDPIPE_STAT_PROCS=1, as before forked stat children);
 - the safety check: one raw file rewritten in place (same size, mtime + 1 s, its folder's mtime
   untouched) must make the source stage run again.
 
@@ -113,7 +114,7 @@ def main() -> None:
         time.sleep(max(0.0, (written_ns + fingerprint.RACY_NS - time.time_ns()) / 1e9 + 0.05))
         warm_s, warm_cpu, status = cli_run(wf, tmp / "ws", env)
         assert set(status.values()) == {"cached"}, status
-        cli, cpu, inproc, base, base_cpu, one = [], [], [], [], [], []
+        cli, cpu, inproc, base, base_cpu, one, late = [], [], [], [], [], [], []
         for _ in range(args.repeats):
             wall, c, status = cli_run(wf, tmp / "ws", env)
             assert set(status.values()) == {"cached"}, status
@@ -123,7 +124,11 @@ def main() -> None:
             assert set(status.values()) == {"cached"}, status
             base.append(wall)
             base_cpu.append(c)
-            wall, c, status = cli_run(wf, tmp / "ws", {**env, "KDPIPE_STAT_PROCS": "1"})
+            wall, c, status = cli_run(wf, tmp / "ws", {**env, "KDPIPE_PREFETCH": "off"})
+            assert set(status.values()) == {"cached"}, status
+            late.append(wall)
+            wall, c, status = cli_run(wf, tmp / "ws", {**env, "KDPIPE_STAT_PROCS": "1",
+                                                       "KDPIPE_PREFETCH": "off"})
             assert set(status.values()) == {"cached"}, status
             one.append(wall)
             t0 = time.perf_counter()
@@ -145,6 +150,7 @@ def main() -> None:
         "noop_cli_s_all": [round(x, 3) for x in cli],
         "noop_cli_cpu_s_median": round(statistics.median(cpu), 3),
         "noop_inprocess_s_median": round(statistics.median(inproc), 3),
+        "noop_cli_no_prefetch_s_median": round(statistics.median(late), 3),
         "noop_cli_one_process_stats_s_median": round(statistics.median(one), 3),
         "baseline_no_cache_cli_s_median": round(statistics.median(base), 3),
         "baseline_no_cache_cli_cpu_s_median": round(statistics.median(base_cpu), 3),

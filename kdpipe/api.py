@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, TypedDict, Unpack
 
 from kdpipe.config import Workflow, absolute_roots, apply_set, load_workflow
+from kdpipe.pipeline import prefetch
 from kdpipe.pipeline.dag import build_plan, forced, select
 from kdpipe.pipeline.errors import ConfigError
 from kdpipe.pipeline.executor import make_executor
@@ -106,6 +107,7 @@ def run_workflow(workflow: str | Path | Workflow, workspace: str, stages: Sequen
         # plan under the lock: the fingerprint of raw inputs must match what runs
         # keys through the workspace's early-cutoff aliases (pipeline/dag.py)
         plan = build_plan(wf.stages, wf.deltas, seed=wf.seed, resolve=ws.canonical_key)
+        prefetch.cancel()  # a fingerprint child the plan did not ask for: reaped now, not at exit
         sliced = {"from_": _names(options.get("from_", ())), "to": _names(options.get("to", ())),
                   "only": _names(options.get("only", ()))}
         names = select(plan, _names(stages), **sliced)

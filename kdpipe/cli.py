@@ -69,14 +69,20 @@ def run(
     as_json: Json = False,
 ) -> None:
     """Run stages of a workflow; up-to-date stages are skipped."""
+    from kdpipe.pipeline import prefetch
+
+    prefetch.start(workflow, set_ or [])  # before the heavy imports below: they overlap
     from kdpipe.api import run_workflow
 
     with _interruptible():
-        report = run_workflow(workflow, workspace, stages or [], overrides=set_ or [],
-                              scheduler=scheduler, from_=from_ or [], to=to or [],
-                              only=only or [], force=force, wait=wait,
-                              show_progress=not as_json and err.is_terminal,
-                              log=None if as_json else err.print)
+        try:
+            report = run_workflow(workflow, workspace, stages or [], overrides=set_ or [],
+                                  scheduler=scheduler, from_=from_ or [], to=to or [],
+                                  only=only or [], force=force, wait=wait,
+                                  show_progress=not as_json and err.is_terminal,
+                                  log=None if as_json else err.print)
+        finally:
+            prefetch.remember(workflow, set_ or [])
     if as_json:
         emit_json(report)
         return
@@ -133,9 +139,16 @@ def _print_wide(table: Any) -> None:
 def status(workflow: Workflow, workspace: Ws = "workspace", set_: Set = None,
            as_json: Json = False) -> None:
     """Each stage: up to date, stale (and why) or missing."""
+    from kdpipe.pipeline import prefetch
+
+    prefetch.start(workflow, set_ or [])
     from kdpipe.api import workflow_status
 
-    rows = workflow_status(workflow, workspace, overrides=set_ or [], require_workspace=True)
+    try:
+        rows = workflow_status(workflow, workspace, overrides=set_ or [],
+                               require_workspace=True)
+    finally:
+        prefetch.remember(workflow, set_ or [])
     if as_json:
         emit_json(rows)
         return

@@ -81,8 +81,8 @@ def fingerprint_digest(roots: Iterable[str | os.PathLike[str]],
                        min_cached_files: int = MIN_CACHED_FILES) -> str:
     """sha256 hex of the fingerprint of `roots` (files or folders, missing ones included).
     `cache_dir`: where the cache lives (None: $KDPIPE_CACHE/fingerprints, ~/.cache/kdpipe)."""
-    resolved = [str(Path(r).resolve()) for r in roots]
-    cache = _cache_file(resolved, cache_dir)
+    resolved = resolve_roots(roots)
+    cache = cache_file(resolved, cache_dir)
     if cache is not None:
         hit = _cached_digest(cache, resolved)
         if hit is not None:
@@ -173,15 +173,33 @@ def _digest(tree: _Tree) -> str:
 
 # --- the cache --------------------------------------------------------------------------------
 
-def _cache_file(roots: list[str], cache_dir: str | os.PathLike[str] | None) -> Path | None:
-    if os.environ.get("KDPIPE_FINGERPRINT_CACHE", "").lower() in ("off", "0", "no", "false"):
+def resolve_roots(roots: Iterable[str | os.PathLike[str]]) -> list[str]:
+    """The roots as the fingerprint and its cache name them: resolved paths."""
+    return [str(Path(r).resolve()) for r in roots]
+
+
+def cache_enabled() -> bool:
+    return os.environ.get("KDPIPE_FINGERPRINT_CACHE", "").lower() not in (
+        "off", "0", "no", "false")
+
+
+def cache_base() -> Path | None:
+    """$KDPIPE_CACHE/fingerprints (default ~/.cache/kdpipe/...); None without a home."""
+    try:
+        base = Path(os.environ.get("KDPIPE_CACHE") or Path.home() / ".cache" / "kdpipe")
+    except RuntimeError:  # no home directory
+        return None
+    return base / "fingerprints"
+
+
+def cache_file(roots: list[str], cache_dir: str | os.PathLike[str] | None) -> Path | None:
+    """Where the stat cache of these (resolved) roots lives; None when the cache is off."""
+    if not cache_enabled():
         return None
     if cache_dir is None:
-        try:
-            base = Path(os.environ.get("KDPIPE_CACHE") or Path.home() / ".cache" / "kdpipe")
-        except RuntimeError:  # no home directory
+        cache_dir = cache_base()
+        if cache_dir is None:
             return None
-        cache_dir = base / "fingerprints"
     name = hashlib.sha256(json.dumps(roots).encode()).hexdigest()[:32]
     return Path(cache_dir) / f"{name}.bin"
 
@@ -217,7 +235,7 @@ def _save(cache: Path, tree: _Tree) -> None:
     tmp = None
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        _prune(cache.parent)
+        prune(cache.parent)
         fd, tmp = tempfile.mkstemp(dir=cache.parent, prefix=".tmp-")
         with os.fdopen(fd, "wb") as out:
             out.write(_MAGIC + len(head).to_bytes(8, "little") + head)
@@ -260,7 +278,7 @@ def _load(cache: Path) -> _Tree | None:
         return None
 
 
-def _prune(cache_dir: Path) -> None:
+def prune(cache_dir: Path) -> None:
     """Remove cache files unused for CACHE_MAX_AGE_S (roots that went away)."""
     old = time.time() - CACHE_MAX_AGE_S
     with os.scandir(cache_dir) as it:

@@ -14,7 +14,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from kdpipe.pipeline.fingerprint import fingerprint_digest
+from kdpipe.pipeline import prefetch
+from kdpipe.pipeline.fingerprint import fingerprint_digest, resolve_roots
 
 KEY_CHARS = 20  # 80 bits: collisions are not a practical concern for one workspace
 _CHUNK_BYTES = 1 << 20
@@ -89,4 +90,9 @@ def fingerprint_tree(roots: Iterable[str | os.PathLike[str]], *,
     changes nothing but the file); folder listings and the hashing come from a cache when
     nothing moved (`kdpipe.pipeline.fingerprint`).
     """
-    return fingerprint_digest(roots, cache_dir)[:KEY_CHARS]
+    resolved = resolve_roots(roots)
+    if cache_dir is None:  # started before the CLI's imports, when it was (pipeline/prefetch.py)
+        hit = prefetch.take(resolved)
+        if hit is not None:
+            return hit[:KEY_CHARS]
+    return fingerprint_digest(resolved, cache_dir)[:KEY_CHARS]
