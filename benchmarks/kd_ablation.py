@@ -92,6 +92,12 @@ def pseudo_cfg(args: argparse.Namespace) -> dict[str, Any]:
     return cfg
 
 
+def label_cfg(args: argparse.Namespace, **cfg: Any) -> dict[str, Any]:
+    """teacher-label's delta: batch size 8, and `--teacher-tta` when it is not "none"."""
+    return {"batch_size": 8, **cfg} | ({"tta": args.teacher_tta}
+                                       if args.teacher_tta != "none" else {})
+
+
 def weighted(cfg: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     """A row's distill delta with `--kd-weight` and `--kd-decay` on its models/kd method (if it
     has one)."""
@@ -114,7 +120,7 @@ def workflow(path: Path, world: Path, args: argparse.Namespace, seed: int, n_lab
              *_table("train-radar", {"model": "radar-only", **det, "optim": optim},
                      "teacher-train",
                      {"teacher": "radar_model", "train_log": "radar_train_log"}),
-             *_table("teacher-label", {"batch_size": 8}),
+             *_table("teacher-label", label_cfg(args)),
              *_table("pseudo-label", pseudo_cfg(args))]
     evals = {BASELINE: _eval("radar", "radar_model"), TEACHER: ("evaluate", ["[evaluate]"])}
     for stage, block in evals.values():
@@ -154,7 +160,7 @@ def workflow_table4(path: Path, world: Path, args: argparse.Namespace, seed: int
              *_table("radar-q", {"model": "radar-only", "max_frames": quarter, **det,
                                  "optim": optim},
                      "teacher-train", {"teacher": "q_radar", "train_log": "q_radar_log"}),
-             *_table("label-q", {"batch_size": 8, "splits": ["train", "unlabeled", "val"]},
+             *_table("label-q", label_cfg(args, splits=["train", "unlabeled", "val"]),
                      "teacher-label", {"teacher": "q_teacher", "detections": "q_detections",
                                        "detection_frames": "q_detection_frames"}),
              *_table("pseudo-q", pseudo_cfg(args), "pseudo-label", {
@@ -321,6 +327,9 @@ def parse_args() -> argparse.Namespace:
                     help="weight of the models/kd method in every row that uses one")
     ap.add_argument("--kd-decay", default="none", choices=KD_DECAYS,
                     help="how that weight falls over training (models/kd/loss.py)")
+    ap.add_argument("--teacher-tta", default="none", choices=("none", "flip"),
+                    help="teacher-label's test-time augmentation (models/tta.py); the teacher "
+                         "row is scored without it")
     ap.add_argument("--class-thresholds", default="",
                     help="per-class pseudo-label thresholds over sigma, e.g. Pedestrian=0.3")
     ap.add_argument("--out", type=Path, default=Path("/tmp/kd_ablation"))  # noqa: S108
@@ -371,7 +380,7 @@ def main() -> None:
         args.markdown.write_text(markdown(summary) + "\n")
     print(json.dumps({
         "pseudo_label": pseudo_cfg(args), "kd_weight": args.kd_weight,
-        "kd_decay": args.kd_decay,
+        "kd_decay": args.kd_decay, "teacher_tta": args.teacher_tta,
         "world": {"frames": args.frames, "labeled_train": n_lab, "val": n_val,
                   "unlabeled": n_unl, "world_seed": args.world_seed},
         "seeds": list(range(args.first_seed, args.first_seed + args.seeds)),

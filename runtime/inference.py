@@ -8,7 +8,8 @@ module-level cache keyed by checkpoint path and device), not once per task.
 Reads overlap compute: a background thread (`Prefetcher`; Dask workers are daemonic processes,
 so no DataLoader worker processes) reads the group and collates each next batch, in pinned host
 memory when the model is on CUDA, while the model runs the current one. `amp = "bf16"` runs the
-forward under autocast; decoding always runs in float32.
+forward under autocast; decoding always runs in float32. `tta = "flip"` (teacher-label) averages
+each batch's head maps with those of its mirror image before decoding (`models/tta.py`).
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ import torch
 
 from kdpipe.datasets.store import IngestStore
 from kdpipe.models.batch import collate, to_device
+from kdpipe.models.tta import check_flip, flip_averaged
 from kdpipe.pipeline.errors import ConfigError
 from kdpipe.pipeline.stage import StageContext
 from kdpipe.runtime.camera_data import camera_channels
@@ -64,6 +66,7 @@ class InferTask:
     device: str
     part: str                       # Parquet part this task writes
     amp: AmpMode = "fp32"
+    tta: str = "none"                # "flip": models/tta.py
 
 
 def cached_model(checkpoint: str, device: str) -> Detector:
@@ -182,12 +185,20 @@ def run_task(task: InferTask) -> str:
         return task.part
     model = cached_model(task.checkpoint, task.device)
     device = next(model.parameters()).device
+    if task.tta == "flip":
+        try:
+            check_flip(model.config, tuple(model.modalities))
+        except ValueError as e:
+            raise ConfigError(f"tta = 'flip': {e}") from None
     frames_out = []
     prefetch = Prefetcher(lambda: _input_batches(task, model, pin=device.type == "cuda"))
     with prefetch, torch.inference_mode():
-        for start, batch in prefetch:
+        for start, host_batch in prefetch:
             with forward_precision(device, task.amp):  # the forward only: decode runs in fp32
-                out = model(to_device(batch, device))
+                batch = to_device(host_batch, device)
+                out = model(batch)
+                if task.tta == "flip":
+                    out = flip_averaged(model, batch, out)
             dets = model.decode(out, score_threshold=task.score_floor, top_k=task.top_k)
             frames_out.append(detection_frame(
                 list(task.frame_ids[start:start + task.batch_size]), dets, model.classes))
@@ -216,30 +227,32 @@ class InferenceSettings(Protocol):
 
 
 def infer_tasks(store: IngestStore, checkpoint: Path, frames: pl.DataFrame,
-                settings: InferenceSettings, parts_dir: Path) -> list[InferTask]:
+                settings: InferenceSettings, parts_dir: Path, tta: str = "none"
+                ) -> list[InferTask]:
     """One task per (source, scene) group of `frames`, in order, each writing a part in
-    `parts_dir` (also what benchmarks/teacher.py runs in-process)."""
+    `parts_dir` (also what benchmarks/teacher.py runs in-process). `tta`: "none" | "flip"."""
     tasks: list[InferTask] = []
     for (source, scene), g in frames.group_by("source", "scene", maintain_order=True):
         tasks.append(InferTask(
             store, str(checkpoint), str(source), str(scene),
             tuple(g["frame_id"].to_list()), tuple(int(i) for i in g["frame_index"]),
             settings.radar_sensor, settings.batch_size, settings.top_k, settings.score_floor,
-            settings.device, str(parts_dir / f"{len(tasks):06d}.parquet"), settings.amp))
+            settings.device, str(parts_dir / f"{len(tasks):06d}.parquet"), settings.amp, tta))
     return tasks
 
 
 def infer(ctx: StageContext[Any], store: IngestStore, checkpoint: Path, frames: pl.DataFrame,
-          settings: InferenceSettings) -> tuple[pl.DataFrame, pl.DataFrame]:
+          settings: InferenceSettings, tta: str = "none") -> tuple[pl.DataFrame, pl.DataFrame]:
     """Detections for `frames` (rows of `store`'s frames/1) and the frame list, zero-detection
-    frames kept. `settings`: a stage config with the `InferenceSettings` fields.
+    frames kept. `settings`: a stage config with the `InferenceSettings` fields; `tta`: "flip"
+    for flip test-time augmentation (teacher-label's option; evaluate scores without).
 
     Tasks ask for a GPU worker resource when the cluster has one; without a GPU they run on
     the CPU workers (no code path needs a GPU).
     """
     parts_dir = ctx.workdir / "_parts"
     parts_dir.mkdir(exist_ok=True)
-    tasks = infer_tasks(store, checkpoint, frames, settings, parts_dir)
+    tasks = infer_tasks(store, checkpoint, frames, settings, parts_dir, tta)
     gpu = {"GPU": 1.0} if ctx.executor.has_resource("GPU") else None
     paths = ctx.map(run_task, tasks, desc="inference groups", resources=gpu)
     dets = pl.concat([pl.read_parquet(p) for p in paths]) if paths else \

@@ -7,6 +7,8 @@ thresholds are applied downstream by `pseudo-label`, so changing one never re-ru
 """
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from kdpipe.datasets.store import IngestStore
@@ -30,6 +32,9 @@ class TeacherLabelConfig(StageConfig):
     score_floor: float = Field(0.01, ge=0.0, lt=1.0)  # below every threshold anyone would use
     device: str = "auto"
     amp: AmpMode = "fp32"  # forward precision; "bf16": autocast (decode stays fp32)
+    # "flip": head maps averaged with the mirrored scene's before decoding (models/tta.py);
+    # twice the forward cost; point-only teachers on a grid symmetric in y
+    tta: Literal["none", "flip"] = "none"
 
 
 def run(ctx: StageContext[TeacherLabelConfig]) -> None:
@@ -38,7 +43,7 @@ def run(ctx: StageContext[TeacherLabelConfig]) -> None:
     cfg = ctx.config
     store = IngestStore.from_inputs(ctx.inputs, ctx.stage)
     frames = store.select_frames(cfg.splits)
-    dets, frame_list = infer(ctx, store, ctx.inputs["teacher"], frames, cfg)
+    dets, frame_list = infer(ctx, store, ctx.inputs["teacher"], frames, cfg, tta=cfg.tta)
     dets.write_parquet(ctx.outputs["detections"], metadata=ctx.file_metadata())
     frame_list.write_parquet(ctx.outputs["detection_frames"], metadata=ctx.file_metadata())
     cleanup_parts(ctx)

@@ -35,7 +35,7 @@ def test_table4_with_a_label_budget_and_one_volume_plans(
         harness: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     a = args(harness, monkeypatch, "--table4", "--table4-labeled", "40", "--table4-volumes",
              "all", "--epochs", "60", "--table4-method", "ssod-occ", "--kd-weight", "0.3",
-             "--kd-decay", "cosine")
+             "--kd-decay", "cosine", "--teacher-tta", "flip")
     evals = harness.workflow_table4(tmp_path / "wf.toml", tmp_path / "world", a, 7, 240, 800)
     assert list(evals) == ["radar baseline, 1/6 labeled (40)", "teacher, 1/6 labeled (40)",
                            "student (ssod-occ), 1040 unlabeled (all)"]
@@ -50,6 +50,8 @@ def test_table4_with_a_label_budget_and_one_volume_plans(
     assert list(student.unlabeled_splits) == ["train", "unlabeled"]
     assert student.optim.epochs == 10  # max(10, 2,400 baseline frame-steps / 1,040 frames)
     assert student.kd["occupied"]["weight"] == 0.3 and student.kd["occupied"]["decay"] == "cosine"
+    assert plan.nodes["label-q"].config.tta == "flip"
+    assert plan.nodes["evaluate-q-teacher"].config.model_dump().get("tta") is None  # scored plain
 
 
 def test_table4_volumes_are_checked(harness: ModuleType,

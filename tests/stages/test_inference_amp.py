@@ -183,3 +183,43 @@ def test_read_errors_reach_run_task_and_no_part_is_written(store, checkpoint: Pa
     with pytest.raises(ConfigError, match="radar_9"):
         run_task(task)
     assert not list(tmp_path.iterdir())
+
+
+def test_flip_tta_part_is_the_decode_of_the_averaged_maps(store, checkpoint: Path,  # type: ignore[no-untyped-def]
+                                                          tmp_path: Path) -> None:
+    """teacher-label's `tta = "flip"`: each batch's detections are the decode of its head maps
+    averaged with its mirror's (models/tta.py), in the same part format; without TTA they
+    differ (an untrained model is not mirror-symmetric)."""
+    from kdpipe.models.tta import flip_averaged
+
+    task = _task(store, checkpoint, tmp_path / "tta.parquet", tta="flip")
+    got = pl.read_parquet(run_task(task))
+    check_table(got, "detections/1")
+    model = inference.cached_model(task.checkpoint, task.device)
+    arrays = [frame_arrays(p, c) for p, c in read_group_frames(
+        task.store, task.source, task.scene, task.frame_indices,
+        sensor_map(task.radar_sensor, model.modalities), model.config.point_cloud_range_m)]
+    want = []
+    with torch.inference_mode():
+        for start in range(0, len(arrays), task.batch_size):
+            batch = collate(arrays[start:start + task.batch_size], model.modalities)
+            out = flip_averaged(model, batch, model(batch))
+            dets = model.decode(out, score_threshold=task.score_floor, top_k=task.top_k)
+            want.append(detection_frame(list(task.frame_ids[start:start + task.batch_size]),
+                                        dets, model.classes))
+    assert got.height > 0
+    assert got.equals(pl.concat(want))
+    plain = pl.read_parquet(run_task(_task(store, checkpoint, tmp_path / "plain.parquet")))
+    assert not plain.equals(got)
+
+
+def test_flip_tta_refuses_a_camera_model(store, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    torch.manual_seed(0)
+    model = create_model("imkd-student", **TINY_DETECTOR)
+    path = tmp_path / "imkd.pt"
+    save_checkpoint(path, model, {"stage": "test"})
+    with pytest.raises(ConfigError, match="tta = 'flip'.*point clouds only"):
+        run_task(_task(store, path, tmp_path / "part.parquet", tta="flip"))
+    assert TeacherLabelConfig().tta == "none"
+    with pytest.raises(ValueError, match="tta"):
+        TeacherLabelConfig(tta="rotate")  # type: ignore[arg-type]
