@@ -4,7 +4,9 @@ CPU and gives finite boxes close to fp32's; the prefetcher keeps order and passe
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import pytest
@@ -61,9 +63,9 @@ def _task(store, checkpoint: Path, part: Path, **kw: object) -> InferTask:  # ty
     return InferTask(**args)  # type: ignore[arg-type]
 
 
-def _sequential_part(task: InferTask, path: Path) -> None:
-    """The previous run_task: read everything, then batch by batch forward and decode, with
-    the per-frame decode + host-loop NMS."""
+def _sequential(task: InferTask, detect: Callable[[Any, dict[str, Any]], list[Any]]
+                ) -> pl.DataFrame:
+    """Read everything, then batch by batch `detect(model, batch)` (per-frame dicts)."""
     model = inference.cached_model(task.checkpoint, task.device)
     arrays = [frame_arrays(p, c) for p, c in read_group_frames(
         task.store, task.source, task.scene, task.frame_indices,
@@ -72,11 +74,18 @@ def _sequential_part(task: InferTask, path: Path) -> None:
     with torch.inference_mode():
         for start in range(0, len(arrays), task.batch_size):
             end = start + task.batch_size
-            o = model(collate(arrays[start:end], model.modalities))
-            dets = decode_boxes_reference(o["heatmap"], o["box"], model.config,
-                                          task.score_floor, task.top_k)
+            dets = detect(model, collate(arrays[start:end], model.modalities))
             out.append(detection_frame(list(task.frame_ids[start:end]), dets, model.classes))
-    pl.concat(out).write_parquet(path)
+    return pl.concat(out)
+
+
+def _sequential_part(task: InferTask, path: Path) -> None:
+    """The previous run_task: the sequential loop with the per-frame decode + host-loop NMS."""
+    def detect(model: Any, batch: dict[str, Any]) -> list[Any]:
+        o = model(batch)
+        return decode_boxes_reference(o["heatmap"], o["box"], model.config, task.score_floor,
+                                      task.top_k)
+    _sequential(task, detect).write_parquet(path)
 
 
 def test_run_task_part_is_byte_identical_to_the_sequential_loop(store, checkpoint: Path,  # type: ignore[no-untyped-def]
@@ -195,20 +204,13 @@ def test_flip_tta_part_is_the_decode_of_the_averaged_maps(store, checkpoint: Pat
     task = _task(store, checkpoint, tmp_path / "tta.parquet", tta="flip")
     got = pl.read_parquet(run_task(task))
     check_table(got, "detections/1")
-    model = inference.cached_model(task.checkpoint, task.device)
-    arrays = [frame_arrays(p, c) for p, c in read_group_frames(
-        task.store, task.source, task.scene, task.frame_indices,
-        sensor_map(task.radar_sensor, model.modalities), model.config.point_cloud_range_m)]
-    want = []
-    with torch.inference_mode():
-        for start in range(0, len(arrays), task.batch_size):
-            batch = collate(arrays[start:start + task.batch_size], model.modalities)
-            out = flip_averaged(model, batch, model(batch))
-            dets = model.decode(out, score_threshold=task.score_floor, top_k=task.top_k)
-            want.append(detection_frame(list(task.frame_ids[start:start + task.batch_size]),
-                                        dets, model.classes))
+
+    def detect(model: Any, batch: dict[str, Any]) -> list[Any]:
+        out = flip_averaged(model, batch, model(batch))
+        return model.decode(out, score_threshold=task.score_floor, top_k=task.top_k)
+    want = _sequential(task, detect)
     assert got.height > 0
-    assert got.equals(pl.concat(want))
+    assert got.equals(want)
     plain = pl.read_parquet(run_task(_task(store, checkpoint, tmp_path / "plain.parquet")))
     assert not plain.equals(got)
 
