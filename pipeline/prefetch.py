@@ -10,11 +10,11 @@ fingerprint of the remembered roots while the parent imports and plans. When the
 the fingerprint of exactly those roots (`take`), it gets the child's value.
 
 Same safety as computing it in place: the child stats every file after the command started, with
-the same code and cache; a value older than `MAX_AGE_S` when asked for (the command waited for
-a workspace lock, say) is thrown away and computed again, as is one from a child that failed. A
-stale hint (the workflow now names other roots) costs one wasted child and is then rewritten.
-Only trees that have a stat cache file (>= 10,000 files) are prefetched: below that a fork costs
-more than it hides. Linux only (fork before threads exist); `KDPIPE_PREFETCH=off` turns it off.
+the same code and cache; a child asked for more than `MAX_AGE_S` after it started (the command
+waited for a workspace lock, say) is stopped and the value computed again, as is one from a child
+that failed. A stale hint (the workflow now names other roots) costs one wasted child and is then
+rewritten. Only trees that have a stat cache file (>= 10,000 files) are prefetched: below that a
+fork costs more than it hides. Linux only (fork before threads exist); `KDPIPE_PREFETCH=off` turns it off.
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ from pathlib import Path
 
 from kdpipe.pipeline import fingerprint, statpass
 
-MAX_AGE_S = 5.0               # a value older than this when asked for is computed again
+MAX_AGE_S = 5.0               # a child asked for later than this after its start is not used
 _PENDING: dict[tuple[str, ...], tuple[int, int, float]] = {}  # roots -> (pid, read fd, start)
 _USED: list[tuple[str, ...]] = []  # root lists the plan fingerprinted in this process
 
@@ -81,33 +81,41 @@ def start(workflow: str | os.PathLike[str], overrides: list[str]) -> None:
 
 
 def take(roots: list[str]) -> str | None:
-    """The prefetched digest of exactly `roots` (resolved), or None (none started, the child
-    failed, or its value is older than MAX_AGE_S). Notes `roots` for `remember` either way."""
+    """The prefetched digest of exactly `roots` (resolved), or None: none started, asked for
+    more than MAX_AGE_S after the child started (the command waited for a workspace lock: a
+    file changed meanwhile might have been missed), or the child failed. Notes `roots` for
+    `remember` either way. A slow child (a cold network filesystem) is waited for: it started
+    the same stats earlier than this process would have."""
     if tuple(roots) not in _USED:
         _USED.append(tuple(roots))
     entry = _PENDING.pop(tuple(roots), None)
     if entry is None:
         return None
     pid, read_fd, started = entry
+    if time.monotonic() - started > MAX_AGE_S:
+        _stop(pid, read_fd)
+        return None
     with os.fdopen(read_fd, "rb") as f:
         data = f.read()
     _, status = os.waitpid(pid, 0)
     ok = os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0 and len(data) == 64
-    if not ok or time.monotonic() - started > MAX_AGE_S:
-        return None
-    return data.decode()
+    return data.decode() if ok else None
+
+
+def _stop(pid: int, read_fd: int) -> None:
+    with contextlib.suppress(OSError):
+        os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(OSError):
+        os.close(read_fd)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, 0)
 
 
 def cancel() -> None:
     """Stop and reap children nobody asked for (the plan named other roots, or failed)."""
     while _PENDING:
         _, (pid, read_fd, _) = _PENDING.popitem()
-        with contextlib.suppress(OSError):
-            os.kill(pid, signal.SIGKILL)
-        with contextlib.suppress(OSError):
-            os.close(read_fd)
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, 0)
+        _stop(pid, read_fd)
 
 
 def remember(workflow: str | os.PathLike[str], overrides: list[str]) -> None:
