@@ -14,7 +14,8 @@ the same code and cache; a child asked for more than `MAX_AGE_S` after it starte
 waited for a workspace lock, say) is stopped and the value computed again, as is one from a child
 that failed. A stale hint (the workflow now names other roots) costs one wasted child and is then
 rewritten. Only trees that have a stat cache file (>= 10,000 files) are prefetched: below that a
-fork costs more than it hides. Linux only (fork before threads exist); `KDPIPE_PREFETCH=off` turns it off.
+fork costs more than it hides. Linux only (fork before threads exist); `KDPIPE_PREFETCH=off`
+turns it off.
 """
 from __future__ import annotations
 
