@@ -27,6 +27,7 @@ import os
 import signal
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 from kdpipe.pipeline import fingerprint, statpass
@@ -64,7 +65,9 @@ def start(workflow: str | os.PathLike[str], overrides: list[str]) -> None:
         if cache is None or not cache.exists() or tuple(roots) in _PENDING:
             continue
         read_fd, write_fd = os.pipe()
-        pid = os.fork()
+        with warnings.catch_warnings():  # 3.12+ warns on fork in a threaded process (a test
+            warnings.simplefilter("ignore", DeprecationWarning)  # runner): the child only stats
+            pid = os.fork()
         if pid == 0:  # the child: never returns into the CLI
             code = 1
             try:
