@@ -186,6 +186,13 @@ def workflow_table4(path: Path, world: Path, args: argparse.Namespace, seed: int
             "distill_log": f"q_{name}_log"})
         evals[f"student ({args.table4_method}), {n} unlabeled ({name})"] = _eval(
             f"q-{name}", f"q_{name}_student")
+    if args.self_train_sigma is not None:
+        n = n_labeled + n_unlabeled
+        r2_stages, r2_lines, r2_evals = self_train_stages(
+            args, method, optim | {"epochs": max(10, round(steps / n))})
+        stages += r2_stages
+        lines += r2_lines
+        evals |= r2_evals
     if args.table4_oracle:
         n = n_labeled + n_unlabeled
         lines += oracle_stages(oracle_world(world), {
@@ -224,6 +231,36 @@ def oracle_world(world: Path) -> Path:
     ids = (src / "train.txt").read_text().split() + (src / "unlabeled.txt").read_text().split()
     (sets / "train.txt").write_text("\n".join(sorted(ids)) + "\n")  # last: marks it complete
     return root
+
+
+def self_train_stages(args: argparse.Namespace, method: dict[str, Any], optim: dict[str, Any]
+                      ) -> tuple[list[str], list[str], dict[str, tuple[str, list[str]]]]:
+    """Round 2 of the labelling teacher: the LiDAR+radar model re-trained (a `distill` stage,
+    SSOD only, no GT beyond what round 1 saw) on round 1's pseudo-labels of the students' frames,
+    then labelling them again at `--self-train-sigma`; the method's student on those labels."""
+    splits = ["train", "unlabeled"]
+    stages = ["teacher-r2", "label-r2", "pseudo-r2", "distill-q-r2"]
+    lines = [
+        *_table("teacher-r2", {"student": "sckd-teacher", **NO_SCKD, "unlabeled_splits": splits,
+                               "optim": optim}, "distill",
+                {"teacher": "q_teacher", "pseudo_labels": "q_pseudo_labels",
+                 "pseudo_label_frames": "q_pseudo_frames", "student": "r2_teacher",
+                 "distill_log": "r2_teacher_log"}),
+        *_table("label-r2", label_cfg(args, splits=["train", "unlabeled", "val"]),
+                "teacher-label", {"teacher": "r2_teacher", "detections": "r2_detections",
+                                  "detection_frames": "r2_detection_frames"}),
+        *_table("pseudo-r2", {"sigma": args.self_train_sigma}, "pseudo-label", {
+            "detections": "r2_detections", "detection_frames": "r2_detection_frames",
+            "pseudo_labels": "r2_pseudo_labels", "pseudo_label_frames": "r2_pseudo_frames"}),
+        *_table("distill-q-r2", {**method, "unlabeled_splits": splits, "optim": optim},
+                "distill", {"teacher": "r2_teacher", "pseudo_labels": "r2_pseudo_labels",
+                            "pseudo_label_frames": "r2_pseudo_frames",
+                            "student": "q_r2_student", "distill_log": "q_r2_log"})]
+    evals = {"teacher round 2 (re-trained on its pseudo-labels)":
+             _eval("q-r2-teacher", "r2_teacher"),
+             f"student ({args.table4_method}), round-2 labels at sigma "
+             f"{args.self_train_sigma:g}": _eval("q-r2", "q_r2_student")}
+    return stages, lines, evals
 
 
 def oracle_stages(root: Path, cfg: dict[str, Any]) -> list[str]:
@@ -323,6 +360,9 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--table4-oracle", action="store_true",
                     help="also a radar-only detector on the GT of train + unlabeled (the "
                          "students' frames and frame-steps): what perfect pseudo-labels give")
+    ap.add_argument("--self-train-sigma", type=float, default=None,
+                    help="Table 4: also re-train the teacher on its own pseudo-labels (round 2), "
+                         "label again at this sigma and train the method's student on those")
     ap.add_argument("--kd-weight", type=float, default=1.0,
                     help="weight of the models/kd method in every row that uses one")
     ap.add_argument("--kd-decay", default="none", choices=KD_DECAYS,
@@ -381,6 +421,7 @@ def main() -> None:
     print(json.dumps({
         "pseudo_label": pseudo_cfg(args), "kd_weight": args.kd_weight,
         "kd_decay": args.kd_decay, "teacher_tta": args.teacher_tta,
+        "self_train_sigma": args.self_train_sigma,
         "world": {"frames": args.frames, "labeled_train": n_lab, "val": n_val,
                   "unlabeled": n_unl, "world_seed": args.world_seed},
         "seeds": list(range(args.first_seed, args.first_seed + args.seeds)),

@@ -103,3 +103,26 @@ def test_table4_oracle_trains_radar_only_on_the_gt_of_every_student_frame(
     scorer = plan.nodes["evaluate-q-oracle"]
     assert scorer.upstream["checkpoint"] == "radar-oracle"
     assert scorer.upstream["frames"] == "ingest"  # scored on the same val as every other row
+
+
+def test_table4_self_training_adds_a_round_2_teacher_and_its_student(
+        harness: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--self-train-sigma: the LiDAR+radar teacher re-trained on round 1's pseudo-labels (SSOD
+    only: no ground truth beyond the 40 frames round 1 saw), labelling again at that sigma, and
+    the method's student on those labels; both scored."""
+    a = args(harness, monkeypatch, "--table4", "--table4-labeled", "40", "--table4-volumes",
+             "all", "--epochs", "60", "--table4-method", "ssod", "--self-train-sigma", "0.5")
+    evals = harness.workflow_table4(tmp_path / "wf.toml", tmp_path / "world", a, 7, 240, 800)
+    assert evals["teacher round 2 (re-trained on its pseudo-labels)"] == "evaluate-q-r2-teacher"
+    assert evals["student (ssod), round-2 labels at sigma 0.5"] == "evaluate-q-r2"
+    wf = load_workflow(tmp_path / "wf.toml")
+    plan = build_plan(wf.stages, wf.deltas, fingerprint=False, seed=7)
+    r2 = plan.nodes["teacher-r2"].config
+    assert r2.student == "sckd-teacher" and r2.ssod and not r2.gt and not r2.feature_kd
+    assert list(r2.unlabeled_splits) == ["train", "unlabeled"] and r2.optim.epochs == 10
+    assert plan.nodes["pseudo-r2"].config.sigma == 0.5
+    student = plan.nodes["distill-q-r2"]
+    assert student.config.student == "radar-only" and not student.config.feature_kd
+    assert student.upstream["pseudo_labels"] == "pseudo-r2"
+    assert plan.nodes["label-r2"].upstream["teacher"] == "teacher-r2"
+    assert plan.nodes["teacher-r2"].upstream["pseudo_labels"] == "pseudo-q"
