@@ -35,10 +35,11 @@ import os
 import statistics
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from kdpipe.api import run_workflow
 from kdpipe.config import toml_value
+from kdpipe.runtime.config import TtaMode
 from kdpipe.schemas.model_names import KD_DECAYS
 
 NO_SCKD = {"lrfd_weight": 0.0, "frfd_weight": 0.0}
@@ -186,19 +187,20 @@ def workflow_table4(path: Path, world: Path, args: argparse.Namespace, seed: int
             "distill_log": f"q_{name}_log"})
         evals[f"student ({args.table4_method}), {n} unlabeled ({name})"] = _eval(
             f"q-{name}", f"q_{name}_student")
+    # every frame the students see, with the baseline's frame-steps: round 2 and the oracle
+    n_all = n_labeled + n_unlabeled
+    optim_all = optim | {"epochs": max(10, round(steps / n_all))}
     if args.self_train_sigma is not None:
-        n = n_labeled + n_unlabeled
-        r2_stages, r2_lines, r2_evals = self_train_stages(
-            args, method, optim | {"epochs": max(10, round(steps / n))})
+        r2_stages, r2_lines, r2_evals = self_train_stages(args, method, optim_all)
         stages += r2_stages
         lines += r2_lines
         evals |= r2_evals
     if args.table4_oracle:
-        n = n_labeled + n_unlabeled
-        lines += oracle_stages(oracle_world(world), {
-            "model": "radar-only", **det, "optim": {**optim, "epochs": max(10, round(steps / n))}})
+        lines += oracle_stages(oracle_world(world), {"model": "radar-only", **det,
+                                                     "optim": optim_all})
         stages += ["ingest-oracle", "radar-oracle"]
-        evals[f"radar-only on the GT of the {n} frames (oracle)"] = _eval("q-oracle", "q_oracle")
+        evals[f"radar-only on the GT of the {n_all} frames (oracle)"] = _eval("q-oracle",
+                                                                             "q_oracle")
     for stage, block in evals.values():
         stages.append(stage)
         lines += block
@@ -367,7 +369,7 @@ def parse_args() -> argparse.Namespace:
                     help="weight of the models/kd method in every row that uses one")
     ap.add_argument("--kd-decay", default="none", choices=KD_DECAYS,
                     help="how that weight falls over training (models/kd/loss.py)")
-    ap.add_argument("--teacher-tta", default="none", choices=("none", "flip"),
+    ap.add_argument("--teacher-tta", default="none", choices=get_args(TtaMode),
                     help="teacher-label's test-time augmentation (models/tta.py); the teacher "
                          "row is scored without it")
     ap.add_argument("--class-thresholds", default="",

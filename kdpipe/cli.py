@@ -71,18 +71,14 @@ def run(
     """Run stages of a workflow; up-to-date stages are skipped."""
     from kdpipe.pipeline import prefetch
 
-    prefetch.start(workflow, set_ or [])  # before the heavy imports below: they overlap
-    from kdpipe.api import run_workflow
+    with _interruptible(), prefetch.hinted(workflow, set_ or []):  # before the heavy imports
+        from kdpipe.api import run_workflow
 
-    with _interruptible():
-        try:
-            report = run_workflow(workflow, workspace, stages or [], overrides=set_ or [],
-                                  scheduler=scheduler, from_=from_ or [], to=to or [],
-                                  only=only or [], force=force, wait=wait,
-                                  show_progress=not as_json and err.is_terminal,
-                                  log=None if as_json else err.print)
-        finally:
-            prefetch.remember(workflow, set_ or [])
+        report = run_workflow(workflow, workspace, stages or [], overrides=set_ or [],
+                              scheduler=scheduler, from_=from_ or [], to=to or [],
+                              only=only or [], force=force, wait=wait,
+                              show_progress=not as_json and err.is_terminal,
+                              log=None if as_json else err.print)
     if as_json:
         emit_json(report)
         return
@@ -141,14 +137,11 @@ def status(workflow: Workflow, workspace: Ws = "workspace", set_: Set = None,
     """Each stage: up to date, stale (and why) or missing."""
     from kdpipe.pipeline import prefetch
 
-    prefetch.start(workflow, set_ or [])
-    from kdpipe.api import workflow_status
+    with prefetch.hinted(workflow, set_ or []):
+        from kdpipe.api import workflow_status
 
-    try:
         rows = workflow_status(workflow, workspace, overrides=set_ or [],
                                require_workspace=True)
-    finally:
-        prefetch.remember(workflow, set_ or [])
     if as_json:
         emit_json(rows)
         return

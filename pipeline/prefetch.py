@@ -28,6 +28,7 @@ import signal
 import tempfile
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 from kdpipe.pipeline import fingerprint, statpass
@@ -35,6 +36,17 @@ from kdpipe.pipeline import fingerprint, statpass
 MAX_AGE_S = 5.0               # a child asked for later than this after its start is not used
 _PENDING: dict[tuple[str, ...], tuple[int, int, float]] = {}  # roots -> (pid, read fd, start)
 _USED: list[tuple[str, ...]] = []  # root lists the plan fingerprinted in this process
+
+
+@contextlib.contextmanager
+def hinted(workflow: str | os.PathLike[str], overrides: list[str]) -> Iterator[None]:
+    """What a CLI command that plans `workflow` wraps its imports and planning in: `start` on
+    entry, `remember` on exit (also after an error: the roots were fingerprinted)."""
+    start(workflow, overrides)
+    try:
+        yield
+    finally:
+        remember(workflow, overrides)
 
 
 def enabled() -> bool:
@@ -80,8 +92,6 @@ def start(workflow: str | os.PathLike[str], overrides: list[str]) -> None:
                 os._exit(code)
         os.close(write_fd)
         _PENDING[tuple(roots)] = (pid, read_fd, time.monotonic())
-    if _PENDING:
-        atexit.register(cancel)
 
 
 def take(roots: list[str]) -> str | None:
@@ -120,6 +130,9 @@ def cancel() -> None:
     while _PENDING:
         _, (pid, read_fd, _) = _PENDING.popitem()
         _stop(pid, read_fd)
+
+
+atexit.register(cancel)  # children still pending when the process ends (an error before planning)
 
 
 def remember(workflow: str | os.PathLike[str], overrides: list[str]) -> None:

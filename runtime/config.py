@@ -15,6 +15,7 @@ from pydantic import Field
 from kdpipe.pipeline.stage import StageConfig
 
 AmpMode = Literal["fp32", "bf16"]  # the model forward's precision; decoding is always fp32
+TtaMode = Literal["none", "flip"]  # teacher-label's test-time augmentation (models/tta.py)
 
 
 # No class docstrings: pydantic would put them into the JSON schema.

@@ -32,7 +32,10 @@ from kdpipe.pipeline.errors import ConfigError
 from kdpipe.pipeline.stage import StageContext
 from kdpipe.runtime.camera_data import camera_channels
 from kdpipe.runtime.checkpoints import load_model
-from kdpipe.runtime.config import AmpMode  # defined torch-free there; re-exported here
+from kdpipe.runtime.config import (  # defined torch-free there; re-exported here
+    AmpMode,
+    TtaMode,
+)
 from kdpipe.runtime.model_data import (
     frame_arrays,
     read_group_frames,
@@ -66,7 +69,7 @@ class InferTask:
     device: str
     part: str                       # Parquet part this task writes
     amp: AmpMode = "fp32"
-    tta: str = "none"                # "flip": models/tta.py
+    tta: TtaMode = "none"           # "flip": models/tta.py
 
 
 def cached_model(checkpoint: str, device: str) -> Detector:
@@ -227,7 +230,7 @@ class InferenceSettings(Protocol):
 
 
 def infer_tasks(store: IngestStore, checkpoint: Path, frames: pl.DataFrame,
-                settings: InferenceSettings, parts_dir: Path, tta: str = "none"
+                settings: InferenceSettings, parts_dir: Path, tta: TtaMode = "none"
                 ) -> list[InferTask]:
     """One task per (source, scene) group of `frames`, in order, each writing a part in
     `parts_dir` (also what benchmarks/teacher.py runs in-process). `tta`: "none" | "flip"."""
@@ -242,7 +245,8 @@ def infer_tasks(store: IngestStore, checkpoint: Path, frames: pl.DataFrame,
 
 
 def infer(ctx: StageContext[Any], store: IngestStore, checkpoint: Path, frames: pl.DataFrame,
-          settings: InferenceSettings, tta: str = "none") -> tuple[pl.DataFrame, pl.DataFrame]:
+          settings: InferenceSettings, tta: TtaMode = "none"
+          ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Detections for `frames` (rows of `store`'s frames/1) and the frame list, zero-detection
     frames kept. `settings`: a stage config with the `InferenceSettings` fields; `tta`: "flip"
     for flip test-time augmentation (teacher-label's option; evaluate scores without).

@@ -7,8 +7,6 @@ thresholds are applied downstream by `pseudo-label`, so changing one never re-ru
 """
 from __future__ import annotations
 
-from typing import Literal
-
 from pydantic import Field
 
 from kdpipe.datasets.store import IngestStore
@@ -21,7 +19,7 @@ from kdpipe.pipeline.stage import (
     StageContext,
     ZarrArtifact,
 )
-from kdpipe.runtime.config import AmpMode
+from kdpipe.runtime.config import AmpMode, TtaMode
 
 
 class TeacherLabelConfig(StageConfig):
@@ -34,7 +32,7 @@ class TeacherLabelConfig(StageConfig):
     amp: AmpMode = "fp32"  # forward precision; "bf16": autocast (decode stays fp32)
     # "flip": head maps averaged with the mirrored scene's before decoding (models/tta.py);
     # twice the forward cost; point-only teachers on a grid symmetric in y
-    tta: Literal["none", "flip"] = "none"
+    tta: TtaMode = "none"
 
 
 def run(ctx: StageContext[TeacherLabelConfig]) -> None:
