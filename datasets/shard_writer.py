@@ -38,6 +38,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from kdpipe.datasets.bulk_write import write_file
+
 MISSING = 2**64 - 1   # index entry of a chunk that is not stored
 _LITTLE = {"name": "bytes", "configuration": {"endian": "little"}}
 _SHUFFLE = {"noshuffle": 0, "shuffle": 1, "bitshuffle": 2}
@@ -53,11 +55,10 @@ class Written:
     def file(self, path: Path, parts: Sequence[bytes | memoryview]) -> None:
         """Write `parts` as one file (no joined copy) and record its digest."""
         h = hashlib.sha256()
+        for p in parts:
+            h.update(p)
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "wb") as f:
-            for p in parts:
-                h.update(p)
-                f.write(p)
+        write_file(path, parts)  # past the page cache when large (`bulk_write`)
         self.sha256[path.relative_to(self.root).as_posix()] = h.hexdigest()
 
 
