@@ -5,9 +5,8 @@ Why: a group's `points` array (64 VoD frames: 63 MB of LiDAR) written through za
 full fill-value array, shard assembly), and the group digest then read every file back to hash
 it; and each synchronous zarr call (13 per VoD group: group, 4 sensor groups, 8 arrays) is a
 hand-off to zarr's event-loop thread, ~3 ms of wall time apiece on a loaded machine. Here
-zarr-python still creates every group and array (each `zarr.json` is zarr's own), all of a
-group's in one round trip (`create_nodes`), and the chunks are written as zarr 3.1 writes them
-for that metadata:
+every `zarr.json` is zarr-python's own serialisation (`zarr_nodes.create_nodes`: built by zarr
+once per node kind), and the chunks are written as zarr 3.1 writes them for that metadata:
 
 - the rows are cut into inner chunks of `chunk_rows` (the last one padded with the fill value
   0), each encoded by the array's codecs (`bytes` little-endian, then blosc with the array's
@@ -39,6 +38,9 @@ import numpy as np
 import numpy.typing as npt
 
 from kdpipe.datasets.bulk_write import write_file
+from kdpipe.datasets.zarr_nodes import Node, create_nodes
+
+__all__ = ["Node", "Written", "create_nodes", "write_row_array", "write_small_array"]
 
 MISSING = 2**64 - 1   # index entry of a chunk that is not stored
 _LITTLE = {"name": "bytes", "configuration": {"endian": "little"}}
@@ -209,43 +211,3 @@ def write_small_array(folder: Path, data: npt.NDArray[Any], written: Written) ->
         return
     if len(data) and not _is_fill(data):
         written.file(folder / "c" / "0", [np.ascontiguousarray(data).tobytes()])
-
-
-@dataclass(frozen=True)
-class Node:
-    """A group (`array` None) or an array (`array`: `create_array` keywords) to create."""
-
-    path: str                              # relative to the root group, e.g. "lidar/points"
-    attributes: dict[str, Any] = field(default_factory=dict)
-    array: dict[str, Any] | None = None
-
-
-def create_nodes(root: Path, attributes: dict[str, Any], nodes: Sequence[Node]) -> Any:
-    """Create (overwrite) the group at `root` and `nodes` below it (their metadata only),
-    in one round trip to zarr's event loop: each synchronous zarr call is a thread hand-off
-    (~3 ms of wall time apiece on a loaded machine, 13 per VoD group). Parents come before
-    children in `nodes`. Returns the zarr-python group."""
-    import asyncio
-
-    import zarr
-    from zarr.api.asynchronous import open_group
-    from zarr.core.sync import sync
-
-    async def build() -> Any:
-        group = await open_group(store=str(root), mode="w", zarr_format=3,
-                                 attributes=attributes)
-        made = {"": group}
-        for depth in sorted({n.path.count("/") for n in nodes}):  # parents first
-            level = [n for n in nodes if n.path.count("/") == depth]
-            done = await asyncio.gather(*(_create(made, n) for n in level))
-            made.update({n.path: g for n, g in zip(level, done, strict=True)})
-        return group
-
-    return zarr.Group(sync(build()))
-
-
-async def _create(made: dict[str, Any], node: Node) -> Any:
-    parent, _, name = node.path.rpartition("/")
-    if node.array is None:
-        return await made[parent].create_group(name, attributes=node.attributes)
-    return await made[parent].create_array(name, attributes=node.attributes, **node.array)
