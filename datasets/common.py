@@ -234,12 +234,12 @@ def assemble(workdir: Path, zarr_root: Path, outputs: dict[str, Path],
     schemas = {"frames": FRAMES, "boxes": BOXES, "calibration": CALIBRATION, "rejects": REJECTS}
     for name, sort in keys.items():
         files = sorted(parts.glob(f"*/*/{name}.parquet"))
-        df = pl.concat([pl.read_parquet(p) for p in files]) if files else \
-            pl.DataFrame(schema=schemas[name])
+        # one multi-file read: polars reads the parts in parallel, in the order given
+        df = pl.read_parquet(files) if files else pl.DataFrame(schema=schemas[name])
         df.sort(sort).write_parquet(outputs[name], metadata=metadata, compression="zstd",
                                     statistics=True)
     files = sorted(parts.glob("*/*/sources.parquet"))
-    sources = pl.concat([pl.read_parquet(p) for p in files]).to_dicts() if files else []
+    sources = pl.read_parquet(files).to_dicts() if files else []
     meta = [zarr_root / "zarr.json", *sorted(zarr_root.glob("*/zarr.json"))]  # root + sources
     lines = [f"{p.relative_to(zarr_root)}\0{sha256_file(p)}" for p in meta]
     lines += [f"{d.parent.name}/{d.name}\0{(d / '_digest').read_text()}"
