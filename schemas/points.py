@@ -28,9 +28,10 @@ from kdpipe.schemas.zarr_layout import (
     members,
     unexpected,
 )
+from kdpipe.schemas.zarr_meta import is_group
 
 if TYPE_CHECKING:
-    import zarr
+    from kdpipe.schemas.zarr_layout import GroupNode
 
 
 @dataclass(frozen=True)
@@ -103,7 +104,7 @@ class PointsLayout(ZarrLayout):
             problems.append(f"root attribute 'frame' is {origin['frame']!r}, expected 'ego'")
         return problems
 
-    def check_scene(self, where: str, scene: zarr.Group,
+    def check_scene(self, where: str, scene: GroupNode,
                     root_attrs: Mapping[str, Any]) -> list[str]:
         fmt = str(_origin(root_attrs).get("format", ""))
         attrs = dict(scene.attrs)
@@ -113,11 +114,9 @@ class PointsLayout(ZarrLayout):
             if attrs.get(key) != want:
                 problems.append(f"{where}: attribute '{key}' is {attrs.get(key)!r}, "
                                 f"expected {want!r}")
-        import zarr
-
         for sensor, g in sorted(members(scene).items()):
             at = f"{where}/{sensor}"
-            if not isinstance(g, zarr.Group):
+            if not is_group(g):
                 problems.append(f"{at}: an array where a sensor group belongs")
             elif sensor == "camera":
                 problems += self._cameras(at, g, n_frames)
@@ -133,7 +132,7 @@ class PointsLayout(ZarrLayout):
             return self.radar.get(fmt, ANY_RADAR)
         return None
 
-    def _sensor(self, where: str, layout: SensorLayout | None, g: zarr.Group,
+    def _sensor(self, where: str, layout: SensorLayout | None, g: GroupNode,
                 n_frames: int | None) -> list[str]:
         if layout is None:
             return [f"{where}: unknown sensor (sensors are lidar, radar, radar_<n>)"]
@@ -162,7 +161,7 @@ class PointsLayout(ZarrLayout):
             problems.append(f"{where}/points: attribute 'native_frame' is missing")
         return problems + _offsets(f"{where}/offsets", np.asarray(offsets[:]), points.shape[0])
 
-    def _cameras(self, where: str, g: zarr.Group, n_frames: int | None) -> list[str]:
+    def _cameras(self, where: str, g: GroupNode, n_frames: int | None) -> list[str]:
         problems = []
         for channel, arr in sorted(members(g).items()):
             at = f"{where}/{channel}"

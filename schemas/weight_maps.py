@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from kdpipe.schemas.zarr_layout import ZarrLayout, check_array, frame_list, members, unexpected
 
 if TYPE_CHECKING:
-    import zarr
+    from kdpipe.schemas.zarr_layout import GroupNode
 
 CHANNELS = ("intensity_mean", "intensity_max", "occupancy", "weight")
 
@@ -39,7 +39,7 @@ class WeightMapsLayout(ZarrLayout):
                     f"expected {list(self.channels)}"]
         return []
 
-    def check_scene(self, where: str, scene: zarr.Group,
+    def check_scene(self, where: str, scene: GroupNode,
                     root_attrs: Mapping[str, Any]) -> list[str]:
         attrs = dict(scene.attrs)
         problems, n_frames = frame_list(where, attrs)

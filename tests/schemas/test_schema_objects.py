@@ -226,3 +226,71 @@ def test_checkpoint_round_trip_and_break(tmp_path: Path) -> None:
     torch.save({**blob, "state_dict": {"w": Path("x")}}, tmp_path / "pickle.pt")
     (problem,) = schema.validate(tmp_path / "pickle.pt")
     assert problem.startswith("not loadable with torch.load(weights_only=True)")
+
+
+# -- the metadata views (schemas/zarr_meta.py) against zarr-python's nodes ---------------------
+
+
+def _broken_stores(tmp_path: Path) -> dict[str, tuple[S.Schema, Path]]:
+    """Good and broken stores of both layouts."""
+    points, maps = S.get_schema("points/1"), S.get_schema("imkd_weight_maps/1")
+    out = {"ok": (points, write_points(tmp_path / "ok" / "points.zarr", cameras=True)),
+           "maps ok": (maps, write_maps(tmp_path / "maps_ok.zarr")),
+           "maps grid": (maps, write_maps(tmp_path / "maps_bad.zarr", (2, 4, 8, 9)))}
+    root = write_points(tmp_path / "structure" / "points.zarr", cameras=True)
+    _rewrite(root, "src/scene_0/lidar/offsets", np.zeros(4, np.int32))
+    _rewrite(root, "src/scene_0/camera/CAM_FRONT", np.zeros((3, 4, 6, 3), np.uint8))
+    zarr.open_group(store=str(root / "src/scene_0")).create_group("sonar")
+    zarr.open_group(store=str(root / "src")).create_array("stray", data=np.zeros(2))
+    out["structure"] = (points, root)
+    root = write_points(tmp_path / "offsets" / "points.zarr")
+    _rewrite(root, "src/scene_0/lidar/offsets", np.asarray([1, 30, 29], np.int64))
+    zarr.open_group(store=str(root / "src/scene_0")).attrs.update({"frames": [3], "scene": "x"})
+    out["offsets"] = (points, root)
+    root = write_points(tmp_path / "zeros" / "points.zarr")  # offsets chunk of zeros: no file
+    zarr.create_array(store=str(root / "src/scene_0/radar/offsets"), data=np.zeros(3, np.int64),
+                      chunks=(3,), compressors=None, overwrite=True)
+    assert not (root / "src/scene_0/radar/offsets/c").exists()
+    out["zeros"] = (points, root)
+    return out
+
+
+def test_metadata_views_report_what_zarr_python_nodes_report(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from kdpipe.schemas import zarr_layout
+
+    stores = _broken_stores(tmp_path)
+    fast = {name: schema.validate(root) for name, (schema, root) in stores.items()}
+
+    def no_views(path: Path) -> None:
+        raise OSError("views off")
+
+    monkeypatch.setattr(zarr_layout, "open_meta", no_views)
+    slow = {name: schema.validate(root) for name, (schema, root) in stores.items()}
+    assert fast == slow
+    assert fast["ok"] == fast["maps ok"] == [] and all(fast[k] for k in stores if "ok" not in k)
+    assert "src/scene_0/radar/offsets[-1] is 0, points has 12 rows" in fast["zeros"]
+
+
+def test_a_local_store_is_checked_without_zarr_python_nodes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As ingest writes it (uncompressed single-chunk offsets): no zarr-python node at all."""
+    ok = write_points(tmp_path / "ok" / "points.zarr", cameras=True)
+    bad = write_points(tmp_path / "bad" / "points.zarr")
+    zarr.open_group(store=str(bad / "src/scene_0")).attrs.update({"scene": "x"})
+
+    def refuse(*a: object, **k: object) -> None:
+        raise AssertionError("zarr-python node opened")
+
+    monkeypatch.setattr(zarr, "open_group", refuse)
+    monkeypatch.setattr(zarr, "open_array", refuse)
+    assert S.get_schema("points/1").validate(ok) == []
+    assert S.get_schema("points/1").validate(bad) == [
+        "src/scene_0: attribute 'scene' is 'x', expected 'scene_0'"]
+
+
+def test_an_unreadable_node_gets_zarr_pythons_answer(tmp_path: Path) -> None:
+    root = write_points(tmp_path / "points.zarr")
+    (root / "zarr.json").write_text("{not json")
+    problems = S.get_schema("points/1").validate(root)
+    assert len(problems) == 1 and problems[0].startswith("not a readable Zarr group")
