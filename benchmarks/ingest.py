@@ -163,10 +163,10 @@ def fromfile_loop(files: list[list[Path]]) -> float:
 def training_reads(
     art: Path, files: list[list[Path]], fmt: str, seed: int = 0
 ) -> tuple[float, float, float]:
-    """(first pass over the store, second pass, raw per-frame fromfile) in seconds. Ingest
-    writes large shards past the page cache (`datasets/bulk_write.py`), so the first pass
-    reads the disk, as a training job's first epoch would; the second reads the page cache,
-    like the raw files (which the world generator just wrote) in the baseline."""
+    """(first pass over the store, second pass, raw per-frame fromfile) in seconds. The
+    second pass reads what the first left in the page cache, like the raw files (which the
+    world generator just wrote) in the baseline; the first reads whatever of the store the
+    ingest's writes left cached."""
     from kdpipe.datasets.store_dataset import StoreDataset
 
     ds = StoreDataset(art, sensors=("lidar", "radar"), with_boxes=False)
@@ -349,8 +349,8 @@ def main() -> None:
         art = next((tmp / "ws2/artifacts/ingest").iterdir())
         store_s, warm_s, raw_s = training_reads(art, files, args.format)
         res["training_reads"] = {
-            "store_fps": round(n / store_s, 1),          # first pass: from the disk
-            "store_fps_second_pass": round(n / warm_s, 1),  # from the page cache
+            "store_fps": round(n / store_s, 1),
+            "store_fps_second_pass": round(n / warm_s, 1),  # all from the page cache
             "fromfile_fps": round(len(files) / raw_s, 1),
             "ratio": round(raw_s / len(files) / (store_s / n), 2),
             "ratio_second_pass": round(raw_s / len(files) / (warm_s / n), 2),

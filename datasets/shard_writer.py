@@ -37,7 +37,6 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from kdpipe.datasets.bulk_write import write_file
 from kdpipe.datasets.zarr_nodes import Node, create_nodes
 
 __all__ = ["Node", "Written", "create_nodes", "write_row_array", "write_small_array"]
@@ -57,10 +56,11 @@ class Written:
     def file(self, path: Path, parts: Sequence[bytes | memoryview]) -> None:
         """Write `parts` as one file (no joined copy) and record its digest."""
         h = hashlib.sha256()
-        for p in parts:
-            h.update(p)
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_file(path, parts)  # past the page cache when large (`bulk_write`)
+        with open(path, "wb") as f:
+            for p in parts:
+                h.update(p)
+                f.write(p)
         self.sha256[path.relative_to(self.root).as_posix()] = h.hexdigest()
 
 
