@@ -1,12 +1,14 @@
-"""The points-store schema check at many groups: metadata views against zarr-python's nodes.
+"""The driver's serial tail of an ingest at many groups: assembly of the groups' Parquet parts
+and the points-store schema check, each against the way it was done before, in the same run.
 
-    python benchmarks/schema_check.py --groups 2000 [--out FILE]
+    python benchmarks/ingest_tail.py --groups 2000 [--out FILE]
 
-The check runs in the driver after every ingest, before the store is published, and reads each
-group's metadata: its cost grows with the number of groups (a fleet's 10^6 VoD frames are 15,600
-groups of 64). The store here is written by ingest's own group writer (lidar + 3 radar sensors,
-2 small frames a group: the same 13 nodes a VoD group has), so only the metadata differs from a
-real one in size. The baseline is the same check reading through zarr-python, in the same run.
+Both run in the driver after the workers are done, and both grow with the number of groups (a
+fleet's 10^6 VoD frames are 15,600 groups of 64). The store and parts here are written by
+ingest's own group writer (lidar + 3 radar sensors, 2 small frames a group: the 13 nodes and 5
+Parquet parts a VoD group has), so only their sizes differ from a real ingest's.
+Baselines: assembly reading each part on its own and concatenating (the code before
+2026-12-02); the schema check reading every node through zarr-python.
 """
 from __future__ import annotations
 
@@ -44,6 +46,33 @@ def make_store(root: Path, groups: int) -> None:
         w.write(root)
 
 
+def _assemble(tmp: Path, mode: str) -> tuple[float, list[bytes]]:
+    """Seconds to assemble a copy of the parts, and the tables' bytes."""
+    import polars as pl
+
+    from kdpipe.datasets import common
+
+    work = tmp / f"assemble_{mode.replace(' ', '_')}"
+    shutil.copytree(tmp / "work" / "_parts", work / "_parts")
+    outs = {k: work / f"{k}.parquet" for k in ("frames", "boxes", "calibration", "rejects")}
+    read = pl.read_parquet
+
+    def one_by_one(source: object, *a: object, **k: object) -> pl.DataFrame:
+        if isinstance(source, list):
+            return pl.concat([read(f) for f in source])
+        return read(source, *a, **k)  # type: ignore[arg-type]
+
+    if mode == "one read per part":
+        pl.read_parquet = one_by_one  # type: ignore[assignment]
+    try:
+        t0 = time.perf_counter()
+        common.assemble(work, tmp / "points.zarr", outs, {})
+        seconds = time.perf_counter() - t0
+    finally:
+        pl.read_parquet = read
+    return seconds, [outs[k].read_bytes() for k in sorted(outs)]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--groups", type=int, default=2000)
@@ -52,7 +81,7 @@ def main() -> None:
     from kdpipe.schemas import zarr_layout
     from kdpipe.schemas.points import POINTS
 
-    tmp = Path(tempfile.mkdtemp(prefix="kdpipe_schema_check_"))
+    tmp = Path(tempfile.mkdtemp(prefix="kdpipe_ingest_tail_"))
     try:
         t0 = time.perf_counter()
         make_store(tmp / "points.zarr", args.groups)
@@ -70,12 +99,16 @@ def main() -> None:
         nodes = POINTS.validate(tmp / "points.zarr")
         nodes_s = time.perf_counter() - t0
         zarr_layout.open_meta = real
+        assembly = {mode: _assemble(tmp, mode) for mode in ("one read per part", "multi-file")}
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    res = {"benchmark": "schema_check", "date": time.strftime("%Y-%m-%d %H:%M"),
+    res = {"benchmark": "ingest_tail", "date": time.strftime("%Y-%m-%d %H:%M"),
            "groups": args.groups, "nodes_per_group": 13, "store_written_s": round(made, 1),
-           "views_s": round(views_s, 3), "zarr_python_nodes_s": round(nodes_s, 3),
-           "speedup": round(nodes_s / views_s, 1), "same_problems": views == nodes,
+           "schema_check": {"views_s": round(views_s, 3), "zarr_python_nodes_s": round(nodes_s, 3),
+                            "speedup": round(nodes_s / views_s, 1),
+                            "same_problems": views == nodes},
+           "assembly_s": {k: round(v[0], 3) for k, v in assembly.items()},
+           "assembly_same_tables": assembly["multi-file"][1] == assembly["one read per part"][1],
            "load_average": [round(x, 2) for x in os.getloadavg()]}
     print(json.dumps(res, indent=1))
     if args.out:
