@@ -220,11 +220,11 @@ def block_groups(frame_ids: list[str], block_frames: int) -> list[tuple[str, lis
 
 
 def assemble(workdir: Path, zarr_root: Path, outputs: dict[str, Path],
-             metadata: dict[str, str]) -> tuple[list[dict[str, Any]], str]:
+             metadata: dict[str, str]) -> tuple[pl.DataFrame, str]:
     """Concatenate every group's parts into the stage's tables, sorted for determinism.
 
-    Returns the raw files read (for lineage) and the store's digest: sha256 over the root's
-    metadata files and each group's digest, in path order.
+    Returns the raw files read (a path, bytes, sha256 table, for lineage) and the store's
+    digest: sha256 over the root's metadata files and each group's digest, in path order.
     """
     from kdpipe.pipeline.hashing import sha256_bytes, sha256_file
 
@@ -239,7 +239,7 @@ def assemble(workdir: Path, zarr_root: Path, outputs: dict[str, Path],
         df.sort(sort).write_parquet(outputs[name], metadata=metadata, compression="zstd",
                                     statistics=True)
     files = sorted(parts.glob("*/*/sources.parquet"))
-    sources = pl.read_parquet(files).to_dicts() if files else []
+    sources = pl.read_parquet(files) if files else pl.DataFrame(schema=SOURCES)
     meta = [zarr_root / "zarr.json", *sorted(zarr_root.glob("*/zarr.json"))]  # root + sources
     lines = [f"{p.relative_to(zarr_root)}\0{sha256_file(p)}" for p in meta]
     lines += [f"{d.parent.name}/{d.name}\0{(d / '_digest').read_text()}"

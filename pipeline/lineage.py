@@ -13,6 +13,7 @@ import os
 import socket
 import subprocess
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -61,11 +62,16 @@ def git_state() -> dict[str, Any]:
     return {"commit": commit, "dirty": bool(dirty.strip())}
 
 
-def write_sources(workdir: Path, rows: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """Raw input files (path, bytes, sha256) go to a table, not the JSON: there may be 10^5."""
-    if not rows:
+def write_sources(workdir: Path, rows: list[dict[str, Any]],
+                  tables: Sequence[pl.DataFrame] = ()) -> dict[str, Any] | None:
+    """Raw input files (path, bytes, sha256), as dicts and as tables, go to one table, not the
+    JSON: there may be 10^7."""
+    frames = [t.select("path", "bytes", "sha256") for t in tables if t.height]
+    if rows:
+        frames.insert(0, pl.DataFrame(rows).select("path", "bytes", "sha256"))
+    if not frames:
         return None
-    df = pl.DataFrame(rows).unique(subset=["path"]).sort("path")
+    df = pl.concat(frames, how="vertical_relaxed").unique(subset=["path"]).sort("path")
     df.write_parquet(workdir / SOURCES_TABLE)
     return {"table": SOURCES_TABLE, "files": df.height, "bytes": int(df["bytes"].sum())}
 

@@ -18,6 +18,8 @@ from pydantic import BaseModel, ConfigDict
 from kdpipe.pipeline.hashing import canonical_json, sha256_bytes
 
 if TYPE_CHECKING:
+    import polars as pl
+
     from kdpipe.pipeline.executor import Executor
 
 
@@ -179,6 +181,9 @@ class StageContext(Generic[C]):
     seed: int = 0
     progress: ProgressFn = _no_progress
     sources: list[dict[str, Any]] = field(default_factory=list)
+    # the same as tables (path, bytes, sha256 columns): a fleet's ingest reads ~10^7 raw files,
+    # which as Python dicts would cost the driver GBs and minutes
+    source_tables: list[Any] = field(default_factory=list)
     # Digests a stage computed while writing (e.g. per Zarr group, in parallel); the runner
     # hashes any output not listed here.
     output_digests: dict[str, str] = field(default_factory=dict)
@@ -197,8 +202,14 @@ class StageContext(Generic[C]):
         return self.executor.map(fn, seq, name=f"{self.stage}-{label}", resources=resources,
                                  progress=lambda done: self.progress(label, done, len(seq)))
 
-    def record_sources(self, rows: Iterable[Mapping[str, Any]]) -> None:
-        """Record raw input files read: dicts with `path`, `bytes`, `sha256`."""
+    def record_sources(self, rows: Iterable[Mapping[str, Any]] | pl.DataFrame) -> None:
+        """Record raw input files read: dicts with `path`, `bytes`, `sha256`, or a polars
+        DataFrame with those columns (kept as it is)."""
+        import polars as pl
+
+        if isinstance(rows, pl.DataFrame):
+            self.source_tables.append(rows)
+            return
         self.sources.extend(dict(r) for r in rows)
 
     def file_metadata(self) -> dict[str, str]:
