@@ -158,8 +158,8 @@ def frame_table(rows: list[Mapping[str, Any]], schema: Mapping[str, Any]) -> pl.
     extra = {k for r in rows for k in r} - set(schema)
     if extra:
         raise KeyError(f"columns not in schema: {sorted(extra)}")
-    return pl.DataFrame([{k: r.get(k) for k in schema} for r in rows], schema=dict(schema),
-                        orient="row") if rows else pl.DataFrame(schema=dict(schema))
+    # column lists, not row dicts: polars builds a typed column from a list 2-3x faster
+    return pl.DataFrame({k: [r.get(k) for r in rows] for k in schema}, schema=dict(schema))
 
 
 def check_table(df: pl.DataFrame, name: str) -> None:
