@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -18,12 +19,18 @@ SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "kd_ablation.py"
 
 
 @pytest.fixture(scope="module")
-def harness() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("kd_ablation", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def harness() -> Iterator[ModuleType]:
+    """The script as `python benchmarks/kd_ablation.py` loads it: its folder on sys.path, for
+    its sibling modules (kd_rows, kd_table4, kd_report)."""
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        spec = importlib.util.spec_from_file_location("kd_ablation", SCRIPT)
+        assert spec is not None and spec.loader is not None
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        yield mod
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
 
 
 def args(harness: ModuleType, monkeypatch: pytest.MonkeyPatch, *argv: str) -> argparse.Namespace:
