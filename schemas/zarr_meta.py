@@ -76,7 +76,8 @@ class MetaArray:
         one_chunk = (d.get("codecs") == _LITTLE and d.get("chunk_key_encoding") == _DEFAULT_KEYS
                      and d["chunk_grid"].get("name") == "regular"
                      and list(d["chunk_grid"]["configuration"]["chunk_shape"]) == list(self.shape)
-                     and not d.get("storage_transformers") and math.prod(self.shape) > 0
+                     and not d.get("storage_transformers") and len(self.shape) >= 1
+                     and math.prod(self.shape) > 0
                      and self.dtype.kind in "biuf")
         if not one_chunk:
             import zarr
