@@ -69,9 +69,12 @@ def _text(node: Node) -> bytes | None:
 def _template(node: Node) -> dict[str, Any] | None:
     """zarr's metadata dict for `node`'s kind, if only shape and attributes vary in it."""
     shape = None if node.array is None else tuple(int(s) for s in node.array["shape"])
-    a = json.loads(_zarr_bytes(node, shape, {}))
     other = None if shape is None else tuple(s + 3 for s in shape)
-    b = _zarr_bytes(node, other, _PROBE)
+    try:
+        a = json.loads(_zarr_bytes(node, shape, {}))
+        b = _zarr_bytes(node, other, _PROBE)
+    except Exception:  # noqa: BLE001 -- zarr-python itself then writes it, or says why not
+        return None
     d = dict(a)
     d["attributes"] = _PROBE
     if other is not None:
