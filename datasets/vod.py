@@ -29,7 +29,13 @@ from kdpipe.datasets.common import (
 from kdpipe.datasets.formats.bins import read_text
 from kdpipe.datasets.formats.errors import FormatError
 from kdpipe.datasets.formats.kitti import DONT_CARE, parse_kitti_calib, read_kitti_labels
-from kdpipe.datasets.formats.vod import VodLayout, read_vod_lidar, read_vod_pose, read_vod_radar
+from kdpipe.datasets.formats.vod import (
+    VodLayout,
+    read_vod_lidar,
+    read_vod_pose,
+    read_vod_radar,
+    stems,
+)
 from kdpipe.datasets.ingest_format import IngestConfig, register_format
 from kdpipe.schemas import boxes as bx
 
@@ -82,7 +88,7 @@ def plan_vod(root: Path, source: str, block_frames: int
     """Groups of consecutive frame ids (block = frame number // block_frames), splits, and the
     frames to reject as duplicates (listed in two splits, or one number spelled twice)."""
     layout = VodLayout(root)
-    label_ids = sorted(p.stem for p in layout.sensor_dir("lidar", "label_2").glob("*.txt"))
+    label_ids = sorted(stems(layout.sensor_dir("lidar", "label_2"), ".txt"))
     # a label file without point files is a frame too: rejected as missing, never dropped
     ids = sorted(set(layout.frame_ids("lidar")) | set(layout.frame_ids("radar"))
                  | {i for i in label_ids if i.isdigit()})
