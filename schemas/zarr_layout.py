@@ -36,7 +36,7 @@ class ZarrLayout(Schema):
     def validate(self, path: PathLike) -> list[str]:
         """Open the root, check it, then every `<source>/<scene>` group (metadata only).
 
-        A local store is read through `zarr_meta`'s views of its `zarr.json` files (~40x
+        A local store is read through `zarr_meta`'s views of its `zarr.json` files (~10x
         faster than zarr-python's nodes); where a view cannot be built, zarr-python's
         objects take the same checks, and its errors are the ones reported."""
         local = Path(str(path))
