@@ -62,13 +62,10 @@ def git_state() -> dict[str, Any]:
     return {"commit": commit, "dirty": bool(dirty.strip())}
 
 
-def write_sources(workdir: Path, rows: list[dict[str, Any]],
-                  tables: Sequence[pl.DataFrame] = ()) -> dict[str, Any] | None:
-    """Raw input files (path, bytes, sha256), as dicts and as tables, go to one table, not the
-    JSON: there may be 10^7."""
+def write_sources(workdir: Path, tables: Sequence[pl.DataFrame]) -> dict[str, Any] | None:
+    """Raw input files (path, bytes, sha256 tables) go to one table, not the JSON: there may be
+    10^7."""
     frames = [t.select("path", "bytes", "sha256") for t in tables if t.height]
-    if rows:
-        frames.insert(0, pl.DataFrame(rows).select("path", "bytes", "sha256"))
     if not frames:
         return None
     df = pl.concat(frames, how="vertical_relaxed").unique(subset=["path"]).sort("path")

@@ -162,7 +162,7 @@ def _run_stage(plan: Plan, ws: Workspace, n: str, ex: Executor, seed: int,
     out_lineage = {p: {"file": path.name,
                        "digest": ctx.output_digests.get(p) or digest_path(path)}
                    for p, path in outputs.items()}
-    sources = lineage.write_sources(workdir, ctx.sources, ctx.source_tables)
+    sources = lineage.write_sources(workdir, ctx.sources)
     asked = lineage.Asked(stage=n, key=node.key, version=node.stage.version,
                           config=node.config.model_dump(mode="json"),
                           source_hash=node.stage.source_hash(), fingerprint=node.fingerprint,

@@ -180,10 +180,9 @@ class StageContext(Generic[C]):
     executor: Executor
     seed: int = 0
     progress: ProgressFn = _no_progress
-    sources: list[dict[str, Any]] = field(default_factory=list)
-    # the same as tables (path, bytes, sha256 columns): a fleet's ingest reads ~10^7 raw files,
+    # raw input files read, as polars tables (path, bytes, sha256): a fleet's ingest reads ~10^7,
     # which as Python dicts would cost the driver GBs and minutes
-    source_tables: list[Any] = field(default_factory=list)
+    sources: list[Any] = field(default_factory=list)
     # Digests a stage computed while writing (e.g. per Zarr group, in parallel); the runner
     # hashes any output not listed here.
     output_digests: dict[str, str] = field(default_factory=dict)
@@ -207,10 +206,8 @@ class StageContext(Generic[C]):
         DataFrame with those columns (kept as it is)."""
         import polars as pl
 
-        if isinstance(rows, pl.DataFrame):
-            self.source_tables.append(rows)
-            return
-        self.sources.extend(dict(r) for r in rows)
+        self.sources.append(rows if isinstance(rows, pl.DataFrame)
+                            else pl.DataFrame([dict(r) for r in rows]))
 
     def file_metadata(self) -> dict[str, str]:
         """Deterministic provenance for file-level metadata (Parquet key "kdpipe", Zarr attrs).
