@@ -43,8 +43,11 @@ class MetaGroup:
         if max_depth != 0:
             raise ValueError("only direct children are listed")
         for child in self.path.iterdir():
-            if (child / "zarr.json").is_file():
-                yield child.name, open_meta(child)
+            try:  # one read: a child without a zarr.json (a file, a chunk folder) is no node
+                node = open_meta(child)
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            yield child.name, node
 
 
 class MetaArray:

@@ -186,10 +186,8 @@ class VodLayout:
 
     def frame_ids(self, sensor: Literal["lidar", "radar"] = "lidar") -> list[str]:
         """Sorted frame ids (``"00549"``) with a ``.bin`` in ``<sensor>/<split>/velodyne``."""
-        folder = self.sensor_dir(sensor, "velodyne")
-        if not folder.is_dir():
-            return []
-        return sorted(s for s in stems(folder, ".bin") if _FRAME_ID.match(s))
+        return sorted(s for s in stems(self.sensor_dir(sensor, "velodyne"), ".bin")
+                      if _FRAME_ID.match(s))
 
     def split_file(self, name: str) -> Path | None:
         """``{lidar,radar}/ImageSets/<name>.txt``, the first that exists."""
