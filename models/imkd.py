@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from .batch import CAMERA_KEYS
 from .camera_bev import CameraBEV
+from .camera_depth import depth_loss, lidar_depth_bins
 from .config import DetectorConfig
 from .detectors import CenterPointDetector, _encoder
 from .distill import FeatureAdapter
@@ -76,7 +77,8 @@ class IntensityGuidedFusion(nn.Module):
 
 class IMKDStudent(CenterPointDetector):
     """Camera + radar BEV student. Features: "camera", "radar" (B, C, H, W), "fusion" (B, 2C,
-    H, W); the output also carries "intensity_logit" (B, 1, H, W) when the gate is on."""
+    H, W); the output also carries "intensity_logit" (B, 1, H, W) when the gate is on and
+    "camera_depth" (B, N, D, h, w), the camera branch's depth distribution (None without images)."""
 
     modalities = ("radar", "camera")
 
@@ -89,17 +91,20 @@ class IMKDStudent(CenterPointDetector):
         self.fusion = IntensityGuidedFusion(config.encoder_channels, config.intensity_gate)
 
     def forward(self, batch: Any) -> dict[str, Any]:
-        """CenterPointDetector's outputs plus "intensity_logit" (B, 1, H, W) or None."""
+        """CenterPointDetector's outputs plus "intensity_logit" and "camera_depth" (or None)."""
         out = super().forward(batch)
         out["intensity_logit"] = out["features"].pop("intensity_logit", None)
+        out["camera_depth"] = out["features"].pop("camera_depth", None)
         return out
 
     def encode(self, batch: Any) -> tuple[Tensor, dict[str, Tensor]]:
         bsz = int(batch["batch_size"])
         f_radar = self.radar_encoder(batch.get("radar"), bsz)  # (B, C, H, W)
-        f_cam, _ = self.camera(*(batch.get(k) for k in CAMERA_KEYS), bsz)  # (B, C, H, W)
+        f_cam, depth = self.camera(*(batch.get(k) for k in CAMERA_KEYS), bsz)  # (B, C, H, W)
         fused, weights, logit = self.fusion(f_cam, f_radar)
         feats = {"camera": f_cam, "radar": f_radar, "fusion": fused}
+        if depth is not None:
+            feats["camera_depth"] = depth  # (B, N, D, h, w)
         if logit is not None:
             feats["intensity_logit"] = logit
         return fused, feats
@@ -172,18 +177,21 @@ def warp_maps(maps: Tensor, aug_matrix: Tensor, point_cloud_range_m: Sequence[fl
 
 
 class IMKDLoss:
-    """IMKD's objective as `fit`'s loss: L_det + l1 * L1 + l2 * L2 + l3 * L3 (module docstring).
+    """IMKD's objective as `fit`'s loss: L_det + l1 * L1 + l2 * L2 + l3 * L3 (module docstring)
+    + lambda_d * L_depth (LiDAR depth for the camera branch, `camera_depth.py`) when `depth`.
 
     Levels 1 and 2 weight every cell by the batch's "weight_map", warped by its "aug_matrix" so
     it stays on the augmented LiDAR; the frozen teacher runs only when level 1 or 2 is on.
     """
 
     def __init__(self, teacher: nn.Module, adapters: IMKDAdapters,
-                 weights: tuple[float, float, float], point_cloud_range_m: Sequence[float]
-                 ) -> None:
+                 weights: tuple[float, float, float], point_cloud_range_m: Sequence[float],
+                 depth: tuple[float, Tensor] | None = None) -> None:
         self.teacher, self.adapters = teacher, adapters
         self.w1, self.w2, self.w3 = weights
         self.pc_range = tuple(point_cloud_range_m)
+        # (lambda_d, the student's (D,) depth bin centres): LiDAR depth for the camera branch
+        self.wd, self.depths_m = depth if depth is not None else (0.0, None)
 
     def __call__(self, model: nn.Module, batch: dict[str, Any], targets: list[dict[str, Any]],
                  frames: Sequence[Any] = ()) -> dict[str, Tensor]:
@@ -206,5 +214,13 @@ class IMKDLoss:
         if l3:
             losses["loss_level3"] = intensity_kl(out["intensity_logit"], w)
             total = total + self.w3 * losses["loss_level3"]
+        if self.wd > 0 and out.get("camera_depth") is not None:
+            assert self.depths_m is not None
+            depth = out["camera_depth"]  # (B, N, D, h, w)
+            bins = lidar_depth_bins(batch["lidar"], batch["camera_intrinsics"],
+                                    batch["camera_to_ego"], tuple(batch["camera"].shape[-2:]),
+                                    tuple(depth.shape[-2:]), self.depths_m)
+            losses["loss_depth"] = depth_loss(depth, bins)
+            total = total + self.wd * losses["loss_depth"]
         losses["loss"] = total
         return losses

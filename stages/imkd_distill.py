@@ -5,6 +5,8 @@ L_total = L_det (SSOD on the teacher's pseudo-labels and/or GT, as in `distill`)
         + lambda_2 * L2  LiDAR -> fused:  weighted MSE(Adapter_2(F_fused^S), F_L^T)
         + lambda_3 * L3  intensity-guided fusion: the student's fusion gate is built
                          (`intensity_gate`) and supervised by the LiDAR weight map (Bernoulli KL)
+        + lambda_d * L_depth  LiDAR -> camera depth: cross-entropy of the camera branch's depth
+                         distribution at the nearest LiDAR return's bin (BEVDepth's loss)
 Levels 1 and 2 weight every BEV cell by the `imkd-weights` map of the frame, warped by the
 frame's flip/scale augmentation so it stays on the augmented LiDAR. A weight of 0 switches a
 level off (level 3 off also removes the gate, so "no distillation" is a plain fusion student).
@@ -53,6 +55,9 @@ class IMKDDistillConfig(StageConfig):
     level1_weight: float = Field(0.01, ge=0.0)  # LiDAR -> radar BEV, intensity-weighted
     level2_weight: float = Field(0.01, ge=0.0)  # LiDAR -> fused camera+radar BEV, weighted
     level3_weight: float = Field(1.0, ge=0.0)  # intensity-guided fusion gate (0: no gate)
+    # lambda_d: LiDAR depth supervises the camera branch's depth distribution (BEVDepth, on
+    # which IMKD builds; models/camera_depth.py). Off by default: a key change retrains.
+    depth_weight: float = Field(0.0, ge=0.0)
     adapter_kernel: int = Field(3, ge=1)
     unlabeled_splits: list[str] = Field(default_factory=lambda: ["train"])
     gt_splits: list[str] = Field(default_factory=lambda: ["train"])
@@ -92,7 +97,11 @@ def build(job: TrainJob, device: torch.device) -> TrainSetup:
     l1, l2, l3 = cfg.level1_weight > 0, cfg.level2_weight > 0, cfg.level3_weight > 0
     if l3 and not getattr(student.config, "intensity_gate", False):
         raise ConfigError("imkd-distill: level3_weight > 0 needs a student with intensity_gate")
-    modalities = tuple(dict.fromkeys((*(("lidar",) if l1 or l2 else ()), *student.modalities)))
+    camera = getattr(student, "camera", None)
+    if cfg.depth_weight > 0 and camera is None:
+        raise ConfigError("imkd-distill: depth_weight > 0 needs a student with a camera branch")
+    lidar = l1 or l2 or cfg.depth_weight > 0  # the teacher's input, or the depth targets
+    modalities = tuple(dict.fromkeys((*(("lidar",) if lidar else ()), *student.modalities)))
     spec = FrameSpec(modalities, cfg.radar_sensor, student.config.point_cloud_range_m,
                      9 if student.config.with_velocity else 7, camera_channels(student))
     data = training_frames(job.stage, cfg, job.inputs, student.classes, spec)
@@ -103,7 +112,8 @@ def build(job: TrainJob, device: torch.device) -> TrainSetup:
     c_s, c_t = student.config.encoder_channels, teacher.config.encoder_channels
     adapters = IMKDAdapters(c_s, c_t, level1=l1, level2=l2, kernel=cfg.adapter_kernel).to(device)
     loss_fn = IMKDLoss(teacher, adapters, (cfg.level1_weight, cfg.level2_weight,
-                                           cfg.level3_weight), student.config.point_cloud_range_m)
+                                           cfg.level3_weight), student.config.point_cloud_range_m,
+                       (cfg.depth_weight, camera.depths_m) if cfg.depth_weight > 0 else None)
     return TrainSetup(student, data, {"loss_fn": loss_fn, "trainable": [adapters],
                                       "modalities": modalities})
 

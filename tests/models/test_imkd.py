@@ -1,5 +1,6 @@
 """IMKD student: camera lift geometry, splat, fusion and head shapes, the three distillation
-losses (zero at the target, positive off it, weighting weights), and a few steps lowering them."""
+losses (zero at the target, positive off it, weighting weights), and a few steps lowering them;
+LiDAR depth for the camera branch: targets on a hand-made camera, the loss, the objective."""
 from __future__ import annotations
 
 import pytest
@@ -7,7 +8,8 @@ import torch
 
 from kdpipe.models import create_model
 from kdpipe.models.camera_bev import frustum_points_ego, splat
-from kdpipe.models.imkd import IMKDAdapters, intensity_kl, weighted_feature_mse
+from kdpipe.models.camera_depth import depth_loss, lidar_depth_bins
+from kdpipe.models.imkd import IMKDAdapters, IMKDLoss, intensity_kl, weighted_feature_mse
 
 RANGE = (0.0, -12.8, -3.0, 25.6, 12.8, 2.0)
 TINY = {"point_cloud_range_m": RANGE, "pillar_size_m": 0.8, "encoder_channels": 8,
@@ -148,3 +150,89 @@ def test_a_few_steps_lower_every_imkd_loss() -> None:
         opt.step()
     last = {k: v.item() for k, v in losses().items()}
     assert all(last[k] < first[k] for k in first), (first, last)
+
+
+# ---------------------------------------------- LiDAR depth for the camera branch
+
+DEPTHS = torch.tensor([2.0, 6.0, 10.0, 14.0])  # bins [0, 4), [4, 8), [8, 12), [12, 16) m
+
+
+def _lidar(rows: list[list[float]]) -> torch.Tensor:
+    return torch.tensor(rows)  # (P, 1 + 4) [b, x, y, z, intensity]
+
+
+def test_targets_nearest_return_per_cell_on_a_hand_made_camera() -> None:
+    # The camera of test_imkd: at ego (1.5, 0, 1.5) looking along +x, image 16 x 32, f = 20 px;
+    # feature map 4 x 8 (stride 4). Depth along the optical axis = ego x - 1.5.
+    cam = _camera(2)
+    k = cam["camera_intrinsics"]
+    lidar = _lidar([
+        [0, 11.5, 0.0, 1.5, 0.0],    # on the optical axis: the principal point, depth 10 m
+        [0, 7.5, 0.0, 1.5, 0.0],     # same cell, nearer (6 m): the one kept
+        [0, 31.5, 0.0, 1.5, 0.0],    # 30 m: past the last bin -> no target
+        [0, -5.0, 0.0, 1.5, 0.0],    # behind the camera -> nothing
+        [0, 5.5, 10.0, 1.5, 0.0],    # far left of the image (u < 0) -> nothing
+        [1, 3.0, 0.0, 1.5, 0.0],     # frame 1: 1.5 m, bin 0, same cell
+    ])
+    bins = lidar_depth_bins(lidar, k, cam["camera_to_ego"], (16, 32), (4, 8), DEPTHS)
+    assert bins.shape == (2, 1, 4, 8)
+    u, v = 15.5, 7.5  # the principal point ((W - 1) / 2, (H - 1) / 2)
+    row, col = int((v + 0.5) * 4 / 16), int((u + 0.5) * 8 / 32)
+    assert (row, col) == (2, 4)
+    assert bins[0, 0, row, col] == 1          # 6 m -> bin [4, 8)
+    assert bins[1, 0, row, col] == 0          # 1.5 m -> bin [0, 4)
+    assert (bins[0] >= 0).sum() == 1 and (bins[1] >= 0).sum() == 1  # no other cell has one
+    # A point right of the optical axis (ego y < 0) lands in a column right of the centre.
+    right = lidar_depth_bins(_lidar([[0, 11.5, -4.0, 1.5, 0.0]]), k[:1],
+                             cam["camera_to_ego"][:1], (16, 32), (4, 8), DEPTHS)
+    assert right[0, 0, row].argmax() > col and right.max() == 2  # 10 m -> bin [8, 12)
+
+
+def test_depth_loss_zero_at_target_positive_off_it() -> None:
+    bins = torch.tensor([[[[1, -1], [3, 0]]]])  # (B, N, h, w) = (1, 1, 2, 2)
+    at = torch.nn.functional.one_hot(bins.clamp(min=0), 4).permute(0, 1, 4, 2, 3).float()
+    assert depth_loss(at, bins).item() == 0.0
+    off = torch.roll(at, 1, dims=2)  # every cell sure of the wrong bin
+    assert depth_loss(off, bins).item() > 10.0
+    uniform = torch.full((1, 1, 4, 2, 2), 0.25)
+    assert abs(depth_loss(uniform, bins).item() - float(torch.log(torch.tensor(4.0)))) < 1e-6
+    # Cells without a target do not count, whatever the model says there.
+    moved = at.clone()
+    moved[0, 0, :, 0, 1] = torch.tensor([0.0, 0.0, 0.0, 1.0])
+    assert depth_loss(moved, bins).item() == 0.0
+    empty = torch.full_like(bins, -1)
+    assert depth_loss(uniform.requires_grad_(), empty).item() == 0.0
+
+
+def _lidar_for(batch: dict) -> torch.Tensor:
+    """A wall of LiDAR returns 8-14 m ahead of the test camera, in both frames."""
+    g = torch.Generator().manual_seed(5)
+    pts = []
+    for b in range(int(batch["batch_size"])):
+        xyz = torch.rand(300, 3, generator=g) * torch.tensor([6.0, 16.0, 3.0]) \
+            + torch.tensor([9.5, -8.0, 0.0])
+        pts.append(torch.cat([torch.full((300, 1), float(b)), xyz, torch.zeros(300, 1)], 1))
+    return torch.cat(pts)
+
+
+def test_imkd_loss_adds_depth_and_steps_lower_it() -> None:
+    torch.manual_seed(0)
+    student = create_model("imkd-student", **TINY, intensity_gate=False).train()
+    batch = {**_batch(seed=3), "lidar": _lidar_for(_batch(seed=3))}
+    targets = [{"boxes": torch.tensor([[8.0, 2.0, -1.0, 4.0, 1.8, 1.5, 0.3]]),
+                "labels": torch.tensor([0])}] * 2
+    adapters = IMKDAdapters(8, 8, level1=False, level2=False)
+    with_depth = IMKDLoss(torch.nn.Identity(), adapters, (0.0, 0.0, 0.0), TINY[
+        "point_cloud_range_m"], (2.0, student.camera.depths_m))
+    plain = IMKDLoss(torch.nn.Identity(), adapters, (0.0, 0.0, 0.0),
+                     TINY["point_cloud_range_m"])
+    first = with_depth(student, batch, targets)
+    assert "loss_depth" not in plain(student, batch, targets)
+    assert first["loss_depth"].item() > 0
+    torch.testing.assert_close(first["loss"], first["loss_det"] + 2.0 * first["loss_depth"])
+    opt = torch.optim.Adam(student.parameters(), lr=3e-3)
+    for _ in range(8):
+        opt.zero_grad()
+        with_depth(student, batch, targets)["loss"].backward()
+        opt.step()
+    assert with_depth(student, batch, targets)["loss_depth"].item() < first["loss_depth"].item()
