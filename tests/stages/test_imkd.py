@@ -127,6 +127,7 @@ sigma = 0.02
 cell_m = 3.2
 [imkd-distill]
 detector = {{ camera_channels = ["CAM_FRONT", "CAM_FRONT_LEFT"], image_width = 8, depth_bins = 8 }}
+depth_weight = 1.0
 [imkd-distill.optim]
 epochs = 3
 lr_max = 0.003
@@ -146,7 +147,9 @@ eval_detections = "student_eval_detections"
 def test_imkd_run_trains_every_level_and_scores(imkd_run) -> None:  # type: ignore[no-untyped-def]
     _, st = imkd_run
     log = pl.read_parquet(st["imkd-distill"]["outputs"]["distill_log"])
-    assert {"loss", "loss_det", "loss_level1", "loss_level2", "loss_level3"} <= set(log.columns)
+    assert {"loss", "loss_det", "loss_level1", "loss_level2", "loss_level3",
+            "loss_depth"} <= set(log.columns)
+    assert (log["loss_depth"] > 0).all()  # LiDAR reached the depth targets of the cameras
     assert log["loss"][-1] < log["loss"][0], log["loss"].to_list()
     blob = torch.load(st["imkd-distill"]["outputs"]["student"], weights_only=True)
     assert blob["name"] == "imkd-student" and blob["config"]["intensity_gate"]
