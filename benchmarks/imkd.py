@@ -4,17 +4,21 @@
 
 One kdpipe workflow: ingest (LiDAR, 5 radars with `--radar-sweeps` sweeps, the three front cameras
 downscaled) -> LiDAR-only teacher trained on the labels (LabelDistill-style) -> teacher-label on
-train + val -> pseudo-label -> imkd-weights -> four camera+radar students through `imkd-distill`
+train + val -> pseudo-label -> imkd-weights -> the `--rows` camera+radar students of `imkd-distill`
 (`uses` + `ports`), all on GT + SSOD (pseudo-labels) detection targets:
 
     no KD         all three levels off (plain AF-style camera-radar fusion, no gate)
     +L1           LiDAR -> radar BEV features, intensity-weighted
     +L1+L2        ... + LiDAR -> fused camera+radar BEV features, intensity-weighted
     +L1+L2+L3     ... + the intensity-guided fusion gate, supervised by the weight map
+    depth         no KD + LiDAR depth for the camera branch's depth distribution (BEVDepth's
+                  loss, `--depth-weight`; not in the default `--rows`)
+    l123d         +L1+L2+L3 + LiDAR depth
 
 "Without distillation" therefore means: same data, same targets (GT + the teacher's pseudo-
 labels), no feature/gate KD term. Every model is scored on the `synth_val` scenes (custom devkit
-split) with DetectionEval `detection_cvpr_2019`. The same seed gives the same table.
+split) with DetectionEval `detection_cvpr_2019`. The same seed gives the same table. The goal
+row is the best KD row against no KD (>= +3 NDS).
 """
 from __future__ import annotations
 
