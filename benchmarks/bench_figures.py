@@ -104,8 +104,9 @@ def _audit(d: dict[str, Any]) -> list[Row]:
 
 def _imkd(d: dict[str, Any]) -> list[Row]:
     g = d["goal"]
-    key = next(k for k in g if k not in ("need", "met"))
-    return [row(f"IMKD: {key}", str(g[key]), "camera+radar student without KD", g["need"],
+    key = next(k for k in g if k.endswith("NDS"))  # older JSON: "IMKD (L1+L2+L3) - no KD, NDS"
+    best = f" ({g['best KD row']})" if "best KD row" in g else ""
+    return [row(f"IMKD: {key}{best}", str(g[key]), "camera+radar student without KD", g["need"],
                 g["met"])]
 
 

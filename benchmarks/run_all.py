@@ -32,6 +32,7 @@ BEGIN, END = "<!-- run_all:begin -->", "<!-- run_all:end -->"
 ARGS: dict[str, tuple[list[str], bool]] = {
     "ingest": (["--format", "vod", "--frames", "2000"], False),
     "rerun": (["--frames", "10000", "--repeats", "5"], False),
+    "ingest_tail": (["--groups", "2000"], False),
     "crash_drill": (["--kills", "24", "--scheduler", "local:2"], False),
     "audit": (["--scenes", "10", "--samples", "20"], False),
     "curate": ([], False),
@@ -42,8 +43,11 @@ ARGS: dict[str, tuple[list[str], bool]] = {
 
 
 def discover() -> list[str]:
+    """The scripts of benchmarks/ that run as one (helper modules, e.g. kd_ablation's kd_rows,
+    have no `__main__` block)."""
     return sorted(p.stem for p in Path(__file__).parent.glob("*.py")
-                  if p.stem not in ("run_all", "bench_figures") and not p.stem.startswith("_"))
+                  if p.stem != "run_all" and not p.stem.startswith("_")
+                  and 'if __name__ == "__main__":' in p.read_text())
 
 
 def last_json(text: str) -> dict[str, Any] | None:
