@@ -1,0 +1,68 @@
+"""benchmarks/: run_all finds the scripts that run as benchmarks (not kd_ablation's helper
+modules), the IMKD figure reads old and new JSON, and the IMKD harness's depth rows plan with
+LiDAR depth on and the other rows without it (planning only, nothing trained)."""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from kdpipe.config import load_workflow
+from kdpipe.pipeline.dag import build_plan
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def load() -> Iterator[object]:
+    """Loads a benchmark script as `python benchmarks/X.py` does: its folder on sys.path."""
+    sys.path.insert(0, str(BENCH))
+
+    def _load(name: str) -> ModuleType:
+        spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+        assert spec is not None and spec.loader is not None
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+
+    try:
+        yield _load
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+def test_run_all_discovers_benchmarks_not_helper_modules(load) -> None:  # type: ignore[no-untyped-def]
+    found = load("run_all").discover()
+    assert {"ingest", "ingest_tail", "ingest_nuscenes", "kd_ablation", "imkd"} <= set(found)
+    assert not {"kd_rows", "kd_table4", "kd_report", "bench_figures", "run_all"} & set(found)
+
+
+def test_imkd_figure_reads_old_and_new_goal_blocks(load) -> None:  # type: ignore[no-untyped-def]
+    figures = load("bench_figures")
+    old = {"goal": {"IMKD (L1+L2+L3) - no KD, NDS": -0.13, "need": ">= 3", "met": False}}
+    new = {"goal": {"best KD row": "camera+radar student + LiDAR depth only",
+                    "best KD row - no KD, NDS": 0.3, "need": ">= 3", "met": False}}
+    (a,), (b,) = figures.figure_rows("imkd", old), figures.figure_rows("imkd", new)
+    assert a["measured"] == "-0.13" and a["met"] is False
+    assert b["measured"] == "0.3" and "LiDAR depth only" in b["figure"]
+
+
+def test_imkd_depth_rows_plan_with_lidar_depth(load, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    imkd = load("imkd")
+    a = argparse.Namespace(range_m=51.2, cell_m=1.6, lr_max=0.003, radar_sweeps=3,
+                           camera_downscale=4, epochs=20, student_epochs=3, sigma=0.3,
+                           level1=0.01, level2=0.01, level3=1.0, depth_weight=3.0,
+                           max_unlabeled=None, seed=0, rows="nokd,depth,l123d")
+    wf = load_workflow(imkd.workflow(tmp_path / "wf.toml", tmp_path / "world", a))
+    plan = build_plan(wf.stages, wf.deltas, fingerprint=False, seed=0)
+    students = {n: plan.nodes[f"student-{n}"].config for n in ("nokd", "depth", "l123d")}
+    assert not any(n.startswith("student-l1") and n != "student-l123d" for n in plan.nodes)
+    assert students["nokd"].depth_weight == 0.0 and students["nokd"].level3_weight == 0.0
+    assert students["depth"].depth_weight == 3.0 and students["depth"].level1_weight == 0.0
+    assert students["l123d"].depth_weight == 3.0 and students["l123d"].level3_weight == 1.0
+    assert {"evaluate-nokd", "evaluate-depth", "evaluate-l123d"} <= set(plan.nodes)
