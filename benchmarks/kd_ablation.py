@@ -46,13 +46,12 @@ from kd_rows import (
     eval_stage,
     label_cfg,
     pseudo_cfg,
-    table,
     weighted,
 )
 from kd_table4 import goals_table4, workflow_table4
 
 from kdpipe.api import run_workflow
-from kdpipe.config import toml_value
+from kdpipe.config import toml_table, toml_value
 from kdpipe.runtime.config import TtaMode
 from kdpipe.schemas.model_names import KD_DECAYS
 
@@ -67,12 +66,12 @@ def workflow(path: Path, world: Path, args: argparse.Namespace, seed: int, n_lab
     student_epochs = max(1, round(args.epochs * n_labeled / n_unlabeled))
     stages = ["ingest", "teacher-train", "train-radar", "teacher-label", "pseudo-label"]
     lines = ["[ingest]", 'format = "vod"', f'roots = ["{world}"]',
-             *table("teacher-train", {"model": "sckd-teacher", **det, "optim": optim}),
-             *table("train-radar", {"model": "radar-only", **det, "optim": optim},
+             *toml_table("teacher-train", {"model": "sckd-teacher", **det, "optim": optim}),
+             *toml_table("train-radar", {"model": "radar-only", **det, "optim": optim},
                      "teacher-train",
                      {"teacher": "radar_model", "train_log": "radar_train_log"}),
-             *table("teacher-label", label_cfg(args)),
-             *table("pseudo-label", pseudo_cfg(args))]
+             *toml_table("teacher-label", label_cfg(args)),
+             *toml_table("pseudo-label", pseudo_cfg(args))]
     evals = {BASELINE: eval_stage("radar", "radar_model"), TEACHER: ("evaluate", ["[evaluate]"])}
     for stage, block in evals.values():
         stages.append(stage)
@@ -84,7 +83,7 @@ def workflow(path: Path, world: Path, args: argparse.Namespace, seed: int, n_lab
         epochs = (max(1, round(args.epochs * n_labeled / (n_labeled + n_unlabeled)))
                   if cfg.get("gt") else student_epochs)
         cfg = weighted(cfg, args)
-        lines += table(stage, {**cfg, "optim": {**optim, "epochs": epochs}}, "distill",
+        lines += toml_table(stage, {**cfg, "optim": {**optim, "epochs": epochs}}, "distill",
                         {"student": f"{name}_student", "distill_log": f"{name}_log"})
         evals[row] = eval_stage(name, f"{name}_student")
         stages += [stage, evals[row][0]]

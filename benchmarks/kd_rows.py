@@ -1,12 +1,12 @@
 """The rows of benchmarks/kd_ablation.py (distill deltas and their labels) and the pieces its
-workflows are written from: TOML tables, evaluate stages, teacher-label and pseudo-label deltas.
+workflows are written from: evaluate stages, teacher-label and pseudo-label deltas.
 A sibling module of the scripts that import it (kd_ablation.py, kd_table4.py)."""
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
-from kdpipe.config import toml_value
+from kdpipe.config import toml_table
 
 NO_SCKD = {"lrfd_weight": 0.0, "frfd_weight": 0.0}
 
@@ -37,18 +37,9 @@ BASELINE, TEACHER, SSOD, SCKD = ("(a) GT only (radar baseline)", "teacher (LiDAR
                                  ROWS["ssod"][1], ROWS["ssod-frfd-lrfd"][1])
 
 
-def table(name: str, cfg: dict[str, Any], uses: str | None = None,
-           ports: dict[str, str] | None = None) -> list[str]:
-    lines = [f"[{name}]"]
-    if uses:
-        lines += [f'uses = "{uses}"', f"ports = {toml_value(ports or {})}"]
-    lines += [f"{k} = {toml_value(v)}" for k, v in cfg.items()]
-    return lines
-
-
 def eval_stage(name: str, model_artifact: str) -> tuple[str, list[str]]:
     stage = f"evaluate-{name}"
-    return stage, table(stage, {}, "evaluate", {
+    return stage, toml_table(stage, {}, "evaluate", {
         "checkpoint": model_artifact, "metrics": f"{name}_metrics",
         "metrics_table": f"{name}_metrics_table", "eval_detections": f"{name}_eval_detections"})
 

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from kd_report import paired
-from kd_rows import NO_SCKD, ROWS, eval_stage, label_cfg, pseudo_cfg, table, weighted
+from kd_rows import NO_SCKD, ROWS, eval_stage, label_cfg, pseudo_cfg, weighted
 
-from kdpipe.config import toml_value
+from kdpipe.config import toml_table, toml_value
 
 
 def workflow_table4(path: Path, world: Path, args: argparse.Namespace, seed: int,
@@ -25,16 +25,16 @@ def workflow_table4(path: Path, world: Path, args: argparse.Namespace, seed: int
     method = weighted(ROWS[args.table4_method][0], args)
     stages = ["ingest", "teacher-q", "radar-q", "label-q", "pseudo-q"]
     lines = ["[ingest]", 'format = "vod"', f'roots = ["{world}"]',
-             *table("teacher-q", {"model": "sckd-teacher", "max_frames": quarter, **det,
+             *toml_table("teacher-q", {"model": "sckd-teacher", "max_frames": quarter, **det,
                                    "optim": optim},
                      "teacher-train", {"teacher": "q_teacher", "train_log": "q_teacher_log"}),
-             *table("radar-q", {"model": "radar-only", "max_frames": quarter, **det,
+             *toml_table("radar-q", {"model": "radar-only", "max_frames": quarter, **det,
                                  "optim": optim},
                      "teacher-train", {"teacher": "q_radar", "train_log": "q_radar_log"}),
-             *table("label-q", label_cfg(args, splits=["train", "unlabeled", "val"]),
+             *toml_table("label-q", label_cfg(args, splits=["train", "unlabeled", "val"]),
                      "teacher-label", {"teacher": "q_teacher", "detections": "q_detections",
                                        "detection_frames": "q_detection_frames"}),
-             *table("pseudo-q", pseudo_cfg(args), "pseudo-label", {
+             *toml_table("pseudo-q", pseudo_cfg(args), "pseudo-label", {
                  "detections": "q_detections", "detection_frames": "q_detection_frames",
                  "pseudo_labels": "q_pseudo_labels", "pseudo_label_frames": "q_pseudo_frames"})]
     evals = {f"radar baseline, {frac} labeled ({quarter})": eval_stage("q-radar", "q_radar"),
@@ -51,7 +51,7 @@ def workflow_table4(path: Path, world: Path, args: argparse.Namespace, seed: int
             cfg["max_unlabeled_frames"] = cap
         stage = f"distill-q-{name}"
         stages.append(stage)
-        lines += table(stage, cfg, "distill", {
+        lines += toml_table(stage, cfg, "distill", {
             "teacher": "q_teacher", "pseudo_labels": "q_pseudo_labels",
             "pseudo_label_frames": "q_pseudo_frames", "student": f"q_{name}_student",
             "distill_log": f"q_{name}_log"})
@@ -113,18 +113,18 @@ def self_train_stages(args: argparse.Namespace, method: dict[str, Any], optim: d
     splits = ["train", "unlabeled"]
     stages = ["teacher-r2", "label-r2", "pseudo-r2", "distill-q-r2"]
     lines = [
-        *table("teacher-r2", {"student": "sckd-teacher", **NO_SCKD, "unlabeled_splits": splits,
+        *toml_table("teacher-r2", {"student": "sckd-teacher", **NO_SCKD, "unlabeled_splits": splits,
                                "optim": optim}, "distill",
                 {"teacher": "q_teacher", "pseudo_labels": "q_pseudo_labels",
                  "pseudo_label_frames": "q_pseudo_frames", "student": "r2_teacher",
                  "distill_log": "r2_teacher_log"}),
-        *table("label-r2", label_cfg(args, splits=["train", "unlabeled", "val"]),
+        *toml_table("label-r2", label_cfg(args, splits=["train", "unlabeled", "val"]),
                 "teacher-label", {"teacher": "r2_teacher", "detections": "r2_detections",
                                   "detection_frames": "r2_detection_frames"}),
-        *table("pseudo-r2", {"sigma": args.self_train_sigma}, "pseudo-label", {
+        *toml_table("pseudo-r2", {"sigma": args.self_train_sigma}, "pseudo-label", {
             "detections": "r2_detections", "detection_frames": "r2_detection_frames",
             "pseudo_labels": "r2_pseudo_labels", "pseudo_label_frames": "r2_pseudo_frames"}),
-        *table("distill-q-r2", {**method, "unlabeled_splits": splits, "optim": optim},
+        *toml_table("distill-q-r2", {**method, "unlabeled_splits": splits, "optim": optim},
                 "distill", {"teacher": "r2_teacher", "pseudo_labels": "r2_pseudo_labels",
                             "pseudo_label_frames": "r2_pseudo_frames",
                             "student": "q_r2_student", "distill_log": "q_r2_log"})]
@@ -139,8 +139,8 @@ def oracle_stages(root: Path, cfg: dict[str, Any]) -> list[str]:
     """The oracle's own ingest of `root` and a radar-only detector trained on its train split;
     scored on the main store's val like every other row."""
     o = {p: f"oracle_{p}" for p in ("points", "frames", "boxes", "calibration", "rejects")}
-    return [*table("ingest-oracle", {"format": "vod", "roots": [str(root)]}, "ingest", o),
-            *table("radar-oracle", cfg, "teacher-train",
+    return [*toml_table("ingest-oracle", {"format": "vod", "roots": [str(root)]}, "ingest", o),
+            *toml_table("radar-oracle", cfg, "teacher-train",
                     {"points": o["points"], "frames": o["frames"], "boxes": o["boxes"],
                      "teacher": "q_oracle", "train_log": "q_oracle_log"})]
 

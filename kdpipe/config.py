@@ -82,6 +82,16 @@ def toml_value(v: Any) -> str:
     return str(toml_item(v).as_string())
 
 
+def toml_table(name: str, cfg: dict[str, Any], uses: str | None = None,
+               ports: dict[str, str] | None = None) -> list[str]:
+    """The lines of a workflow's `[name]` table: the stage's config deltas, and for an instance
+    of another stage its `uses` and `ports` (scripts that write workflows, e.g. benchmarks/)."""
+    lines = [f"[{name}]"]
+    if uses:
+        lines += [f'uses = "{uses}"', f"ports = {toml_value(ports or {})}"]
+    return lines + [f"{k} = {toml_value(v)}" for k, v in cfg.items()]
+
+
 def apply_set(deltas: dict[str, dict[str, Any]], assignment: str) -> None:
     """Apply `stage.key=value` (nested keys with more dots) to the deltas, in place."""
     lhs, sep, rhs = assignment.partition("=")
