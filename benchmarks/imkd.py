@@ -29,36 +29,35 @@ from pathlib import Path
 from typing import Any
 
 from kdpipe.api import run_workflow
-from kdpipe.config import toml_value
+from kdpipe.config import toml_table, toml_value
 
 CLASSES = ["car", "pedestrian", "bicycle"]
 CAMERAS = ["CAM_FRONT", "CAM_FRONT_LEFT", "CAM_FRONT_RIGHT"]
-STUDENTS = {  # stage suffix: (imkd-distill deltas, table row)
-    "nokd": ({"level1_weight": 0.0, "level2_weight": 0.0, "level3_weight": 0.0},
-             "camera+radar student, no KD (GT + SSOD)"),
-    "l1": ({"level2_weight": 0.0, "level3_weight": 0.0}, "IMKD +L1 (LiDAR->radar)"),
-    "l12": ({"level3_weight": 0.0}, "IMKD +L1+L2 (+LiDAR->fused)"),
-    "l123": ({}, "IMKD +L1+L2+L3 (+intensity-guided fusion)"),
-    "depth": ({"level1_weight": 0.0, "level2_weight": 0.0, "level3_weight": 0.0, "depth": True},
-              "camera+radar student + LiDAR depth only"),
-    "l123d": ({"depth": True}, "IMKD +L1+L2+L3 + LiDAR depth"),
+STUDENTS = {  # stage suffix: (IMKD levels on, LiDAR depth on, table row)
+    "nokd": ("", False, "camera+radar student, no KD (GT + SSOD)"),
+    "l1": ("1", False, "IMKD +L1 (LiDAR->radar)"),
+    "l12": ("12", False, "IMKD +L1+L2 (+LiDAR->fused)"),
+    "l123": ("123", False, "IMKD +L1+L2+L3 (+intensity-guided fusion)"),
+    "depth": ("", True, "camera+radar student + LiDAR depth only"),
+    "l123d": ("123", True, "IMKD +L1+L2+L3 + LiDAR depth"),
 }
 DEFAULT_ROWS = "nokd,l1,l12,l123"
 
 
-def _table(name: str, cfg: dict[str, Any], uses: str | None = None,
-           ports: dict[str, str] | None = None) -> list[str]:
-    lines = [f"[{name}]"]
-    if uses:
-        lines += [f'uses = "{uses}"', f"ports = {toml_value(ports or {})}"]
-    return lines + [f"{k} = {toml_value(v)}" for k, v in cfg.items()]
+def parse_rows(text: str) -> list[str]:
+    """`--rows`: comma-separated names of STUDENTS."""
+    rows = [r.strip() for r in text.split(",") if r.strip()]
+    unknown = [r for r in rows if r not in STUDENTS]
+    if unknown or not rows:
+        raise argparse.ArgumentTypeError(f"unknown rows {unknown}; known: {sorted(STUDENTS)}")
+    return rows
 
 
 def _eval(name: str, model: str) -> list[str]:
-    return _table(f"evaluate-{name}", {"split": "val", "nuscenes_eval_set": "synth_val"},
-                  "evaluate", {"checkpoint": model, "metrics": f"{name}_metrics",
-                               "metrics_table": f"{name}_metrics_table",
-                               "eval_detections": f"{name}_eval_detections"})
+    return toml_table(f"evaluate-{name}", {"split": "val", "nuscenes_eval_set": "synth_val"},
+                      "evaluate", {"checkpoint": model, "metrics": f"{name}_metrics",
+                                   "metrics_table": f"{name}_metrics_table",
+                                   "eval_detections": f"{name}_eval_detections"})
 
 
 def workflow(path: Path, world: Path, args: argparse.Namespace) -> Path:
@@ -67,29 +66,31 @@ def workflow(path: Path, world: Path, args: argparse.Namespace) -> Path:
            "with_velocity": True}
     optim = {"batch_size": 4, "lr_max": args.lr_max}
     student_det = {"camera_channels": CAMERAS}
-    rows = args.rows.split(",")
+    rows = args.rows
+    stages = ["ingest", "teacher-train", "teacher-label", "pseudo-label", "imkd-weights",
+              *(f"student-{s}" for s in rows), *(f"evaluate-{s}" for s in ["teacher", *rows])]
     lines = ["[workflow]", 'name = "imkd-bench"', f"seed = {args.seed}",
-             'stages = ["ingest", "teacher-train", "teacher-label", "pseudo-label", '
-             '"imkd-weights", ' + ", ".join(f'"student-{s}"' for s in rows) + ", "
-             + ", ".join(f'"evaluate-{s}"' for s in ["teacher", *rows]) + "]",
-             *_table("ingest", {"format": "nuscenes", "roots": [str(world)],
-                                "radar_sweeps": args.radar_sweeps, "camera_channels": CAMERAS,
-                                "camera_downscale": args.camera_downscale}),
-             *_table("teacher-train", {"model": "lidar-only", "detector": det,
-                                       "optim": {**optim, "epochs": args.epochs}}),
-             *_table("teacher-label", {"splits": ["train", "val"]}),
-             *_table("pseudo-label", {"sigma": args.sigma}),
-             *_table("imkd-weights", {"point_cloud_range_m": rng, "cell_m": args.cell_m})]
+             f"stages = {toml_value(stages)}",
+             *toml_table("ingest", {"format": "nuscenes", "roots": [str(world)],
+                                    "radar_sweeps": args.radar_sweeps, "camera_channels": CAMERAS,
+                                    "camera_downscale": args.camera_downscale}),
+             *toml_table("teacher-train", {"model": "lidar-only", "detector": det,
+                                           "optim": {**optim, "epochs": args.epochs}}),
+             *toml_table("teacher-label", {"splits": ["train", "val"]}),
+             *toml_table("pseudo-label", {"sigma": args.sigma}),
+             *toml_table("imkd-weights", {"point_cloud_range_m": rng, "cell_m": args.cell_m})]
     for name in rows:
-        deltas = dict(STUDENTS[name][0])
-        depth = {"depth_weight": args.depth_weight} if deltas.pop("depth", False) else {}
-        cfg = {"detector": student_det, "level1_weight": args.level1, "level2_weight": args.level2,
-               "level3_weight": args.level3, **deltas, **depth,
-               "optim": {**optim, "epochs": args.student_epochs}}
+        levels, depth, _ = STUDENTS[name]
+        cfg: dict[str, Any] = {"detector": student_det, **{
+            f"level{k}_weight": getattr(args, f"level{k}") if str(k) in levels else 0.0
+            for k in (1, 2, 3)}}
+        if depth:  # left out when off: the default, so the other rows keep their stage keys
+            cfg["depth_weight"] = args.depth_weight
+        cfg["optim"] = {**optim, "epochs": args.student_epochs}
         if args.max_unlabeled:  # SSOD on the first N train frames only (GT stays on all)
             cfg["max_unlabeled_frames"] = args.max_unlabeled
-        lines += _table(f"student-{name}", cfg, "imkd-distill",
-                        {"student": f"student_{name}", "distill_log": f"distill_log_{name}"})
+        lines += toml_table(f"student-{name}", cfg, "imkd-distill",
+                            {"student": f"student_{name}", "distill_log": f"distill_log_{name}"})
     lines += _eval("teacher", "teacher")
     for name in rows:
         lines += _eval(name, f"student_{name}")
@@ -124,8 +125,8 @@ def main() -> None:
     ap.add_argument("--level3", type=float, default=1.0)
     ap.add_argument("--depth-weight", type=float, default=1.0,
                     help="lambda_d of the rows with LiDAR depth (depth, l123d)")
-    ap.add_argument("--rows", default=DEFAULT_ROWS,
-                    help=f"comma-separated students of {sorted(STUDENTS)}; nokd first")
+    ap.add_argument("--rows", type=parse_rows, default=parse_rows(DEFAULT_ROWS),
+                    help=f"comma-separated students of {sorted(STUDENTS)}")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--scheduler", default="sync")
     ap.add_argument("--out", type=Path, default=Path("/tmp/kd_imkd_bench"))  # noqa: S108
@@ -140,21 +141,21 @@ def main() -> None:
     wf = workflow(args.out / "imkd_bench.toml", world, args)
     rep = run_workflow(wf, str(args.out / "ws"), scheduler=args.scheduler)
     st = {s["stage"]: s for s in rep["stages"]}
-    rows = args.rows.split(",")
+    rows = args.rows
     m = {n: json.loads(Path(st[f"evaluate-{n}"]["outputs"]["metrics"]).read_text())
          for n in ["teacher", *rows]}
     table = {"LiDAR-only teacher (labels)": row(m["teacher"])}
-    table.update({STUDENTS[n][1]: row(m[n]) for n in rows})
-    best = max((n for n in rows if n != "nokd"), key=lambda n: table[STUDENTS[n][1]]["NDS"],
+    table.update({STUDENTS[n][2]: row(m[n]) for n in rows})
+    best = max((n for n in rows if n != "nokd"), key=lambda n: table[STUDENTS[n][2]]["NDS"],
                default="nokd")
-    gain = round(table[STUDENTS[best][1]]["NDS"] - table[STUDENTS["nokd"][1]]["NDS"], 2) \
+    gain = round(table[STUDENTS[best][2]]["NDS"] - table[STUDENTS["nokd"][2]]["NDS"], 2) \
         if "nokd" in rows else None
     print(json.dumps({
         "world": {"scenes": args.scenes, "samples_per_scene": args.samples, "seed": args.seed,
                   "val_frames": m["teacher"]["frames"]},
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "nuscenes_synth_val": table,
-        "goal": {"best KD row": STUDENTS[best][1], "best KD row - no KD, NDS": gain,
+        "goal": {"best KD row": STUDENTS[best][2], "best KD row - no KD, NDS": gain,
                  "need": ">= 3", "met": gain is not None and gain >= 3},  # noqa: PLR2004
         "stage_seconds": {k: round(v["seconds"], 1) for k, v in st.items()},
         "wall_seconds": round(time.perf_counter() - t0, 1)}, indent=1))

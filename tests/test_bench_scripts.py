@@ -57,7 +57,7 @@ def test_imkd_depth_rows_plan_with_lidar_depth(load, tmp_path: Path) -> None:  #
     a = argparse.Namespace(range_m=51.2, cell_m=1.6, lr_max=0.003, radar_sweeps=3,
                            camera_downscale=4, epochs=20, student_epochs=3, sigma=0.3,
                            level1=0.01, level2=0.01, level3=1.0, depth_weight=3.0,
-                           max_unlabeled=None, seed=0, rows="nokd,depth,l123d")
+                           max_unlabeled=None, seed=0, rows=imkd.parse_rows("nokd,depth,l123d"))
     wf = load_workflow(imkd.workflow(tmp_path / "wf.toml", tmp_path / "world", a))
     plan = build_plan(wf.stages, wf.deltas, fingerprint=False, seed=0)
     students = {n: plan.nodes[f"student-{n}"].config for n in ("nokd", "depth", "l123d")}
@@ -66,3 +66,5 @@ def test_imkd_depth_rows_plan_with_lidar_depth(load, tmp_path: Path) -> None:  #
     assert students["depth"].depth_weight == 3.0 and students["depth"].level1_weight == 0.0
     assert students["l123d"].depth_weight == 3.0 and students["l123d"].level3_weight == 1.0
     assert {"evaluate-nokd", "evaluate-depth", "evaluate-l123d"} <= set(plan.nodes)
+    with pytest.raises(argparse.ArgumentTypeError, match="unknown rows"):
+        imkd.parse_rows("nokd,l4")
