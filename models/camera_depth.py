@@ -19,7 +19,7 @@ from torch import Tensor
 
 def lidar_depth_bins(lidar: Tensor, intrinsics: Tensor, camera_to_ego: Tensor,
                      image_hw: tuple[int, int], feat_hw: tuple[int, int],
-                     depths_m: Tensor) -> Tensor:
+                     bins: tuple[tuple[float, float], int]) -> Tensor:
     """The depth bin of the nearest LiDAR return in every feature cell of every camera.
 
     Args:
@@ -27,7 +27,8 @@ def lidar_depth_bins(lidar: Tensor, intrinsics: Tensor, camera_to_ego: Tensor,
         intrinsics: (B, N, 3, 3) K of the fed image (pixels, centres at integers).
         camera_to_ego: (B, N, 4, 4) optical frame (x right, y down, z forward) -> ego.
         image_hw: (H, W) of the fed image; feat_hw: (h, w) of the depth map.
-        depths_m: (D,) uniform bin centres (metres along the optical axis).
+        bins: (depth_range_m, D): D uniform bins over the range (metres along the optical
+            axis), as the camera branch's (`CameraBEV`) depth distribution has them.
 
     Returns:
         (B, N, h, w) int64 bin index, -1 where the cell has no return inside the bins.
@@ -50,10 +51,9 @@ def lidar_depth_bins(lidar: Tensor, intrinsics: Tensor, camera_to_ego: Tensor,
         ok = (z > 1e-3) & (col >= 0) & (col < w) & (row >= 0) & (row < h)
         flat = ((i * n + cams.view(1, n)) * h + row) * w + col  # (P_i, N)
         nearest.scatter_reduce_(0, flat[ok], z[ok], reduce="amin")
-    d = depths_m.float()
-    step = float(d[1] - d[0]) if len(d) > 1 else 1.0
-    k = torch.floor((nearest - (float(d[0]) - step / 2)) / step)
-    valid = torch.isfinite(nearest) & (k >= 0) & (k < len(d))
+    (d0, d1), n_bins = bins
+    k = torch.floor((nearest - d0) / ((d1 - d0) / n_bins))
+    valid = torch.isfinite(nearest) & (k >= 0) & (k < n_bins)
     return torch.where(valid, k, torch.full_like(k, -1)).long().view(b, n, h, w)
 
 

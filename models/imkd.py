@@ -186,12 +186,12 @@ class IMKDLoss:
 
     def __init__(self, teacher: nn.Module, adapters: IMKDAdapters,
                  weights: tuple[float, float, float], point_cloud_range_m: Sequence[float],
-                 depth: tuple[float, Tensor] | None = None) -> None:
+                 depth: tuple[float, tuple[tuple[float, float], int]] | None = None) -> None:
         self.teacher, self.adapters = teacher, adapters
         self.w1, self.w2, self.w3 = weights
         self.pc_range = tuple(point_cloud_range_m)
-        # (lambda_d, the student's (D,) depth bin centres): LiDAR depth for the camera branch
-        self.wd, self.depths_m = depth if depth is not None else (0.0, None)
+        # (lambda_d, (the student's depth_range_m, depth_bins)): LiDAR depth for its camera branch
+        self.depth = depth
 
     def __call__(self, model: nn.Module, batch: dict[str, Any], targets: list[dict[str, Any]],
                  frames: Sequence[Any] = ()) -> dict[str, Tensor]:
@@ -214,13 +214,13 @@ class IMKDLoss:
         if l3:
             losses["loss_level3"] = intensity_kl(out["intensity_logit"], w)
             total = total + self.w3 * losses["loss_level3"]
-        if self.wd > 0 and out.get("camera_depth") is not None:
-            assert self.depths_m is not None
+        if self.depth is not None and out.get("camera_depth") is not None:
+            wd, depth_bins = self.depth
             depth = out["camera_depth"]  # (B, N, D, h, w)
             bins = lidar_depth_bins(batch["lidar"], batch["camera_intrinsics"],
                                     batch["camera_to_ego"], tuple(batch["camera"].shape[-2:]),
-                                    tuple(depth.shape[-2:]), self.depths_m)
+                                    tuple(depth.shape[-2:]), depth_bins)
             losses["loss_depth"] = depth_loss(depth, bins)
-            total = total + self.wd * losses["loss_depth"]
+            total = total + wd * losses["loss_depth"]
         losses["loss"] = total
         return losses

@@ -97,8 +97,8 @@ def build(job: TrainJob, device: torch.device) -> TrainSetup:
     l1, l2, l3 = cfg.level1_weight > 0, cfg.level2_weight > 0, cfg.level3_weight > 0
     if l3 and not getattr(student.config, "intensity_gate", False):
         raise ConfigError("imkd-distill: level3_weight > 0 needs a student with intensity_gate")
-    camera = getattr(student, "camera", None)
-    if cfg.depth_weight > 0 and camera is None:
+    depth_bins = getattr(student.config, "depth_bins", None)
+    if cfg.depth_weight > 0 and depth_bins is None:
         raise ConfigError("imkd-distill: depth_weight > 0 needs a student with a camera branch")
     lidar = l1 or l2 or cfg.depth_weight > 0  # the teacher's input, or the depth targets
     modalities = tuple(dict.fromkeys((*(("lidar",) if lidar else ()), *student.modalities)))
@@ -113,7 +113,8 @@ def build(job: TrainJob, device: torch.device) -> TrainSetup:
     adapters = IMKDAdapters(c_s, c_t, level1=l1, level2=l2, kernel=cfg.adapter_kernel).to(device)
     loss_fn = IMKDLoss(teacher, adapters, (cfg.level1_weight, cfg.level2_weight,
                                            cfg.level3_weight), student.config.point_cloud_range_m,
-                       (cfg.depth_weight, camera.depths_m) if cfg.depth_weight > 0 else None)
+                       (cfg.depth_weight, (student.config.depth_range_m, depth_bins))
+                       if cfg.depth_weight > 0 else None)
     return TrainSetup(student, data, {"loss_fn": loss_fn, "trainable": [adapters],
                                       "modalities": modalities})
 

@@ -154,7 +154,7 @@ def test_a_few_steps_lower_every_imkd_loss() -> None:
 
 # ---------------------------------------------- LiDAR depth for the camera branch
 
-DEPTHS = torch.tensor([2.0, 6.0, 10.0, 14.0])  # bins [0, 4), [4, 8), [8, 12), [12, 16) m
+DEPTHS = ((0.0, 16.0), 4)  # bins [0, 4), [4, 8), [8, 12), [12, 16) m
 
 
 def _lidar(rows: list[list[float]]) -> torch.Tensor:
@@ -223,7 +223,7 @@ def test_imkd_loss_adds_depth_and_steps_lower_it() -> None:
                 "labels": torch.tensor([0])}] * 2
     adapters = IMKDAdapters(8, 8, level1=False, level2=False)
     with_depth = IMKDLoss(torch.nn.Identity(), adapters, (0.0, 0.0, 0.0), TINY[
-        "point_cloud_range_m"], (2.0, student.camera.depths_m))
+        "point_cloud_range_m"], (2.0, (TINY["depth_range_m"], TINY["depth_bins"])))
     plain = IMKDLoss(torch.nn.Identity(), adapters, (0.0, 0.0, 0.0),
                      TINY["point_cloud_range_m"])
     first = with_depth(student, batch, targets)
