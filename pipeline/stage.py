@@ -182,7 +182,7 @@ class StageContext(Generic[C]):
     progress: ProgressFn = _no_progress
     # raw input files read, as polars tables (path, bytes, sha256): a fleet's ingest reads ~10^7,
     # which as Python dicts would cost the driver GBs and minutes
-    sources: list[Any] = field(default_factory=list)
+    sources: list[pl.DataFrame] = field(default_factory=list)
     # Digests a stage computed while writing (e.g. per Zarr group, in parallel); the runner
     # hashes any output not listed here.
     output_digests: dict[str, str] = field(default_factory=dict)
