@@ -27,8 +27,6 @@ from kdpipe.runtime.model_data import (
     targets_from_table,
 )
 
-CLASSES = ["car", "pedestrian", "bicycle"]
-
 
 def val_losses(store: IngestStore, checkpoint: Path, batch_size: int = 8) -> dict[str, float]:
     """Mean val loss per frame: all inputs, no cameras, no radar."""
@@ -36,8 +34,9 @@ def val_losses(store: IngestStore, checkpoint: Path, batch_size: int = 8) -> dic
     model.eval()
     frames = store.read_frames().filter(pl.col("split") == "val")
     boxes = store.read_boxes().filter(pl.col("frame_id").is_in(frames["frame_id"].to_list()))
-    gt = targets_from_table(boxes, CLASSES, with_velocity=True)
-    empty = empty_targets(9)
+    velocity = bool(model.config.with_velocity)
+    gt = targets_from_table(boxes, model.classes, with_velocity=velocity)  # the model's own
+    empty = empty_targets(9 if velocity else 7)
     sums, n = {"all inputs": 0.0, "no cameras": 0.0, "no radar": 0.0}, 0
     for (source, scene), g in frames.group_by(["source", "scene"], maintain_order=True):
         rows = read_group_frames(store, str(source), str(scene), g["frame_index"].to_list(),
