@@ -81,7 +81,7 @@ def training_frames(stage: str, cfg: Any, inputs: Mapping[str, Path], classes: S
                     spec: FrameSpec) -> StoreFrames:
     """SSOD frames (pseudo-labels, cut to a `selection` input when there is one), then GT
     frames; `cfg` carries `ssod`, `gt`, `unlabeled_splits`, `gt_splits`,
-    `max_unlabeled_frames` (`distill` and `imkd-distill` configs)."""
+    `max_unlabeled_frames`, `max_gt_frames` (`distill` and `imkd-distill` configs)."""
     store = IngestStore.from_inputs(inputs, stage)
     vel = spec.box_width == 9
     out = load_train_frames(store, pl.DataFrame(schema=_REF_COLUMNS), spec, {})
@@ -98,7 +98,8 @@ def training_frames(stage: str, cfg: Any, inputs: Mapping[str, Path], classes: S
                                      with_velocity=vel)
         out = out + load_train_frames(store, frames, spec, targets)
     if cfg.gt:
-        frames = store.select_frames(cfg.gt_splits, labeled_only=True)
+        frames = store.select_frames(cfg.gt_splits, labeled_only=True,
+                                     max_frames=cfg.max_gt_frames)
         targets = targets_from_table(store.read_boxes(), classes, with_velocity=vel)
         out = out + load_train_frames(store, frames, spec, targets)
     if not len(out):

@@ -56,6 +56,9 @@ class DistillConfig(StageConfig):
     unlabeled_splits: list[str] = Field(default_factory=lambda: ["unlabeled"])
     gt_splits: list[str] = Field(default_factory=lambda: ["train"])
     max_unlabeled_frames: int | None = None
+    # GT on the first N labeled frames of gt_splits, in store order: the frames teacher-train's
+    # `max_frames` picks (a label-scarce run: teacher and student share the same few labels)
+    max_gt_frames: int | None = Field(None, ge=1)
     radar_sensor: str = "radar"
     optim: OptimConfig = OptimConfig()
     launch: LaunchConfig = LaunchConfig()  # nproc > 1: data-parallel ranks (runtime/distributed.py)

@@ -57,7 +57,8 @@ def test_imkd_depth_rows_plan_with_lidar_depth(load, tmp_path: Path) -> None:  #
     a = argparse.Namespace(range_m=51.2, cell_m=1.6, lr_max=0.003, radar_sweeps=3,
                            camera_downscale=4, epochs=20, student_epochs=3, sigma=0.3,
                            level1=0.01, level2=0.01, level3=1.0, depth_weight=3.0,
-                           max_unlabeled=None, seed=0, rows=imkd.parse_rows("nokd,depth,l123d"))
+                           max_unlabeled=None, labeled=None, seed=0,
+                           rows=imkd.parse_rows("nokd,depth,l123d"))
     wf = load_workflow(imkd.workflow(tmp_path / "wf.toml", tmp_path / "world", a))
     plan = build_plan(wf.stages, wf.deltas, fingerprint=False, seed=0)
     students = {n: plan.nodes[f"student-{n}"].config for n in ("nokd", "depth", "l123d")}
@@ -68,3 +69,31 @@ def test_imkd_depth_rows_plan_with_lidar_depth(load, tmp_path: Path) -> None:  #
     assert {"evaluate-nokd", "evaluate-depth", "evaluate-l123d"} <= set(plan.nodes)
     with pytest.raises(argparse.ArgumentTypeError, match="unknown rows"):
         imkd.parse_rows("nokd,l4")
+
+
+def test_imkd_label_scarce_plans_the_same_few_labels_for_teacher_and_students(  # type: ignore[no-untyped-def]
+        load, tmp_path: Path) -> None:
+    imkd = load("imkd")
+    world = tmp_path / "world"
+    (world / "v1.0-mini").mkdir(parents=True)
+    (world / "v1.0-mini" / "splits.json").write_text(
+        '{"synth_train": ["a", "b", "c", "d"], "synth_val": ["e"]}')
+    a = argparse.Namespace(range_m=51.2, cell_m=1.6, lr_max=0.003, radar_sweeps=3,
+                           camera_downscale=4, epochs=20, student_epochs=3, sigma=0.3,
+                           level1=0.01, level2=0.01, level3=1.0, depth_weight=1.0, labeled=10,
+                           max_unlabeled=None, seed=0, samples=10,
+                           rows=imkd.parse_rows("gt,nokd,l123"))
+    wf = load_workflow(imkd.workflow(tmp_path / "wf.toml", world, a))
+    plan = build_plan(wf.stages, wf.deltas, fingerprint=False, seed=0)
+    assert plan.nodes["teacher-train"].config.max_frames == 10
+    gt, nokd, l123 = (plan.nodes[f"student-{n}"].config for n in ("gt", "nokd", "l123"))
+    assert all(c.max_gt_frames == 10 and c.gt for c in (gt, nokd, l123))
+    assert not gt.ssod and nokd.ssod and l123.ssod
+    # GT only sees the no-KD row's frame-steps: (40 SSOD + 10 GT frames) x 3 epochs on 10 frames
+    assert (gt.optim.epochs, nokd.optim.epochs) == (15, 3)
+    assert gt.level3_weight == nokd.level3_weight == 0.0 and l123.level3_weight == 1.0
+    table = {imkd.STUDENTS[n][2]: {"NDS": v} for n, v in (("gt", 10.0), ("nokd", 14.5),
+                                                          ("l123", 15.0))}
+    g = imkd.goal(table, ["gt", "nokd", "l123"])
+    assert g["best KD row - no KD, NDS"] == 0.5 and g["best KD row - GT only, NDS"] == 5.0
+    assert g["pseudo-labels alone (no KD - GT only), NDS"] == 4.5 and g["met"] is False
