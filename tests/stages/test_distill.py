@@ -129,3 +129,24 @@ def test_distill_lineage_reaches_raw_files(sckd_run) -> None:  # type: ignore[no
     assert via_pseudo and via_teacher
     raw = {Path(p).name for v in paths.values() for p in v}
     assert any(p.endswith(".bin") for p in raw) and any(p.endswith(".txt") for p in raw)
+
+
+def test_max_gt_frames_gives_the_teachers_few_labels(sckd_run) -> None:  # type: ignore[no-untyped-def]
+    """A label-scarce student's GT frames are the ones teacher-train's `max_frames` picked."""
+    from kdpipe.datasets.store import IngestStore
+    from kdpipe.runtime.frames import FrameSpec, training_frames
+    from kdpipe.stages.distill import DistillConfig
+
+    _, st = sckd_run
+    inputs = {k: Path(v) for k, v in st["ingest"]["outputs"].items()}
+    model = create_model("radar-only", **TINY)
+    spec = FrameSpec(("radar",), "radar", tuple(model.config.point_cloud_range_m))
+    classes = model.classes
+    few = training_frames("d", DistillConfig(ssod=False, gt=True, max_gt_frames=3), inputs,
+                          classes, spec)
+    every = training_frames("d", DistillConfig(ssod=False, gt=True), inputs, classes, spec)
+    teacher = IngestStore.from_inputs(inputs).select_frames(["train"], labeled_only=True,
+                                                            max_frames=3)
+    assert [r.frame_id for r in few.refs] == teacher["frame_id"].to_list()
+    assert len(every.refs) > 3 and [r.frame_id for r in every.refs][:3] == \
+        teacher["frame_id"].to_list()
