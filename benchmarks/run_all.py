@@ -33,6 +33,7 @@ ARGS: dict[str, tuple[list[str], bool]] = {
     "ingest": (["--format", "vod", "--frames", "2000"], False),
     "rerun": (["--frames", "10000", "--repeats", "5"], False),
     "ingest_tail": (["--groups", "2000"], False),
+    "contention": (["--out", "{tmp}/contention"], False),  # ~18 min: 3 runs of the IMKD bench
     "crash_drill": (["--kills", "24", "--scheduler", "local:2"], False),
     "audit": (["--scenes", "10", "--samples", "20"], False),
     "curate": ([], False),

@@ -97,3 +97,20 @@ def test_imkd_label_scarce_plans_the_same_few_labels_for_teacher_and_students(  
     g = imkd.goal(table, ["gt", "nokd", "l123"])
     assert g["best KD row - no KD, NDS"] == 0.5 and g["best KD row - GT only, NDS"] == 5.0
     assert g["pseudo-labels alone (no KD - GT only), NDS"] == 4.5 and g["met"] is False
+
+
+def test_contention_figure_reads_step_and_pipeline_json(load) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    figures = load("bench_figures")
+    docs = Path(__file__).resolve().parents[1] / "docs" / "bench"
+    old = json.loads((docs / "contention_steps_2026-11-30.json").read_text())
+    (steps,) = figures.figure_rows("contention", old)
+    assert steps["measured"] == "1.97x" and steps["met"] is True
+    (now,) = figures.figure_rows("contention", json.loads((docs / "contention.json").read_text()))
+    assert now["figure"].startswith("a pipeline run") and now["met"] is True
+    pipe = {"mode": "pipeline", "slowdown": 2.6, "met": False, "goal": "slowdown <= 2.5x",
+            "runs": {"alone": {"wall_s": 100.0}, "beside": {"wall_s": 260.0},
+                     "alone_again": {"wall_s": 100.0}}}
+    (r,) = figures.figure_rows("contention", pipe)
+    assert r["measured"] == "2.6x (260.0 s)" and r["met"] is False and "100.0" in r["baseline"]
