@@ -82,7 +82,7 @@ def test_imkd_label_scarce_plans_the_same_few_labels_for_teacher_and_students(  
                            camera_downscale=4, epochs=20, student_epochs=3, sigma=0.3,
                            level1=0.01, level2=0.01, level3=1.0, depth_weight=1.0, labeled=10,
                            max_unlabeled=None, seed=0, samples=10,
-                           rows=imkd.parse_rows("gt,nokd,l123"))
+                           rows=imkd.parse_rows("gt,nokd,l123,gtl123"))
     wf = load_workflow(imkd.workflow(tmp_path / "wf.toml", world, a))
     plan = build_plan(wf.stages, wf.deltas, fingerprint=False, seed=0)
     assert plan.nodes["teacher-train"].config.max_frames == 10
@@ -92,6 +92,8 @@ def test_imkd_label_scarce_plans_the_same_few_labels_for_teacher_and_students(  
     # GT only sees the no-KD row's frame-steps: (40 SSOD + 10 GT frames) x 3 epochs on 10 frames
     assert (gt.optim.epochs, nokd.optim.epochs) == (15, 3)
     assert gt.level3_weight == nokd.level3_weight == 0.0 and l123.level3_weight == 1.0
+    gtl = plan.nodes["student-gtl123"].config
+    assert not gtl.ssod and gtl.level1_weight == 0.01 and gtl.optim.epochs == 15
     table = {imkd.STUDENTS[n][2]: {"NDS": v} for n, v in (("gt", 10.0), ("nokd", 14.5),
                                                           ("l123", 15.0))}
     g = imkd.goal(table, ["gt", "nokd", "l123"])
