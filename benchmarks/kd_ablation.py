@@ -68,8 +68,8 @@ def workflow(path: Path, world: Path, args: argparse.Namespace, seed: int, n_lab
     lines = ["[ingest]", 'format = "vod"', f'roots = ["{world}"]',
              *toml_table("teacher-train", {"model": "sckd-teacher", **det, "optim": optim}),
              *toml_table("train-radar", {"model": "radar-only", **det, "optim": optim},
-                     "teacher-train",
-                     {"teacher": "radar_model", "train_log": "radar_train_log"}),
+                          "teacher-train",
+                          {"teacher": "radar_model", "train_log": "radar_train_log"}),
              *toml_table("teacher-label", label_cfg(args)),
              *toml_table("pseudo-label", pseudo_cfg(args))]
     evals = {BASELINE: eval_stage("radar", "radar_model"), TEACHER: ("evaluate", ["[evaluate]"])}
@@ -84,7 +84,7 @@ def workflow(path: Path, world: Path, args: argparse.Namespace, seed: int, n_lab
                   if cfg.get("gt") else student_epochs)
         cfg = weighted(cfg, args)
         lines += toml_table(stage, {**cfg, "optim": {**optim, "epochs": epochs}}, "distill",
-                        {"student": f"{name}_student", "distill_log": f"{name}_log"})
+                             {"student": f"{name}_student", "distill_log": f"{name}_log"})
         evals[row] = eval_stage(name, f"{name}_student")
         stages += [stage, evals[row][0]]
         lines += evals[row][1]

@@ -26,14 +26,14 @@ def workflow_table4(path: Path, world: Path, args: argparse.Namespace, seed: int
     stages = ["ingest", "teacher-q", "radar-q", "label-q", "pseudo-q"]
     lines = ["[ingest]", 'format = "vod"', f'roots = ["{world}"]',
              *toml_table("teacher-q", {"model": "sckd-teacher", "max_frames": quarter, **det,
-                                   "optim": optim},
-                     "teacher-train", {"teacher": "q_teacher", "train_log": "q_teacher_log"}),
+                                        "optim": optim},
+                          "teacher-train", {"teacher": "q_teacher", "train_log": "q_teacher_log"}),
              *toml_table("radar-q", {"model": "radar-only", "max_frames": quarter, **det,
-                                 "optim": optim},
-                     "teacher-train", {"teacher": "q_radar", "train_log": "q_radar_log"}),
+                                      "optim": optim},
+                          "teacher-train", {"teacher": "q_radar", "train_log": "q_radar_log"}),
              *toml_table("label-q", label_cfg(args, splits=["train", "unlabeled", "val"]),
-                     "teacher-label", {"teacher": "q_teacher", "detections": "q_detections",
-                                       "detection_frames": "q_detection_frames"}),
+                          "teacher-label", {"teacher": "q_teacher", "detections": "q_detections",
+                                            "detection_frames": "q_detection_frames"}),
              *toml_table("pseudo-q", pseudo_cfg(args), "pseudo-label", {
                  "detections": "q_detections", "detection_frames": "q_detection_frames",
                  "pseudo_labels": "q_pseudo_labels", "pseudo_label_frames": "q_pseudo_frames"})]
@@ -114,20 +114,20 @@ def self_train_stages(args: argparse.Namespace, method: dict[str, Any], optim: d
     stages = ["teacher-r2", "label-r2", "pseudo-r2", "distill-q-r2"]
     lines = [
         *toml_table("teacher-r2", {"student": "sckd-teacher", **NO_SCKD, "unlabeled_splits": splits,
-                               "optim": optim}, "distill",
-                {"teacher": "q_teacher", "pseudo_labels": "q_pseudo_labels",
-                 "pseudo_label_frames": "q_pseudo_frames", "student": "r2_teacher",
-                 "distill_log": "r2_teacher_log"}),
+                                    "optim": optim}, "distill",
+                     {"teacher": "q_teacher", "pseudo_labels": "q_pseudo_labels",
+                      "pseudo_label_frames": "q_pseudo_frames", "student": "r2_teacher",
+                      "distill_log": "r2_teacher_log"}),
         *toml_table("label-r2", label_cfg(args, splits=["train", "unlabeled", "val"]),
-                "teacher-label", {"teacher": "r2_teacher", "detections": "r2_detections",
-                                  "detection_frames": "r2_detection_frames"}),
+                     "teacher-label", {"teacher": "r2_teacher", "detections": "r2_detections",
+                                       "detection_frames": "r2_detection_frames"}),
         *toml_table("pseudo-r2", {"sigma": args.self_train_sigma}, "pseudo-label", {
             "detections": "r2_detections", "detection_frames": "r2_detection_frames",
             "pseudo_labels": "r2_pseudo_labels", "pseudo_label_frames": "r2_pseudo_frames"}),
         *toml_table("distill-q-r2", {**method, "unlabeled_splits": splits, "optim": optim},
-                "distill", {"teacher": "r2_teacher", "pseudo_labels": "r2_pseudo_labels",
-                            "pseudo_label_frames": "r2_pseudo_frames",
-                            "student": "q_r2_student", "distill_log": "q_r2_log"})]
+                     "distill", {"teacher": "r2_teacher", "pseudo_labels": "r2_pseudo_labels",
+                                 "pseudo_label_frames": "r2_pseudo_frames",
+                                 "student": "q_r2_student", "distill_log": "q_r2_log"})]
     evals = {"teacher round 2 (re-trained on its pseudo-labels)":
              eval_stage("q-r2-teacher", "r2_teacher"),
              f"student ({args.table4_method}), round-2 labels at sigma "
@@ -141,8 +141,8 @@ def oracle_stages(root: Path, cfg: dict[str, Any]) -> list[str]:
     o = {p: f"oracle_{p}" for p in ("points", "frames", "boxes", "calibration", "rejects")}
     return [*toml_table("ingest-oracle", {"format": "vod", "roots": [str(root)]}, "ingest", o),
             *toml_table("radar-oracle", cfg, "teacher-train",
-                    {"points": o["points"], "frames": o["frames"], "boxes": o["boxes"],
-                     "teacher": "q_oracle", "train_log": "q_oracle_log"})]
+                         {"points": o["points"], "frames": o["frames"], "boxes": o["boxes"],
+                          "teacher": "q_oracle", "train_log": "q_oracle_log"})]
 
 
 def goals_table4(per_seed: list[dict[str, dict[str, float]]]) -> dict[str, Any]:
