@@ -35,22 +35,31 @@ import argparse
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from kdpipe.api import run_workflow
 from kdpipe.config import toml_table, toml_value
 
 CLASSES = ["car", "pedestrian", "bicycle"]
 CAMERAS = ["CAM_FRONT", "CAM_FRONT_LEFT", "CAM_FRONT_RIGHT"]
-STUDENTS = {  # stage suffix: (IMKD levels on, LiDAR depth on, table row)
-    "gt": ("", False, "camera+radar student, GT only (no teacher)"),
-    "gtl123": ("123", False, "IMKD +L1+L2+L3 on GT only (no pseudo-labels)"),
-    "nokd": ("", False, "camera+radar student, no KD (GT + SSOD)"),
-    "l1": ("1", False, "IMKD +L1 (LiDAR->radar)"),
-    "l12": ("12", False, "IMKD +L1+L2 (+LiDAR->fused)"),
-    "l123": ("123", False, "IMKD +L1+L2+L3 (+intensity-guided fusion)"),
-    "depth": ("", True, "camera+radar student + LiDAR depth only"),
-    "l123d": ("123", True, "IMKD +L1+L2+L3 + LiDAR depth"),
+
+
+class Student(NamedTuple):
+    levels: str        # IMKD levels on, e.g. "123"
+    depth: bool        # LiDAR depth for the camera branch
+    ssod: bool         # the teacher's pseudo-labels (off: GT only, the no-KD frame-steps)
+    label: str         # table row
+
+
+STUDENTS = {  # stage suffix -> row
+    "gt": Student("", False, False, "camera+radar student, GT only (no teacher)"),
+    "gtl123": Student("123", False, False, "IMKD +L1+L2+L3 on GT only (no pseudo-labels)"),
+    "nokd": Student("", False, True, "camera+radar student, no KD (GT + SSOD)"),
+    "l1": Student("1", False, True, "IMKD +L1 (LiDAR->radar)"),
+    "l12": Student("12", False, True, "IMKD +L1+L2 (+LiDAR->fused)"),
+    "l123": Student("123", False, True, "IMKD +L1+L2+L3 (+intensity-guided fusion)"),
+    "depth": Student("", True, True, "camera+radar student + LiDAR depth only"),
+    "l123d": Student("123", True, True, "IMKD +L1+L2+L3 + LiDAR depth"),
 }
 DEFAULT_ROWS = "nokd,l1,l12,l123"
 
@@ -84,7 +93,7 @@ def workflow(path: Path, world: Path, args: argparse.Namespace) -> Path:
     optim = {"batch_size": 4, "lr_max": args.lr_max}
     student_det = {"camera_channels": CAMERAS}
     rows = args.rows
-    n_train = train_frames(world, args.samples) if any(r.startswith("gt") for r in rows) else 0
+    n_train = train_frames(world, args.samples) if any(not STUDENTS[r].ssod for r in rows) else 0
     stages = ["ingest", "teacher-train", "teacher-label", "pseudo-label", "imkd-weights",
               *(f"student-{s}" for s in rows), *(f"evaluate-{s}" for s in ["teacher", *rows])]
     lines = ["[workflow]", 'name = "imkd-bench"', f"seed = {args.seed}",
@@ -100,16 +109,16 @@ def workflow(path: Path, world: Path, args: argparse.Namespace) -> Path:
              *toml_table("pseudo-label", {"sigma": args.sigma}),
              *toml_table("imkd-weights", {"point_cloud_range_m": rng, "cell_m": args.cell_m})]
     for name in rows:
-        levels, depth, _ = STUDENTS[name]
+        st = STUDENTS[name]
         cfg: dict[str, Any] = {"detector": student_det, **{
-            f"level{k}_weight": getattr(args, f"level{k}") if str(k) in levels else 0.0
+            f"level{k}_weight": getattr(args, f"level{k}") if str(k) in st.levels else 0.0
             for k in (1, 2, 3)}}
-        if depth:  # left out when off: the default, so the other rows keep their stage keys
+        if st.depth:  # left out when off: the default, so the other rows keep their stage keys
             cfg["depth_weight"] = args.depth_weight
         if args.labeled:
             cfg["max_gt_frames"] = args.labeled
         epochs = args.student_epochs
-        if name.startswith("gt"):  # no pseudo-labels: the no-KD row's frame-steps on GT alone
+        if not st.ssod:  # GT alone, with the no-KD row's frame-steps (GT + SSOD frames)
             cfg["ssod"] = False
             n_gt = args.labeled or n_train
             epochs = max(1, round(args.student_epochs * (n_train + n_gt) / n_gt))
@@ -137,9 +146,9 @@ def row(metrics: dict[str, Any]) -> dict[str, float]:
 def goal(table: dict[str, dict[str, float]], rows: list[str]) -> dict[str, Any]:
     """The best KD row (a row with an IMKD level or LiDAR depth) against no KD (>= +3 NDS),
     and, where the `gt` row ran, against a student that never saw the teacher."""
-    nds = {n: table[STUDENTS[n][2]]["NDS"] for n in rows}
+    nds = {n: table[STUDENTS[n].label]["NDS"] for n in rows}
     best = max((n for n in rows if n not in ("nokd", "gt")), key=nds.__getitem__, default=None)
-    out: dict[str, Any] = {"best KD row": STUDENTS[best][2] if best else None}
+    out: dict[str, Any] = {"best KD row": STUDENTS[best].label if best else None}
     for base, name in (("nokd", "no KD"), ("gt", "GT only")):
         if best and base in rows:
             out[f"best KD row - {name}, NDS"] = round(nds[best] - nds[base], 2)
@@ -151,7 +160,18 @@ def goal(table: dict[str, dict[str, float]], rows: list[str]) -> dict[str, Any]:
     return {**out, "need": ">= 3 over nokd", "met": gain is not None and gain >= 3}  # noqa: PLR2004
 
 
-def main() -> None:
+def make_world(out: Path, scenes: int, samples: int, seed: int) -> Path:
+    """The synthetic nuScenes world of a run under `out` (made once, reused after)."""
+    world = out / f"nus_{scenes}x{samples}_{seed}"
+    if not (world / "synth_scenes.json").exists():
+        from kdpipe.datasets.synth import SynthConfig, write_nuscenes
+
+        write_nuscenes(world, scenes, seed=seed, cfg=SynthConfig(
+            nus_samples_per_scene=samples, image_scale=0.25, nus_cameras=tuple(CAMERAS)))
+    return world
+
+
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser()
     ap.add_argument("--scenes", type=int, default=10)
     ap.add_argument("--samples", type=int, default=20, help="keyframes per scene")
@@ -176,14 +196,13 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--scheduler", default="sync")
     ap.add_argument("--out", type=Path, default=Path("/tmp/kd_imkd_bench"))  # noqa: S108
-    args = ap.parse_args()
-    t0 = time.perf_counter()
-    world = args.out / f"nus_{args.scenes}x{args.samples}_{args.seed}"
-    if not (world / "synth_scenes.json").exists():
-        from kdpipe.datasets.synth import SynthConfig, write_nuscenes
+    return ap
 
-        write_nuscenes(world, args.scenes, seed=args.seed, cfg=SynthConfig(
-            nus_samples_per_scene=args.samples, image_scale=0.25, nus_cameras=tuple(CAMERAS)))
+
+def main() -> None:
+    args = parser().parse_args()
+    t0 = time.perf_counter()
+    world = make_world(args.out, args.scenes, args.samples, args.seed)
     wf = workflow(args.out / "imkd_bench.toml", world, args)
     rep = run_workflow(wf, str(args.out / "ws"), scheduler=args.scheduler)
     st = {s["stage"]: s for s in rep["stages"]}
@@ -192,7 +211,7 @@ def main() -> None:
          for n in ["teacher", *rows]}
     labels = f"{args.labeled} labeled frames" if args.labeled else "labels"
     table = {f"LiDAR-only teacher ({labels})": row(m["teacher"])}
-    table.update({STUDENTS[n][2]: row(m[n]) for n in rows})
+    table.update({STUDENTS[n].label: row(m[n]) for n in rows})
     print(json.dumps({
         "world": {"scenes": args.scenes, "samples_per_scene": args.samples, "seed": args.seed,
                   "val_frames": m["teacher"]["frames"], "labeled_train_frames": args.labeled},

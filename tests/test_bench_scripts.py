@@ -54,11 +54,8 @@ def test_imkd_figure_reads_old_and_new_goal_blocks(load) -> None:  # type: ignor
 
 def test_imkd_depth_rows_plan_with_lidar_depth(load, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     imkd = load("imkd")
-    a = argparse.Namespace(range_m=51.2, cell_m=1.6, lr_max=0.003, radar_sweeps=3,
-                           camera_downscale=4, epochs=20, student_epochs=3, sigma=0.3,
-                           level1=0.01, level2=0.01, level3=1.0, depth_weight=3.0,
-                           max_unlabeled=None, labeled=None, seed=0,
-                           rows=imkd.parse_rows("nokd,depth,l123d"))
+    a = imkd.parser().parse_args(["--cell-m", "1.6", "--student-epochs", "3",
+                                  "--depth-weight", "3", "--rows", "nokd,depth,l123d"])
     wf = load_workflow(imkd.workflow(tmp_path / "wf.toml", tmp_path / "world", a))
     plan = build_plan(wf.stages, wf.deltas, fingerprint=False, seed=0)
     students = {n: plan.nodes[f"student-{n}"].config for n in ("nokd", "depth", "l123d")}
@@ -78,11 +75,8 @@ def test_imkd_label_scarce_plans_the_same_few_labels_for_teacher_and_students(  
     (world / "v1.0-mini").mkdir(parents=True)
     (world / "v1.0-mini" / "splits.json").write_text(
         '{"synth_train": ["a", "b", "c", "d"], "synth_val": ["e"]}')
-    a = argparse.Namespace(range_m=51.2, cell_m=1.6, lr_max=0.003, radar_sweeps=3,
-                           camera_downscale=4, epochs=20, student_epochs=3, sigma=0.3,
-                           level1=0.01, level2=0.01, level3=1.0, depth_weight=1.0, labeled=10,
-                           max_unlabeled=None, seed=0, samples=10,
-                           rows=imkd.parse_rows("gt,nokd,l123,gtl123"))
+    a = imkd.parser().parse_args(["--samples", "10", "--student-epochs", "3", "--labeled",
+                                  "10", "--rows", "gt,nokd,l123,gtl123"])
     wf = load_workflow(imkd.workflow(tmp_path / "wf.toml", world, a))
     plan = build_plan(wf.stages, wf.deltas, fingerprint=False, seed=0)
     assert plan.nodes["teacher-train"].config.max_frames == 10
@@ -94,7 +88,7 @@ def test_imkd_label_scarce_plans_the_same_few_labels_for_teacher_and_students(  
     assert gt.level3_weight == nokd.level3_weight == 0.0 and l123.level3_weight == 1.0
     gtl = plan.nodes["student-gtl123"].config
     assert not gtl.ssod and gtl.level1_weight == 0.01 and gtl.optim.epochs == 15
-    table = {imkd.STUDENTS[n][2]: {"NDS": v} for n, v in (("gt", 10.0), ("nokd", 14.5),
+    table = {imkd.STUDENTS[n].label: {"NDS": v} for n, v in (("gt", 10.0), ("nokd", 14.5),
                                                           ("l123", 15.0))}
     g = imkd.goal(table, ["gt", "nokd", "l123"])
     assert g["best KD row - no KD, NDS"] == 0.5 and g["best KD row - GT only, NDS"] == 5.0
