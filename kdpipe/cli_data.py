@@ -48,6 +48,11 @@ def _synth(out_dir: Path, overwrite: bool, as_json: bool, write: Callable[[], An
     emit_json(summary) if as_json else out.print(f"wrote {out_dir}: {summary}")
 
 
+def _given(**knobs: int | None) -> dict[str, int]:
+    """The SynthConfig knobs the user set (the rest keep the config's defaults)."""
+    return {k: v for k, v in knobs.items() if v is not None}
+
+
 SynthOut = Annotated[Path, typer.Argument(help="folder to write the world into (new or empty)")]
 Seed = Annotated[int, typer.Option(help="random seed (same seed, same files)")]
 
@@ -55,21 +60,28 @@ Seed = Annotated[int, typer.Option(help="random seed (same seed, same files)")]
 @synth_app.command("vod")
 def synth_vod(out_dir: SynthOut,
               frames: Annotated[int, typer.Option(min=1, help="frames to write")] = 64,
+              frames_per_scene: Annotated[int | None, typer.Option(
+                  min=1, help="10 Hz frames per scene (default 80: 8 s); splits take whole "
+                              "scenes, so shorter scenes give each split more of them")] = None,
               seed: Seed = 0, overwrite: Overwrite = False, as_json: Json = False) -> None:
     """A synthetic View-of-Delft world (LiDAR, 4D radar, camera, labels, calib, poses)."""
-    from kdpipe.datasets.synth import write_vod
+    from kdpipe.datasets.synth import SynthConfig, write_vod
 
-    _synth(out_dir, overwrite, as_json, lambda: write_vod(out_dir, frames, seed))
+    cfg = SynthConfig(**_given(vod_frames_per_scene=frames_per_scene))
+    _synth(out_dir, overwrite, as_json, lambda: write_vod(out_dir, frames, seed, cfg))
 
 
 @synth_app.command("nuscenes")
 def synth_nuscenes(out_dir: SynthOut,
                    scenes: Annotated[int, typer.Option(min=1, help="scenes to write")] = 2,
+                   samples_per_scene: Annotated[int | None, typer.Option(
+                       min=1, help="2 Hz keyframes per scene (default 20: 10 s)")] = None,
                    seed: Seed = 0, overwrite: Overwrite = False, as_json: Json = False) -> None:
     """A synthetic nuScenes v1.0-mini world (tables, LIDAR_TOP, 5 radars, cameras)."""
-    from kdpipe.datasets.synth import write_nuscenes
+    from kdpipe.datasets.synth import SynthConfig, write_nuscenes
 
-    _synth(out_dir, overwrite, as_json, lambda: write_nuscenes(out_dir, scenes, seed))
+    cfg = SynthConfig(**_given(nus_samples_per_scene=samples_per_scene))
+    _synth(out_dir, overwrite, as_json, lambda: write_nuscenes(out_dir, scenes, seed, cfg))
 
 
 export_app = typer.Typer(help="Write a box table in an official evaluation format.")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pytest
@@ -322,3 +322,29 @@ def test_same_seed_same_bytes(tmp_path: Path) -> None:
     assert a.keys() != c.keys() or a != c
     changed = [k for k in a if a[k] != c.get(k)]
     assert any(k.endswith(".bin") for k in changed) and any(k.endswith(".jpg") for k in changed)
+
+
+def test_synth_cli_sets_the_scene_length(tmp_path: Path) -> None:
+    """`--frames-per-scene` / `--samples-per-scene` shape the world; splits stay whole scenes."""
+    from typer.testing import CliRunner
+
+    from kdpipe.cli import app
+
+    def synth(*args: str) -> dict[str, Any]:
+        res = CliRunner().invoke(app, ["synth", *args, "--json"])
+        assert res.exit_code == 0, res.output
+        return dict(json.loads(res.stdout))
+
+    assert synth("vod", str(tmp_path / "long"), "--frames", "6")["scenes"] == 1
+    short = synth("vod", str(tmp_path / "short"), "--frames", "6", "--frames-per-scene", "2")
+    assert short["scenes"] == 3 and short["splits"] == {"train": 2, "val": 2, "unlabeled": 2,
+                                                          "full": 6}
+    sets = tmp_path / "short" / "lidar" / "ImageSets"
+    sidecar = json.loads((tmp_path / "short" / "synth_scenes.json").read_text())
+    scene_of = {f["frame_id"]: f["scene"] for f in sidecar["frames"]}
+    scenes = {s: {scene_of[f] for f in (sets / f"{s}.txt").read_text().split()}
+              for s in ("train", "val", "unlabeled")}
+    assert sorted(len(v) for v in scenes.values()) == [1, 1, 1]  # one whole scene each
+    assert len(set().union(*scenes.values())) == 3
+    nus = synth("nuscenes", str(tmp_path / "nus"), "--scenes", "1", "--samples-per-scene", "3")
+    assert nus["scenes"] == 1 and nus["samples"] == 3
