@@ -111,3 +111,23 @@ def test_the_workflow_seed_joins_the_keys_of_seeded_stages_and_their_downstream(
         assert keys[0][stage] != keys[2][stage], stage
     seeded = {n for n, node in plans[0].nodes.items() if node.stage.seeded}
     assert {"teacher-train", "distill"} <= seeded and "ingest" not in seeded
+
+
+def test_the_main_job_compares_teacher_baseline_and_student_on_the_same_labels() -> None:
+    """The README's claim (student > baseline) is only fair if the baseline gets exactly the
+    teacher's labels and budget, the student no ground truth, and every frame the student
+    learns from is labeled by the teacher; an edit to one of the three breaks that silently."""
+    from kdpipe.config import load_workflow
+
+    wf = load_workflow("workflows/vod_sckd.toml")
+    plan = build_plan(wf.stages, wf.deltas, fingerprint=False)
+    teacher, baseline = (plan.nodes[n].config for n in ("teacher-train", "train-radar"))
+    assert (baseline.splits, baseline.max_frames) == (teacher.splits, teacher.max_frames)
+    assert teacher.max_frames is not None  # label-scarce: the labeled budget is explicit
+    assert baseline.optim == teacher.optim and baseline.detector == teacher.detector
+    assert (teacher.model, baseline.model) == ("sckd-teacher", "radar-only")
+    student, labels = plan.nodes["distill"].config, plan.nodes["teacher-label"].config
+    assert student.ssod and not student.gt
+    assert set(student.unlabeled_splits) <= set(labels.splits)
+    assert "val" in labels.splits and "val" not in student.unlabeled_splits
+    assert plan.nodes["train-radar"].upstream == plan.nodes["teacher-train"].upstream
